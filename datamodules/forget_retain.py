@@ -1,0 +1,161 @@
+"""`ForgetRetainDataModule`: the forget set, the retain set and held-out non-members, from manifests.
+
+The forget set is chosen by group (an artist who opts out), by a list of ids, or by a second manifest; the retain
+set is the rest of the training manifest or a given manifest; held-out items are non-members used by evaluation
+(membership inference needs members and non-members of the same distribution). Training batches are
+``{"forget": batch, "retain": batch}`` from a `CombinedLoader`. Every inconsistency is an error before training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+from datamodules.audio import AudioTextDataset, make_loader
+from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
+from datamodules.source import DataSource
+
+EVAL_SPLITS = ("forget", "retain", "heldout")
+
+
+class ForgetRetainDataModule(L.LightningDataModule):
+    """Forget / retain / held-out sets for unlearning.
+
+    Args:
+        manifest: the model's training data (members), JSONL or CSV.
+        forget_groups: groups (artists) to forget.
+        forget_ids: item ids to forget.
+        forget_manifest: a manifest of the items to forget (each must be in `manifest`).
+        retain_manifest: the retain set; default: every item of `manifest` not forgotten.
+        heldout_manifest: non-members for evaluation; none when not given.
+        batch_size: forget items per training batch.
+        retain_batch_size: retain items per training batch; default `batch_size`.
+        eval_batch_size: items per evaluation batch.
+        max_eval_items: evaluate at most this many items of each set, a fixed random subset; None for all.
+        combined_mode: how the forget and retain loaders are zipped (Lightning's `CombinedLoader` modes).
+        num_workers: DataLoader worker processes.
+        seed: seed of the evaluation subsets.
+        sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
+        num_samples: the model's clip length in samples (linked from the model by the CLI).
+        source: writes the data in ``prepare_data`` when missing (e.g. the toy corpus).
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        forget_groups: list[str] | None = None,
+        forget_ids: list[str] | None = None,
+        forget_manifest: str | None = None,
+        retain_manifest: str | None = None,
+        heldout_manifest: str | None = None,
+        batch_size: int = 8,
+        retain_batch_size: int | None = None,
+        eval_batch_size: int = 16,
+        max_eval_items: int | None = 64,
+        combined_mode: Literal["max_size_cycle", "min_size", "max_size"] = "max_size_cycle",
+        num_workers: int = 0,
+        seed: int = 0,
+        sample_rate: int = 16000,
+        num_samples: int = 32768,
+        source: DataSource | None = None,
+    ) -> None:
+        super().__init__()
+        chosen = [name for name, value in (("forget_groups", forget_groups), ("forget_ids", forget_ids),
+                                           ("forget_manifest", forget_manifest)) if value]
+        if len(chosen) != 1:
+            raise ValueError(f"Choose the forget set with exactly one of forget_groups, forget_ids or forget_manifest; "
+                             f"got {chosen or 'none'}.")
+        self.manifest = manifest
+        self.forget_groups = list(forget_groups or [])
+        self.forget_ids = list(forget_ids or [])
+        self.forget_manifest = forget_manifest
+        self.retain_manifest = retain_manifest
+        self.heldout_manifest = heldout_manifest
+        self.batch_size = batch_size
+        self.retain_batch_size = retain_batch_size or batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_eval_items = max_eval_items
+        self.combined_mode = combined_mode
+        self.num_workers = num_workers
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.source = source
+
+    def prepare_data(self) -> None:
+        if self.source is not None:
+            self.source.prepare()
+
+    def _select_forget(self, members: list[ManifestItem]) -> list[ManifestItem]:
+        by_id = {item.id: item for item in members}
+        if self.forget_groups:
+            groups = {item.group for item in members}
+            unknown = [group for group in self.forget_groups if group not in groups]
+            if unknown:
+                raise ValueError(f"forget_groups {unknown} are not groups of {self.manifest}; its groups: "
+                                 f"{sorted(groups)}.")
+            return [item for item in members if item.group in self.forget_groups]
+        wanted = self.forget_ids or [item.id for item in read_manifest(self.forget_manifest)]
+        unknown = [item_id for item_id in wanted if item_id not in by_id]
+        if unknown:
+            source = "forget_ids" if self.forget_ids else self.forget_manifest
+            raise ValueError(f"{len(unknown)} id(s) of {source} are not in {self.manifest} (the forget set must be "
+                             f"training data): {unknown[:10]}")
+        return [by_id[item_id] for item_id in dict.fromkeys(wanted)]
+
+    def setup(self, stage: str) -> None:
+        members = read_manifest(self.manifest)
+        forget = self._select_forget(members)
+        if not forget:
+            raise ValueError(f"The forget set is empty: no item of {self.manifest} matches the selection.")
+        forget_ids = {item.id for item in forget}
+        if self.retain_manifest:
+            retain = read_manifest(self.retain_manifest)
+            overlap = sorted(forget_ids & {item.id for item in retain})
+            if overlap:
+                raise ValueError(f"{len(overlap)} item(s) are in both the forget set and {self.retain_manifest}: "
+                                 f"{overlap[:10]}. Remove them from the retain manifest.")
+        else:
+            retain = [item for item in members if item.id not in forget_ids]
+        if not retain:
+            raise ValueError(f"The retain set is empty: every item of {self.manifest} is in the forget set.")
+        heldout = read_manifest(self.heldout_manifest) if self.heldout_manifest else []
+        leaked = sorted({item.id for item in heldout} & {item.id for item in members})
+        if leaked:
+            raise ValueError(f"{len(leaked)} held-out item(s) of {self.heldout_manifest} are also in {self.manifest}; "
+                             f"held-out items must be non-members: {leaked[:10]}")
+        for items, what in ((forget, "the forget set"), (retain, "the retain set"), (heldout, "the held-out set")):
+            check_audio_files(items, what)
+        self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
+
+    def _dataset(self, items: Sequence[ManifestItem], split: str) -> AudioTextDataset:
+        return AudioTextDataset(items, self.sample_rate, self.num_samples, split=split)
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {
+            "forget": make_loader(self._dataset(self.sets["forget"], "forget"), self.batch_size, True, self.num_workers),
+            "retain": make_loader(self._dataset(self.sets["retain"], "retain"), self.retain_batch_size, True,
+                                  self.num_workers),
+        }
+        return CombinedLoader(loaders, mode=self.combined_mode)
+
+    def eval_datasets(self) -> dict[str, AudioTextDataset]:
+        """The evaluated subset of each non-empty set, the same on every call, process and run."""
+        datasets = {}
+        for split in EVAL_SPLITS:
+            items = sorted(self.sets[split], key=lambda item: item.id)
+            if self.max_eval_items is not None and len(items) > self.max_eval_items:
+                order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.seed))
+                items = [items[i] for i in sorted(order[: self.max_eval_items].tolist())]
+            if items:
+                datasets[split] = self._dataset(items, split)
+        return datasets
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [make_loader(dataset, self.eval_batch_size, False, self.num_workers)
+                for dataset in self.eval_datasets().values()]

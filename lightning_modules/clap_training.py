@@ -1,0 +1,88 @@
+"""`ClapTraining`: trains the toy world's CLAP contrastively on the corpus captions and audio.
+
+The tokenizer is built from the caption vocabulary of `caption_manifest` when the model is configured (after the
+DataModule has written the corpus); the loss is CLAP's symmetric InfoNCE over the batch (Radford et al., 2021;
+Elizalde et al., 2023).
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from datamodules.manifest import read_manifest
+from lightning_modules.models.toy_clap import build_tokenizer, build_toy_clap
+
+
+class ClapTraining(L.LightningModule):
+    """Trains a tiny transformers `ClapModel` from scratch.
+
+    Args:
+        caption_manifest: manifest whose captions make the tokenizer's vocabulary (the training manifest).
+        sample_rate: audio sample rate in Hz.
+        num_samples: clip length in samples, as the DataModule delivers it.
+        max_length_s: CLAP's input window in whole seconds; shorter clips are repeat-padded.
+        hidden_size: width of the audio tower (the text tower has half).
+        projection_dim: size of the joint embedding.
+        num_text_layers: transformer layers of the text tower.
+        num_mel_bins: mel bands of CLAP's front end.
+        optimizer: builds the optimizer.
+    """
+
+    def __init__(
+        self,
+        caption_manifest: str,
+        sample_rate: int = 16000,
+        num_samples: int = 32768,
+        max_length_s: int = 3,
+        hidden_size: int = 64,
+        projection_dim: int = 64,
+        num_text_layers: int = 2,
+        num_mel_bins: int = 32,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+    ) -> None:
+        super().__init__()
+        self.caption_manifest = caption_manifest
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.clap_kwargs = {"sample_rate": sample_rate, "max_length_s": max_length_s, "hidden_size": hidden_size,
+                            "projection_dim": projection_dim, "num_text_layers": num_text_layers,
+                            "num_mel_bins": num_mel_bins}
+        self.optimizer = optimizer
+        self.clap = None
+
+    def configure_model(self) -> None:
+        if self.clap is not None:
+            return
+        tokenizer = build_tokenizer(item.caption for item in read_manifest(self.caption_manifest))
+        self.clap, self.processor = build_toy_clap(tokenizer, **self.clap_kwargs)
+
+    def _loss(self, batch: dict) -> Tensor:
+        features = self.processor.feature_extractor(
+            list(batch["audio"].float().cpu().numpy()), sampling_rate=self.sample_rate, return_tensors="pt"
+        )
+        tokens = self.processor.tokenizer(batch["caption"], padding=True, truncation=True, return_tensors="pt")
+        output = self.clap(input_features=features["input_features"].to(self.device), **tokens.to(self.device),
+                           return_loss=True)
+        return output.loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), batch_size=len(batch["id"]), sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.clap.parameters())
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write a transformers folder: model, feature extractor and tokenizer, loadable by `ClapModel` /
+        `ClapProcessor.from_pretrained`."""
+        self.clap.save_pretrained(path)
+        self.processor.save_pretrained(path)

@@ -1,0 +1,123 @@
+"""The `TextToMusicModel` contract: the only way unlearning methods, metrics and attribution talk to a model.
+
+A backend wraps one model family (the built-in toy model, diffusers latent diffusion models, MusicGen) behind a
+per-sample training loss with caller-controlled randomness, seeded generation, named parameter groups and saving in
+the family's native format. A method written once against this class works on every backend.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Literal, NotRequired, TypedDict
+
+import torch
+from torch import Tensor, nn
+
+PARAMETER_GROUPS = ("all", "cross_attention", "cross_attention_kv", "self_attention", "transformer_blocks")
+
+
+class Batch(TypedDict):
+    """A collated batch of audio-text items, as every DataModule of this package yields it."""
+
+    id: list[str]
+    caption: list[str]
+    audio: Tensor  # (batch, samples), mono, at the model's sample rate
+    mask: Tensor  # (batch, samples) bool: True where the audio is real, False where it is padding
+    group: NotRequired[list[str]]
+    targets: NotRequired[Tensor]  # (batch, *target_shape): `encode_audio` output, when read from a cache
+
+
+class TextToMusicModel(nn.Module, ABC):
+    """A text-to-music model seen through the operations unlearning and attribution need.
+
+    Backends set `sample_rate` (Hz) and `num_samples` (the clip length they train on) and implement the abstract
+    methods. The model is a plain `nn.Module`: Lightning lives in the modules that train it.
+    """
+
+    sample_rate: int
+    num_samples: int
+
+    @abstractmethod
+    def encode_audio(self, waveform: Tensor, mask: Tensor) -> Tensor:
+        """Training targets (latents, mel patches or codec codes) of `(batch, samples)` audio; cacheable per item."""
+
+    @abstractmethod
+    def encode_text(self, captions: Sequence[str]) -> dict[str, Tensor]:
+        """Conditioning for `captions`, as the backend's denoiser or decoder consumes it."""
+
+    @abstractmethod
+    def loss(
+        self,
+        batch: Batch,
+        *,
+        timesteps: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduction: Literal["none", "mean"] = "none",
+    ) -> Tensor:
+        """The training objective of each item, `(batch,)` (or its mean), honouring the validity mask.
+
+        Args:
+            batch: the items; ``targets`` is used instead of encoding ``audio`` when present.
+            timesteps: `(batch,)` diffusion timesteps; drawn from `generator` when None.
+            noise: noise shaped like the targets; drawn from `generator` when None.
+            generator: source of the randomness not given explicitly.
+            reduction: "none" for per-item losses, "mean" for their mean.
+
+        The same batch, timesteps and noise give the same losses bit for bit.
+        """
+
+    def fixed_loss_inputs(self, ids: Sequence[str], seed: int = 0) -> dict[str, Tensor]:
+        """`loss` keyword arguments (timesteps, noise) fixed per item id, so that losses compare across runs.
+
+        Deterministic backends (autoregressive cross-entropy) need none and return an empty dict.
+        """
+        return {}
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        duration: float | None = None,
+    ) -> Tensor:
+        """Audio for `prompts`, `(batch, channels, samples)` at `sample_rate`; the same seed gives the same audio."""
+
+    @abstractmethod
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by name; at least the names in `PARAMETER_GROUPS` (or the backend's equivalent)."""
+
+    @abstractmethod
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save in the backend's native format (a diffusers or transformers folder)."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> TextToMusicModel:
+        """Load what `save_pretrained` wrote (or a public checkpoint of the family)."""
+
+    def select_parameters(self, names: Sequence[str]) -> list[nn.Parameter]:
+        """The union of the named parameter groups, each parameter once, in a stable order.
+
+        Raises:
+            ValueError: a name is not one of this backend's groups (the message lists them).
+        """
+        groups = self.parameter_groups()
+        unknown = [name for name in names if name not in groups]
+        if unknown:
+            raise ValueError(f"Unknown parameter group(s) {unknown} for {type(self).__name__}; known: {sorted(groups)}.")
+        if not names:
+            raise ValueError("No parameter group selected: name at least one of " f"{sorted(groups)}.")
+        seen: set[int] = set()
+        selected = []
+        for name in names:
+            for param in groups[name]:
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    selected.append(param)
+        return selected

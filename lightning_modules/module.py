@@ -1,0 +1,83 @@
+"""`TextToMusicModule`: what training and unlearning a `TextToMusicModel` share.
+
+It selects the trainable parameter groups by name, builds the optimizer and scheduler from callables given in the
+config, measures the loss of validation items at timesteps and noise fixed per item id, keeps frozen weights out of
+checkpoints and saves the model in its native format.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lightning_modules.models.base import Batch, TextToMusicModel
+
+
+class TextToMusicModule(L.LightningModule):
+    """Base of the modules that train a `TextToMusicModel`.
+
+    Args:
+        model: the model to train.
+        optimizer: builds the optimizer from the selected parameters.
+        lr_scheduler: builds a learning-rate scheduler (stepped every optimizer step); none when not given.
+        parameter_groups: names of the model's parameter groups to train; every other parameter stays frozen.
+        eval_seed: seed of the per-item timesteps and noise of validation losses.
+    """
+
+    def __init__(
+        self,
+        model: TextToMusicModel,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        parameter_groups: Sequence[str] = ("all",),
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.eval_seed = eval_seed
+        model.requires_grad_(False)
+        self.trainable = model.select_parameters(list(parameter_groups))
+        for param in self.trainable:
+            param.requires_grad_(True)
+        self.strict_loading = False  # checkpoints hold the trained parameters only; the rest comes from `model`
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def num_samples(self) -> int:
+        return self.model.num_samples
+
+    def fixed_loss(self, batch: Batch) -> Tensor:
+        """Per-item losses `(batch,)` at the timesteps and noise fixed by each item's id and `eval_seed`."""
+        return self.model.loss(batch, **self.model.fixed_loss_inputs(batch["id"], self.eval_seed))
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = batch["split"][0]
+        key = f"val/{split}_loss" if split else "val/loss"
+        self.log(key, self.fixed_loss(batch).mean(), batch_size=len(batch["id"]), sync_dist=True,
+                 add_dataloader_idx=False)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.trainable)
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trained = {name for name, param in self.named_parameters() if param.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save the model in its backend's native format."""
+        self.model.save_pretrained(path)

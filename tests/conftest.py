@@ -1,0 +1,70 @@
+"""Tiny fixtures: a random toy CLAP, a random toy text-to-music model and a two-artist corpus, built once per session
+and saved with `save_pretrained`, so tests load them through the code path that loads real checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from datamodules import ToyCorpus, read_manifest  # noqa: E402
+from datamodules.audio import AudioTextDataset  # noqa: E402
+from lightning_modules.models import ToyArchitecture, ToyTextToMusic  # noqa: E402
+from lightning_modules.models.toy_clap import build_tokenizer, build_toy_clap  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SAMPLES = 8192
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if "network" in item.keywords and os.environ.get("HF_HUB_OFFLINE") == "1":
+            item.add_marker(pytest.mark.skip(reason="needs a model hub (HF_HUB_OFFLINE=1)"))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> ToyCorpus:
+    corpus = ToyCorpus(root=str(tmp_path_factory.mktemp("corpus") / "toy"), num_artists=2, tracks_per_artist=6,
+                       heldout_per_artist=2, duration=TINY_SAMPLES / 16000)
+    corpus.prepare()
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: ToyCorpus) -> Path:
+    torch.manual_seed(0)
+    captions = [item.caption for item in read_manifest(tiny_corpus.train_manifest)] + ["a piece by"]
+    model, processor = build_toy_clap(build_tokenizer(captions), hidden_size=16, projection_dim=16, num_text_layers=1)
+    folder = tmp_path_factory.mktemp("clap")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clap_dir: Path) -> Path:
+    torch.manual_seed(0)
+    architecture = ToyArchitecture(num_samples=TINY_SAMPLES, n_mels=32, block_out_channels=(8, 16),
+                                   attention_head_dim=4, num_inference_steps=4, griffin_lim_iters=4)
+    folder = tmp_path_factory.mktemp("toy_ttm")
+    ToyTextToMusic(text_encoder=str(tiny_clap_dir), architecture=architecture).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir: Path) -> ToyTextToMusic:
+    return ToyTextToMusic.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_batch(tiny_corpus: ToyCorpus) -> dict:
+    dataset = AudioTextDataset(read_manifest(tiny_corpus.train_manifest)[:4], 16000, TINY_SAMPLES, split="forget")
+    return torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
