@@ -125,7 +125,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
         if not retain:
             raise ValueError(f"The retain set is empty: every item of {self.manifest} is in the forget set.")
         heldout = read_manifest(self.heldout_manifest) if self.heldout_manifest else []
-        leaked = sorted({item.id for item in heldout} & {item.id for item in members})
+        leaked = sorted({item.id for item in heldout} & {item.id for item in members + retain})
         if leaked:
             raise ValueError(f"{len(leaked)} held-out item(s) of {self.heldout_manifest} are also in {self.manifest}; "
                              f"held-out items must be non-members: {leaked[:10]}")

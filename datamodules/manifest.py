@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
+
+from lightning_modules.io import write_text_atomic
 
 REQUIRED_KEYS = ("id", "path", "caption")
 OPTIONAL_KEYS = ("group", "offset", "duration")
@@ -36,12 +38,15 @@ class ManifestItem:
 
 def _parse_row(row: dict, manifest: Path, line: int) -> ManifestItem:
     where = f"{manifest}, line {line}"
+    if None in row:
+        raise ValueError(f"{where}: the row has more cells than the header has columns.")
     missing = [key for key in REQUIRED_KEYS if row.get(key) in (None, "")]
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing}; every item needs {list(REQUIRED_KEYS)}.")
     unknown = set(row) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {list(REQUIRED_KEYS + OPTIONAL_KEYS)}.")
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown, key=str)}; allowed: "
+                         f"{list(REQUIRED_KEYS + OPTIONAL_KEYS)}.")
     numbers: dict[str, float | None] = {}
     for key in ("offset", "duration"):
         value = row.get(key)
@@ -49,12 +54,16 @@ def _parse_row(row: dict, manifest: Path, line: int) -> ManifestItem:
             numbers[key] = None if value in (None, "") else float(value)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: `{key}` must be a number of seconds, got {value!r}.") from err
+        if numbers[key] is not None and not math.isfinite(numbers[key]):
+            raise ValueError(f"{where}: `{key}` must be finite, got {value!r}.")
+    if numbers["offset"] is not None and numbers["offset"] < 0:
+        raise ValueError(f"{where}: `offset` must be >= 0, got {numbers['offset']}.")
     if numbers["duration"] is not None and numbers["duration"] <= 0:
         raise ValueError(f"{where}: `duration` must be positive, got {numbers['duration']}.")
     path = Path(os.path.expanduser(str(row["path"])))
     return ManifestItem(
         id=str(row["id"]),
-        path=path if path.is_absolute() else manifest.parent / path,
+        path=path if path.is_absolute() else Path(os.path.normpath(manifest.parent / path)),
         caption=str(row["caption"]),
         group=str(row.get("group") or ""),
         offset=numbers["offset"] or 0.0,
@@ -75,7 +84,8 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestItem]:
     rows: list[tuple[int, dict]] = []
     if manifest.suffix.lower() == ".csv":
         with manifest.open(newline="") as f:
-            rows = [(n, row) for n, row in enumerate(csv.DictReader(f), start=2)]
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]
     else:
         for n, text in enumerate(manifest.read_text().splitlines(), start=1):
             if not text.strip():
@@ -99,7 +109,6 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestItem]:
 def write_manifest(items: Iterable[ManifestItem], path: str | os.PathLike) -> None:
     """Write `items` as JSONL atomically, with paths relative to the manifest's folder where possible."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for item in items:
         row: dict = {"id": item.id, "path": os.path.relpath(item.path, target.parent), "caption": item.caption}
@@ -110,10 +119,7 @@ def write_manifest(items: Iterable[ManifestItem], path: str | os.PathLike) -> No
         if item.duration is not None:
             row["duration"] = item.duration
         lines.append(json.dumps(row) + "\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, target)
+    write_text_atomic(target, "".join(lines))
 
 
 def check_audio_files(items: Sequence[ManifestItem], what: str) -> None:
@@ -138,3 +144,6 @@ def check_audio_files(items: Sequence[ManifestItem], what: str) -> None:
             raise ValueError(f"Cannot decode {item.path} (item {item.id!r} of {what}): {err}") from err
         if info.frames == 0:
             raise ValueError(f"{item.path} (item {item.id!r} of {what}) holds no audio.")
+        if item.offset >= info.duration:
+            raise ValueError(f"Item {item.id!r} of {what} starts at offset {item.offset} s, past the end of "
+                             f"{item.path} ({info.duration:.3f} s).")
