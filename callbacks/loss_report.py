@@ -78,10 +78,10 @@ class LossReport(Callback):
             metrics = {f"report/{column}/{split}_loss": value for column, values in self.results.items()
                        for split, value in values.items()}
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
-        table = self.table()
-        log.info("Loss at fixed timesteps and noise (lower = better fit):\n%s", table)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a collective under DDP
         if trainer.is_global_zero:
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            table = self.table()
+            log.info("Loss at fixed timesteps and noise (lower = better fit):\n%s", table)
             write_json_atomic(folder / "loss_report.json", self.results)
             write_text_atomic(folder / "loss_report.md", table + "\n")
 

@@ -26,7 +26,8 @@ class SavePretrained(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "save_pretrained"):
             raise TypeError(f"{type(pl_module).__name__} has no save_pretrained(path) for SavePretrained to call.")
-        target = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "pretrained"
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        target = Path(self.dirpath) if self.dirpath else run_dir / "pretrained"
         if trainer.is_global_zero:
             with atomic_directory(target) as tmp:
                 pl_module.save_pretrained(tmp)

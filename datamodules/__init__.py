@@ -1,7 +1,6 @@
 """DataModules, manifests, audio loading and the toy corpus."""
 
 import lightning_modules  # noqa: F401  (checks the torch / torchaudio pair before torchaudio loads)
-
 from datamodules.audio_text import AudioTextDataModule
 from datamodules.forget_retain import ForgetRetainDataModule
 from datamodules.manifest import ManifestItem, read_manifest, write_manifest

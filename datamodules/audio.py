@@ -72,6 +72,8 @@ class AudioTextDataset(Dataset):
                 "mask": mask}
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, drop_last: bool = False
+) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
                       persistent_workers=num_workers > 0)

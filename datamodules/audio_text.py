@@ -3,15 +3,15 @@ fine-tuning a text-to-music model (the toy base model, an oracle retrained witho
 
 from __future__ import annotations
 
-import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.audio import AudioTextDataset, make_loader
+from datamodules.base import ManifestDataModule
 from datamodules.manifest import check_audio_files, read_manifest
 from datamodules.source import DataSource
 
 
-class AudioTextDataModule(L.LightningDataModule):
+class AudioTextDataModule(ManifestDataModule):
     """Audio-text batches from a manifest.
 
     Args:
@@ -36,19 +36,11 @@ class AudioTextDataModule(L.LightningDataModule):
         num_samples: int = 32768,
         source: DataSource | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_workers, sample_rate, num_samples, source)
         self.manifest = manifest
         self.val_manifest = val_manifest
         self.exclude_groups = list(exclude_groups or [])
         self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.sample_rate = sample_rate
-        self.num_samples = num_samples
-        self.source = source
-
-    def prepare_data(self) -> None:
-        if self.source is not None:
-            self.source.prepare()
 
     def _read(self, manifest: str) -> AudioTextDataset:
         items = read_manifest(manifest)
@@ -60,7 +52,7 @@ class AudioTextDataModule(L.LightningDataModule):
         if not items:
             raise ValueError(f"No item of {manifest} is left after excluding groups {self.exclude_groups}.")
         check_audio_files(items, manifest)
-        return AudioTextDataset(items, self.sample_rate, self.num_samples)
+        return self.dataset(items)
 
     def setup(self, stage: str) -> None:
         self.train_set = self._read(self.manifest)

@@ -8,22 +8,21 @@ set is the rest of the training manifest or a given manifest; held-out items are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from datamodules.audio import AudioTextDataset, make_loader
+from datamodules.base import ManifestDataModule
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
 from datamodules.source import DataSource
 
 EVAL_SPLITS = ("forget", "retain", "heldout")
 
 
-class ForgetRetainDataModule(L.LightningDataModule):
+class ForgetRetainDataModule(ManifestDataModule):
     """Forget / retain / held-out sets for unlearning.
 
     Args:
@@ -64,7 +63,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
         num_samples: int = 32768,
         source: DataSource | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_workers, sample_rate, num_samples, source)
         chosen = [name for name, value in (("forget_groups", forget_groups), ("forget_ids", forget_ids),
                                            ("forget_manifest", forget_manifest)) if value]
         if len(chosen) != 1:
@@ -81,15 +80,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.max_eval_items = max_eval_items
         self.combined_mode = combined_mode
-        self.num_workers = num_workers
         self.seed = seed
-        self.sample_rate = sample_rate
-        self.num_samples = num_samples
-        self.source = source
-
-    def prepare_data(self) -> None:
-        if self.source is not None:
-            self.source.prepare()
 
     def _select_forget(self, members: list[ManifestItem]) -> list[ManifestItem]:
         by_id = {item.id: item for item in members}
@@ -133,13 +124,11 @@ class ForgetRetainDataModule(L.LightningDataModule):
             check_audio_files(items, what)
         self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
 
-    def _dataset(self, items: Sequence[ManifestItem], split: str) -> AudioTextDataset:
-        return AudioTextDataset(items, self.sample_rate, self.num_samples, split=split)
-
     def train_dataloader(self) -> CombinedLoader:
         loaders = {
-            "forget": make_loader(self._dataset(self.sets["forget"], "forget"), self.batch_size, True, self.num_workers),
-            "retain": make_loader(self._dataset(self.sets["retain"], "retain"), self.retain_batch_size, True,
+            "forget": make_loader(self.dataset(self.sets["forget"], "forget"), self.batch_size, True,
+                                  self.num_workers),
+            "retain": make_loader(self.dataset(self.sets["retain"], "retain"), self.retain_batch_size, True,
                                   self.num_workers),
         }
         return CombinedLoader(loaders, mode=self.combined_mode)
@@ -153,7 +142,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
                 order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.seed))
                 items = [items[i] for i in sorted(order[: self.max_eval_items].tolist())]
             if items:
-                datasets[split] = self._dataset(items, split)
+                datasets[split] = self.dataset(items, split)
         return datasets
 
     def val_dataloader(self) -> list[DataLoader]:

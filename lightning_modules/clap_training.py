@@ -2,7 +2,8 @@
 
 The tokenizer is built from the caption vocabulary of `caption_manifest` when the model is configured (after the
 DataModule has written the corpus); the loss is CLAP's symmetric InfoNCE over the batch (Radford et al., 2021;
-Elizalde et al., 2023).
+Elizalde et al., 2023). A share of each batch is replaced by its magnitude mel spectrogram resynthesised with
+Griffin-Lim (random gain too), so that the CLAP judges the music rather than the phase artefacts of generated audio.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 
 import lightning as L
 import torch
+import torchaudio
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
@@ -30,6 +32,7 @@ class ClapTraining(L.LightningModule):
         projection_dim: size of the joint embedding.
         num_text_layers: transformer layers of the text tower.
         num_mel_bins: mel bands of CLAP's front end.
+        resynthesis_prob: probability that a training clip is replaced by its Griffin-Lim resynthesis.
         optimizer: builds the optimizer.
     """
 
@@ -43,6 +46,7 @@ class ClapTraining(L.LightningModule):
         projection_dim: int = 64,
         num_text_layers: int = 2,
         num_mel_bins: int = 32,
+        resynthesis_prob: float = 0.5,
         optimizer: OptimizerCallable = torch.optim.AdamW,
     ) -> None:
         super().__init__()
@@ -53,6 +57,11 @@ class ClapTraining(L.LightningModule):
                             "projection_dim": projection_dim, "num_text_layers": num_text_layers,
                             "num_mel_bins": num_mel_bins}
         self.optimizer = optimizer
+        self.resynthesis_prob = resynthesis_prob
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=512, n_mels=64, power=1.0)
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(513, 64, sample_rate)
+        self.griffin_lim = torchaudio.transforms.GriffinLim(1024, n_iter=16, hop_length=512, power=1.0,
+                                                             length=num_samples)
         self.clap = None
 
     def configure_model(self) -> None:
@@ -70,8 +79,18 @@ class ClapTraining(L.LightningModule):
                            return_loss=True)
         return output.loss
 
+    @torch.no_grad()
+    def augment(self, audio: Tensor) -> Tensor:
+        """Resynthesise a random share of `(batch, samples)` clips from their mel spectrogram, and vary the gain."""
+        chosen = torch.rand(audio.shape[0], device=audio.device) < self.resynthesis_prob
+        if chosen.any():
+            resynthesised = self.griffin_lim(self.inverse_mel(self.mel(audio[chosen])))
+            audio = audio.clone()
+            audio[chosen] = resynthesised / resynthesised.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6) * 0.7
+        return audio * torch.empty(audio.shape[0], 1, device=audio.device).uniform_(0.5, 1.2)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
+        loss = self._loss({**batch, "audio": self.augment(batch["audio"])})
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
         return loss
 

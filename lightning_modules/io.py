@@ -24,6 +24,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True) -> Itera
         raise FileExistsError(f"{target} exists; delete it or choose another path.")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the mode mkdir would
     try:
         yield tmp
         if target.exists():

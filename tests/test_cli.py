@@ -32,6 +32,7 @@ def _config(tmp_path: Path, corpus, model_dir: Path, **trainer) -> Path:
                  "init_args": {"manifest": str(corpus.train_manifest), "heldout_manifest": str(corpus.heldout_manifest),
                                "forget_groups": [corpus.artists[0]], "batch_size": 2, "eval_batch_size": 3}},
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

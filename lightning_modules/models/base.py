@@ -110,9 +110,10 @@ class TextToMusicModel(nn.Module, ABC):
         groups = self.parameter_groups()
         unknown = [name for name in names if name not in groups]
         if unknown:
-            raise ValueError(f"Unknown parameter group(s) {unknown} for {type(self).__name__}; known: {sorted(groups)}.")
+            raise ValueError(f"Unknown parameter group(s) {unknown} for {type(self).__name__}; "
+                             f"known: {sorted(groups)}.")
         if not names:
-            raise ValueError("No parameter group selected: name at least one of " f"{sorted(groups)}.")
+            raise ValueError(f"No parameter group selected: name at least one of {sorted(groups)}.")
         seen: set[int] = set()
         selected = []
         for name in names:
