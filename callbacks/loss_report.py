@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
@@ -20,10 +21,6 @@ from lightning_modules.io import write_json_atomic, write_text_atomic
 from lightning_modules.models.base import TextToMusicModel
 
 log = logging.getLogger(__name__)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 class LossReport(Callback):
@@ -56,7 +53,7 @@ class LossReport(Callback):
             shard = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
             total = torch.zeros(2, dtype=torch.float64, device=device)
             for batch in DataLoader(shard, batch_size=self.batch_size):
-                batch = _to_device(batch, device)
+                batch = move_data_to_device(batch, device)
                 with trainer.precision_plugin.forward_context():
                     losses = model.loss(batch, **model.fixed_loss_inputs(batch["id"], self.seed))
                 total += torch.stack([losses.double().sum(), torch.tensor(len(losses), device=device)])

@@ -42,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    ToyCorpus(args.corpus).prepare()
+    corpus = ToyCorpus(args.corpus)
+    corpus.prepare()
     items = read_manifest(Path(args.corpus) / "heldout.jsonl")
     artists = sorted({item.group for item in items})
     targets = torch.tensor([artists.index(item.group) for item in items])
@@ -53,7 +54,7 @@ def main() -> None:
         predictions = zero_shot_predictions(clap.embed_audio(audio, sample_rate), classes)
         return per_class_accuracy(predictions, targets, len(artists)).tolist()
 
-    dataset = AudioTextDataset(items, clap.sample_rate, 32768)
+    dataset = AudioTextDataset(items, clap.sample_rate, round(corpus.settings["duration"] * clap.sample_rate))
     results = {"held-out tracks": accuracy(torch.stack([dataset[i]["audio"] for i in range(len(dataset))]),
                                            clap.sample_rate)}
     for spec in args.models:
