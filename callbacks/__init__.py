@@ -1,6 +1,6 @@
 """Callbacks: evaluation reports and model export."""
 
-from callbacks.loss_report import LossReport
+from callbacks.evaluation import UnlearningEvaluation
 from callbacks.save_pretrained import SavePretrained
 
-__all__ = ["LossReport", "SavePretrained"]
+__all__ = ["SavePretrained", "UnlearningEvaluation"]

@@ -51,7 +51,7 @@ def main() -> None:
     classes = clap.embed_text([f"a piece by {artist}" for artist in artists])
 
     def accuracy(audio: torch.Tensor, sample_rate: int) -> list[float]:
-        predictions = zero_shot_predictions(clap.embed_audio(audio, sample_rate), classes)
+        predictions = zero_shot_predictions(clap(audio, sample_rate), classes)
         return per_class_accuracy(predictions, targets, len(artists)).tolist()
 
     dataset = AudioTextDataset(items, clap.sample_rate, round(corpus.settings["duration"] * clap.sample_rate))

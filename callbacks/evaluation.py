@@ -1,0 +1,387 @@
+"""`UnlearningEvaluation`: the unlearning report, measured before training, every N steps and at the end, beside the
+oracle retrained without the forget set.
+
+For each evaluation set of the DataModule (forget, retain, held-out) it measures the per-item loss at timesteps and
+noise fixed per item id and the loss-based membership-inference AUC against the held-out non-members; and, given a
+CLAP, it generates from a fixed subset of the set's captions with fixed per-prompt seeds and measures FAD against the
+set's audio, CLAP score, recognition of each prompt's group (the forgotten artist), memorization of forget-set tracks
+and the KL divergence of tag distributions. Items and prompts are sharded across processes and every metric sums its
+states over processes, so the report does not depend on the number of devices. The methodology follows the opt-out
+study on MusicGen and the evaluation of unlearning against an oracle (see ../shared/reference/papers.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics import CatMetric
+
+from callbacks.report import cache_key, describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
+from lightning_modules.io import write_json_atomic, write_text_atomic
+from lightning_modules.metrics import (
+    AudioEmbedder,
+    AudioTagger,
+    CLAPScore,
+    FrechetAudioDistance,
+    Memorization,
+    Recognition,
+    TagKLDivergence,
+    TextAudioEmbedder,
+    ZeroShotTagger,
+)
+from lightning_modules.metrics.fad import reference_key
+from lightning_modules.metrics.functional import membership_auc
+from lightning_modules.models.base import TextToMusicModel
+
+log = logging.getLogger(__name__)
+
+Results = dict[str, dict[str, float]]  # split -> metric -> value
+
+
+def default_cache_dir() -> Path:
+    """``$TTM_UNLEARNING_CACHE``, else ``~/.cache/ttm_unlearning``."""
+    return Path(os.environ.get("TTM_UNLEARNING_CACHE", Path.home() / ".cache" / "ttm_unlearning"))
+
+
+class UnlearningEvaluation(Callback):
+    """Evaluates the model at fit start ("before"), every `every_n_train_steps` and at fit end ("after"), and in
+    ``validate`` / ``test`` ("model"); writes ``results.json`` and ``results.md`` into the run's log dir.
+
+    Args:
+        clap: a CLAP embedder; enables generation and the CLAP score, recognition, memorization and (without a
+            `tagger`) KL metrics. Without it only losses and membership inference are measured.
+        fad_embedder: the embedder of FAD (e.g. VGGish, PANN); default `clap`.
+        tagger: the classifier of the KL metric (e.g. `PANNTagger`); default the CLAP zero-shot tagger over the
+            DataModule's groups.
+        recognition_template: the zero-shot prompt of a group, with ``{}`` for its name.
+        num_prompts: captions generated from per set, evenly spaced over the set's evaluation items.
+        every_n_train_steps: also evaluate every this many optimizer steps; 0 for start and end only.
+        seed: generation uses seed ``seed + i`` for prompt ``i``; losses use it for their timesteps and noise.
+        num_inference_steps: sampling steps; default the model's.
+        guidance_scale: classifier-free guidance; default the model's.
+        batch_size: prompts or items per batch.
+        memorization_threshold: highest CLAP similarity to a forget track above which a generation counts as a copy.
+        oracle: folder of the oracle (the same backend retrained without the forget set); evaluated once and cached.
+        base: folder of the model before unlearning, for the "before" column of ``validate`` / ``test`` runs.
+        log_audio: clips per set (of the first process) logged to TensorBoard with their mel spectrograms.
+        cache_dir: cache of reference statistics and oracle results; default ``$TTM_UNLEARNING_CACHE`` or
+            ``~/.cache/ttm_unlearning``.
+    """
+
+    def __init__(
+        self,
+        clap: TextAudioEmbedder | None = None,
+        fad_embedder: AudioEmbedder | None = None,
+        tagger: AudioTagger | None = None,
+        recognition_template: str = "a piece by {}",
+        num_prompts: int = 16,
+        every_n_train_steps: int = 0,
+        seed: int = 0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        batch_size: int = 16,
+        memorization_threshold: float = 0.9,
+        oracle: str | None = None,
+        base: str | None = None,
+        log_audio: int = 2,
+        cache_dir: str | None = None,
+    ) -> None:
+        for name, value in (("num_prompts", num_prompts), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
+        if every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps must be 0 (off) or positive, got {every_n_train_steps}.")
+        for name, path in (("oracle", oracle), ("base", base)):
+            if path is not None and not Path(path).is_dir():
+                raise FileNotFoundError(f"{name} folder {path} not found; give the folder the model was saved to.")
+        if (fad_embedder is not None or tagger is not None) and clap is None:
+            raise ValueError("fad_embedder and tagger measure generations, which need a `clap` embedder as well.")
+        self.clap = clap
+        self.fad_embedder = fad_embedder or clap
+        self.tagger = tagger
+        self.recognition_template = recognition_template
+        self.num_prompts = num_prompts
+        self.every_n_train_steps = every_n_train_steps
+        self.seed = seed
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.batch_size = batch_size
+        self.memorization_threshold = memorization_threshold
+        self.oracle = oracle
+        self.base = base
+        self.log_audio = log_audio
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.columns: dict[str, Results] = {}
+        self.history: list[dict[str, Any]] = []
+        self.metrics: dict[str, dict[str, Any]] = {}
+        self._references_ready = False
+
+    # ----------------------------------------------------------------------------------------------------- set-up
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "eval_datasets"):
+            raise TypeError(f"UnlearningEvaluation needs a DataModule with eval_datasets() (such as "
+                            f"ForgetRetainDataModule), got {type(datamodule).__name__}.")
+        self.datasets = datamodule.eval_datasets()
+        if self.clap is None:
+            return
+        groups = sorted({item.group for items in datamodule.sets.values() for item in items if item.group})
+        ungrouped = [item.id for items in datamodule.sets.values() for item in items if not item.group]
+        if groups and ungrouped:
+            raise ValueError(f"Recognition needs a group for every item, but {len(ungrouped)} item(s) have none, e.g. "
+                             f"{ungrouped[:5]}; give every manifest line a 'group' or none of them.")
+        recognizer = ZeroShotTagger(self.clap, groups, self.recognition_template) if groups else None
+        kl_tagger = self.tagger or recognizer
+        self.recognizer = recognizer
+        for split in self.datasets:
+            metrics: dict[str, Any] = {"fad": FrechetAudioDistance(self.fad_embedder),
+                                       "clap_score": CLAPScore(self.clap)}
+            if recognizer is not None:
+                metrics["recognition"] = Recognition(recognizer)
+            if kl_tagger is not None:
+                metrics["kl"] = TagKLDivergence(kl_tagger)
+            if split == "forget":
+                metrics["memorization"] = Memorization(self.clap, self.memorization_threshold)
+            self.metrics[split] = metrics
+        self._references_ready = False
+
+    def _prepare_references(self, trainer: L.Trainer, sample_rate: int) -> None:
+        """FAD reference statistics of each set's audio (read from the cache, or embedded once and cached) and the
+        forget tracks' embeddings for memorization."""
+        if self._references_ready or self.clap is None:
+            return
+        device = trainer.strategy.root_device
+        for split, dataset in self.datasets.items():
+            fad = self.metrics[split]["fad"].to(device)
+            key = reference_key(self.fad_embedder, sample_rate, describe_items(dataset.items, dataset.num_samples))
+            path = self.cache_dir / "fad_reference" / f"{key}.pt"
+            if trainer.strategy.broadcast(path.is_file()):
+                fad.load_reference(path)
+                log.info("FAD reference of the %s set read from %s", split, path)
+            else:
+                fad.clear_reference()
+                for batch in self._loader(trainer, dataset):
+                    fad.update(batch["audio"], sample_rate, real=True)
+                fad.freeze_reference()
+                if trainer.is_global_zero:
+                    fad.save_reference(path)
+            if split == "forget":
+                embeddings = torch.cat([self.clap(batch["audio"].to(device), sample_rate)
+                                        for batch in DataLoader(dataset, batch_size=self.batch_size)])
+                self.metrics[split]["memorization"].to(device).set_reference(embeddings)
+        self._references_ready = True
+
+    def _loader(self, trainer: L.Trainer, dataset: Any, indices: list[int] | None = None) -> DataLoader:
+        """This process's share of `indices` (default all) of `dataset`: every `world_size`-th, no padding."""
+        indices = list(range(len(dataset))) if indices is None else indices
+        return DataLoader(_Indexed(dataset, indices[trainer.global_rank::trainer.world_size]), self.batch_size)
+
+    # ------------------------------------------------------------------------------------------------ measuring
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Results:
+        """Every configured metric of every evaluation set for `model`; identical on every process."""
+        was_training = model.training
+        model.eval()
+        self._prepare_references(trainer, model.sample_rate)
+        results: Results = {split: {"loss": float("nan")} for split in self.datasets}
+        losses = {split: self._losses(trainer, model, dataset) for split, dataset in self.datasets.items()}
+        for split, values in losses.items():
+            results[split]["loss"] = values.double().mean().item()
+        if "heldout" in losses:
+            for split in ("forget", "retain"):
+                if split in losses:
+                    results[split]["mia_auc"] = membership_auc(losses[split], losses["heldout"])
+        if self.clap is not None:
+            for split, dataset in self.datasets.items():
+                results[split].update(self._generation_metrics(trainer, model, split, dataset))
+        model.train(was_training)
+        return results
+
+    def _losses(self, trainer: L.Trainer, model: TextToMusicModel, dataset: Any) -> Tensor:
+        """Per-item losses at fixed timesteps and noise, gathered from all processes `(items,)`."""
+        device = trainer.strategy.root_device
+        gathered = CatMetric(nan_strategy="error").to(device)
+        for batch in self._loader(trainer, dataset):
+            batch = move_data_to_device(batch, device)
+            with trainer.precision_plugin.forward_context():
+                gathered.update(model.loss(batch, **model.fixed_loss_inputs(batch["id"], self.seed)).float())
+        return gathered.compute().reshape(-1)
+
+    def prompt_indices(self, dataset: Any) -> list[int]:
+        """The evaluation items whose captions are generated from: `num_prompts` evenly spaced ones."""
+        count = min(self.num_prompts, len(dataset))
+        return torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()
+
+    def _generation_metrics(self, trainer: L.Trainer, model: TextToMusicModel, split: str, dataset: Any) -> dict:
+        device = trainer.strategy.root_device
+        metrics = self.metrics[split]
+        for metric in metrics.values():
+            metric.to(device).reset()
+        self._clips = []
+        for batch in self._loader(trainer, dataset, self.prompt_indices(dataset)):
+            seeds = [self.seed + index for index in batch["index"].tolist()]
+            with trainer.precision_plugin.forward_context():
+                audio = model.generate(list(batch["caption"]), seed=seeds,
+                                       num_inference_steps=self.num_inference_steps,
+                                       guidance_scale=self.guidance_scale).float()
+            self._update(metrics, audio, batch, model.sample_rate, device)
+            keep = max(0, self.log_audio - len(self._clips)) if trainer.is_global_zero else 0
+            self._clips.extend(zip(batch["caption"][:keep], audio[:keep].cpu(), strict=True))
+        results = {}
+        for name, metric in metrics.items():
+            value = metric.compute()
+            if isinstance(value, dict):
+                results.update({f"{name}_{key}" if key != "copies" else "copies": v.item() for key, v in value.items()})
+            else:
+                results[name] = value.item()
+        self._log_clips(trainer, split, model.sample_rate)
+        return results
+
+    def _update(self, metrics: dict, audio: Tensor, batch: dict, sample_rate: int, device: torch.device) -> None:
+        embeddings = self.clap(audio, sample_rate)
+        metrics["clap_score"].update(prompts=list(batch["caption"]), embeddings=embeddings)
+        if self.fad_embedder is self.clap:
+            metrics["fad"].update(embeddings=embeddings)
+        else:
+            metrics["fad"].update(audio, sample_rate)
+        if "recognition" in metrics:
+            metrics["recognition"].update(targets=list(batch["group"]), logits=self.recognizer.logits(embeddings))
+        if "memorization" in metrics:
+            metrics["memorization"].update(embeddings=embeddings)
+        if "kl" in metrics:
+            reference = batch["audio"].to(device)
+            if self.tagger is None:
+                metrics["kl"].update(generated_logits=self.recognizer.logits(embeddings),
+                                     reference_logits=self.recognizer.logits(self.clap(reference, sample_rate)))
+            else:
+                metrics["kl"].update(audio, reference, sample_rate)
+
+    def _log_clips(self, trainer: L.Trainer, split: str, sample_rate: int) -> None:
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger) or not trainer.is_global_zero:
+                continue
+            for i, (caption, clip) in enumerate(self._clips):
+                tag = f"eval/{split}/{i}"
+                mono = clip.mean(0, keepdim=True).clamp(-1, 1)
+                logger.experiment.add_audio(tag, mono, trainer.global_step, sample_rate)
+                logger.experiment.add_image(f"{tag}/mel", mel_image(clip, sample_rate), trainer.global_step)
+                logger.experiment.add_text(f"{tag}/prompt", caption, trainer.global_step)
+
+    # ------------------------------------------------------------------------------------------------- references
+    def evaluate_pretrained(self, trainer: L.Trainer, model: TextToMusicModel, folder: str) -> Results:
+        """Results of the model saved in `folder` (same backend as `model`), cached by its weights and the settings."""
+        key = cache_key(describe_model(folder), self.settings(trainer, model))
+        path = self.cache_dir / "evaluation" / f"{key}.json"
+        if trainer.strategy.broadcast(path.is_file()):
+            log.info("Results of %s read from the cache %s (delete it to measure again)", folder, path)
+            return json.loads(path.read_text())["results"]
+        reference = type(model).from_pretrained(folder).to(trainer.strategy.root_device)
+        results = self.evaluate(trainer, reference)
+        del reference
+        if trainer.is_global_zero:
+            write_json_atomic(path, {"model": str(folder), "results": results})
+        return results
+
+    def settings(self, trainer: L.Trainer, model: TextToMusicModel) -> dict[str, Any]:
+        """Everything the numbers depend on besides the model's weights."""
+        return {
+            "datasets": {split: describe_items(dataset.items, dataset.num_samples)
+                         for split, dataset in self.datasets.items()},
+            "clap": self.clap.name if self.clap else None,
+            "fad": self.fad_embedder.name if self.fad_embedder else None,
+            "tagger": self.tagger.name if self.tagger else None,
+            "recognition_template": self.recognition_template, "num_prompts": self.num_prompts, "seed": self.seed,
+            "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+            "batch_size": self.batch_size, "memorization_threshold": self.memorization_threshold,
+            "sample_rate": model.sample_rate, "precision": str(trainer.precision),
+        }
+
+    # ----------------------------------------------------------------------------------------------------- hooks
+    def _record(self, trainer: L.Trainer, column: str, results: Results) -> None:
+        self.columns[column] = results
+        self.history.append({"step": trainer.global_step, "column": column, "results": results})
+        if trainer.logger is not None:
+            prefix = "eval" if column in ("before", "after", "model", "step") else f"eval_{column}"
+            trainer.logger.log_metrics({f"{prefix}/{split}/{name}": value for split, values in results.items()
+                                        for name, value in values.items()}, step=trainer.global_step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "before" not in self.columns:  # a resumed run keeps the "before" of its start, restored from the checkpoint
+            self._record(trainer, "before", self.evaluate(trainer, pl_module.model))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_train_steps and step % self.every_n_train_steps == 0:
+            self._record(trainer, "step", self.evaluate(trainer, pl_module.model))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = self.history[-1] if self.history else {}
+        evaluated_now = last.get("step") == trainer.global_step and last.get("column") == "step"
+        self._record(trainer, "after", last["results"] if evaluated_now else self.evaluate(trainer, pl_module.model))
+        self._report(trainer, pl_module, "after")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._evaluate_stage(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluate_stage(trainer, pl_module)
+
+    def _evaluate_stage(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "before" not in self.columns and self.base is not None:
+            self.columns["before"] = self.evaluate_pretrained(trainer, pl_module.model, self.base)
+        self._record(trainer, "model", self.evaluate(trainer, pl_module.model))
+        self._report(trainer, pl_module, "model")
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, column: str) -> None:
+        if self.oracle is not None:
+            self._record(trainer, "oracle", self.evaluate_pretrained(trainer, pl_module.model, self.oracle))
+        columns = {name: self.columns[name] for name in ("before", column, "oracle") if name in self.columns}
+        final = {f"eval/{split}/{name}": value for split, values in columns[column].items()
+                 for name, value in values.items()}
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a collective under DDP
+        if not trainer.is_global_zero:
+            return
+        table = markdown_table(columns, column)
+        log.info("Unlearning evaluation (%s):\n%s", type(pl_module).__name__, table)
+        write_json_atomic(folder / "results.json", {
+            "columns": columns, "gap_to_oracle": gap_to_oracle(columns, column), "history": self.history,
+            "settings": self.settings(trainer, pl_module.model)})
+        write_text_atomic(folder / "results.md", table + "\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams({"method": type(pl_module).__name__}, metrics=final)
+
+    # ------------------------------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {"columns": self.columns, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.columns = {k: v for k, v in state_dict["columns"].items() if k == "before"}
+        self.history = state_dict["history"]
+
+
+class _Indexed(Dataset):
+    """`indices` of `dataset`, each item carrying its index in `dataset` (the seed offset of its generation)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        return {**self.dataset[self.indices[position]], "index": self.indices[position]}

@@ -1,0 +1,77 @@
+"""Helpers of the evaluation report: cache keys of what the numbers depend on, the Markdown table, mel images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchaudio
+from torch import Tensor
+
+from datamodules.manifest import ManifestItem
+
+
+def describe_items(items: Sequence[ManifestItem], num_samples: int) -> list:
+    """What a set's audio depends on: each item's id, file, size, modification time and crop, and the clip length."""
+    described = []
+    for item in items:
+        stat = Path(item.path).stat()
+        described.append([item.id, str(item.path), stat.st_size, stat.st_mtime_ns, item.offset, item.duration])
+    return [num_samples, described]
+
+
+def describe_model(folder: str | os.PathLike) -> list:
+    """What a saved model's outputs depend on: its folder and every file's size and modification time."""
+    folder = Path(folder).resolve()
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return [str(folder), [[str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns]
+                          for path in files]]
+
+
+def cache_key(*parts: Any) -> str:
+    """A short hash of JSON-able `parts`."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def gap_to_oracle(columns: dict[str, dict[str, dict[str, float]]], column: str) -> dict[str, dict[str, float]]:
+    """`column` minus the oracle, per set and metric (empty without an oracle): 0 is the goal of unlearning."""
+    if "oracle" not in columns:
+        return {}
+    return {split: {name: value - columns["oracle"][split][name] for name, value in values.items()
+                    if name in columns["oracle"].get(split, {})}
+            for split, values in columns[column].items()}
+
+
+def markdown_table(columns: dict[str, dict[str, dict[str, float]]], column: str) -> str:
+    """One row per set and metric, one column per evaluated model, and `column`'s gap to the oracle."""
+    names = list(columns)
+    gaps = gap_to_oracle(columns, column)
+    header = ["set", "metric", *names] + ([f"{column} − oracle"] if gaps else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for split, values in columns[column].items():
+        for metric in values:
+            cells = [_format(columns[name].get(split, {}).get(metric)) for name in names]
+            if gaps:
+                cells.append(_format(gaps[split].get(metric), signed=True))
+            lines.append(f"| {split} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _format(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def mel_image(clip: Tensor, sample_rate: int, n_mels: int = 64) -> Tensor:
+    """A `(channels, samples)` clip as a `(1, n_mels, frames)` log-mel image in [0, 1], low pitches at the bottom."""
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=n_mels)(clip.mean(0))
+    image = torch.log(mel + 1e-5)
+    image = (image - image.min()) / (image.max() - image.min()).clamp(min=1e-8)
+    return image.flip(0).unsqueeze(0)

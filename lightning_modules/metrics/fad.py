@@ -1,0 +1,150 @@
+"""`FrechetAudioDistance`: the Fréchet distance between Gaussians fitted to embeddings of reference and generated audio,
+as a torchmetrics Metric modelled on torchmetrics' FrechetInceptionDistance. Kilgour et al., "Fréchet Audio Distance: A
+Metric for Evaluating Music Enhancement Algorithms", Interspeech 2019; FAD-infinity from Gui et al., "Adapting Fréchet
+Audio Distance for Generative Music Evaluation", ICASSP 2024.
+
+The states are float64 sums of embeddings and of their outer products, reduced with ``sum`` across processes, so the
+value is the same on any number of devices. The reference (real) statistics can be frozen once, kept across resets and
+saved to a file, so a reference set is embedded once for every checkpoint and run that is compared with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_modules.io import atomic_file
+from lightning_modules.metrics.embedder import AudioEmbedder, embed_or_given
+from lightning_modules.metrics.functional import frechet_distance, frechet_distance_infinity, gaussian_statistics
+
+STATISTICS = ("sum", "outer_sum", "count")
+
+
+def reference_key(embedder: AudioEmbedder, sample_rate: int, description: object) -> str:
+    """A file-name-safe key of reference statistics: the embedder's identity, the audio's sample rate and a JSON-able
+    `description` of the reference set (e.g. its items' ids, paths, sizes and crops)."""
+    text = json.dumps([embedder.name, sample_rate, description], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class FrechetAudioDistance(Metric):
+    """FAD between the audio given with ``real=True`` (or frozen reference statistics) and with ``real=False``.
+
+    Args:
+        embedder: the feature extractor (CLAP, VGGish, PANN, EnCodec, ...); frame-level embeddings
+            `(batch, frames, dim)` count every frame as a sample, as FAD toolkits do.
+        keep_embeddings: also keep the generated set's embeddings (a concatenated state), which
+            `compute_infinity` needs.
+    """
+
+    higher_is_better = False
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, embedder: AudioEmbedder, keep_embeddings: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.embedder = embedder.eval()
+        self.keep_embeddings = keep_embeddings
+        self._reference: dict[str, Tensor] | None = None
+        dim = embedder.dim
+        for prefix in ("real", "fake"):
+            self.add_state(f"{prefix}_sum", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{prefix}_outer_sum", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{prefix}_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        if keep_embeddings:
+            self.add_state("fake_embeddings", [], dist_reduce_fx="cat")
+
+    def update(self, audio: Tensor | None = None, sample_rate: int | None = None, real: bool = False, *,
+               embeddings: Tensor | None = None) -> None:
+        """Add `(batch, samples)` or `(batch, channels, samples)` audio at `sample_rate` to the real (reference) or
+        generated set, or `embeddings` `(batch, dim)` / `(batch, frames, dim)` already computed by this embedder."""
+        embeddings = embed_or_given(self.embedder, audio, sample_rate, embeddings)
+        if real and self._reference is not None:
+            raise ValueError("Reference statistics are frozen or loaded; clear_reference() before adding real audio.")
+        features = embeddings.reshape(-1, embeddings.shape[-1]).double()
+        if features.shape[-1] != len(self.real_sum):
+            raise ValueError(f"Expected embeddings of width {len(self.real_sum)} from {self.embedder.name}, got "
+                             f"{tuple(embeddings.shape)}.")
+        if not torch.isfinite(features).all():
+            raise ValueError(f"The embedder {self.embedder.name} returned NaN or infinite embeddings.")
+        prefix = "real" if real else "fake"
+        if not real and self.keep_embeddings:
+            self.fake_embeddings.append(features)
+        setattr(self, f"{prefix}_sum", getattr(self, f"{prefix}_sum") + features.sum(0))
+        setattr(self, f"{prefix}_outer_sum", getattr(self, f"{prefix}_outer_sum") + features.T @ features)
+        setattr(self, f"{prefix}_count", getattr(self, f"{prefix}_count") + len(features))
+
+    def _statistics(self, prefix: str) -> dict[str, Tensor]:
+        if prefix == "real" and self._reference is not None:
+            return self._reference
+        return {name: getattr(self, f"{prefix}_{name}") for name in STATISTICS}
+
+    def _gaussian(self, prefix: str) -> tuple[Tensor, Tensor]:
+        stats = self._statistics(prefix)
+        what = "reference" if prefix == "real" else "generated"
+        if stats["count"] < 2:
+            raise ValueError(f"FAD needs at least 2 {what} embeddings, got {int(stats['count'])}.")
+        return gaussian_statistics(stats["sum"], stats["outer_sum"], stats["count"])
+
+    def compute(self) -> Tensor:
+        """The Fréchet distance (float64 scalar). Raises on fewer than 2 reference or generated embeddings."""
+        return frechet_distance(*self._gaussian("real"), *self._gaussian("fake"))
+
+    def compute_infinity(self, num_points: int = 15, min_samples: int = 500, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """FAD-infinity and the fit's R², from the kept generated embeddings (needs ``keep_embeddings=True``)."""
+        if not self.keep_embeddings:
+            raise ValueError("compute_infinity() needs FrechetAudioDistance(..., keep_embeddings=True).")
+        with self.sync_context():
+            embeddings = torch.cat(self.fake_embeddings) if self.fake_embeddings else torch.zeros(0, 1)
+            reference = self._gaussian("real")
+        generator = torch.Generator().manual_seed(seed)
+        return frechet_distance_infinity(*reference, embeddings.cpu(), num_points, min_samples, generator)
+
+    def freeze_reference(self) -> dict[str, Tensor]:
+        """Turn the real audio added so far (summed over processes) into reference statistics kept across resets, and
+        return them (call on every process under DDP)."""
+        with self.sync_context():
+            stats = {name: tensor.clone() for name, tensor in self._statistics("real").items()}
+        self.set_reference(stats)
+        return stats
+
+    def set_reference(self, stats: dict[str, Tensor]) -> None:
+        """Use `stats` (``sum``, ``outer_sum``, ``count``, as from `freeze_reference` or `load_reference`) as the
+        reference statistics, whatever real audio was added; they survive `reset()`."""
+        missing = set(STATISTICS) - set(stats)
+        if missing:
+            raise ValueError(f"Reference statistics lack {sorted(missing)}; expected {list(STATISTICS)}.")
+        if stats["sum"].shape != self.real_sum.shape:
+            raise ValueError(f"Reference statistics of width {tuple(stats['sum'].shape)} do not fit embeddings of "
+                             f"width {len(self.real_sum)} from {self.embedder.name}.")
+        self._reference = {name: stats[name].to(self.real_count.device, torch.float64) for name in STATISTICS}
+        self.real_count.zero_(), self.real_sum.zero_(), self.real_outer_sum.zero_()
+
+    def clear_reference(self) -> None:
+        self._reference = None
+
+    @property
+    def has_reference(self) -> bool:
+        return self._reference is not None
+
+    def save_reference(self, path: str | os.PathLike) -> None:
+        """Write the frozen reference statistics to `path` atomically (call on one process)."""
+        if self._reference is None:
+            raise ValueError("No reference statistics to save: call freeze_reference() or set_reference() first.")
+        with atomic_file(Path(path)) as tmp:
+            torch.save({name: tensor.cpu() for name, tensor in self._reference.items()} | {"embedder":
+                       self.embedder.name}, tmp)
+
+    def load_reference(self, path: str | os.PathLike) -> None:
+        """Read reference statistics written by `save_reference`; the file must come from the same embedder."""
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+        if stats.get("embedder") != self.embedder.name:
+            raise ValueError(f"Reference statistics {path} were computed with embedder {stats.get('embedder')!r}, "
+                             f"not {self.embedder.name!r}; delete the file or point to the right one.")
+        self.set_reference({name: stats[name] for name in STATISTICS})
