@@ -362,7 +362,7 @@ class UnlearningEvaluation(Callback):
         write_text_atomic(folder / "results.md", table + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams({"method": type(pl_module).__name__}, metrics=final)
+                logger.log_hyperparams({"method": type(pl_module).__name__}, metrics=final, step=trainer.global_step)
 
     # ------------------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:

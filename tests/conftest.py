@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from datamodules import ToyCorpus, read_manifest  # noqa: E402
 from datamodules.audio import AudioTextDataset  # noqa: E402
@@ -68,3 +69,33 @@ def tiny_model(tiny_model_dir: Path) -> ToyTextToMusic:
 def tiny_batch(tiny_corpus: ToyCorpus) -> dict:
     dataset = AudioTextDataset(read_manifest(tiny_corpus.train_manifest)[:4], 16000, TINY_SAMPLES, split="forget")
     return torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
+
+
+def write_config(tmp_path: Path, corpus: ToyCorpus, model_dir: Path, clap_dir: Path | None = None,
+                 evaluation: dict | None = None, **trainer) -> Path:
+    """A `train.py fit` config: 3 steps of gradient ascent on the tiny model and corpus, evaluated by
+    `UnlearningEvaluation` (with generation metrics when `clap_dir` is given; `evaluation` overrides its arguments)."""
+    evaluation = {"cache_dir": str(tmp_path / "cache"), "num_prompts": 3, "batch_size": 2, **(evaluation or {})}
+    if clap_dir is not None:
+        evaluation["clap"] = {"class_path": "lightning_modules.metrics.ClapEmbedder",
+                              "init_args": {"pretrained": str(clap_dir)}}
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 3, "default_root_dir": str(tmp_path / "logs"), "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu",
+                    "callbacks": [{"class_path": "callbacks.UnlearningEvaluation", "init_args": evaluation},
+                                  {"class_path": "callbacks.SavePretrained"}],
+                    **trainer},
+        "model": {"class_path": "lightning_modules.unlearning.GradientAscent",
+                  "init_args": {"model": {"class_path": "lightning_modules.models.ToyTextToMusic",
+                                          "init_args": {"pretrained": str(model_dir)}},
+                                "parameter_groups": ["all"],
+                                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}}},
+        "data": {"class_path": "datamodules.ForgetRetainDataModule",
+                 "init_args": {"manifest": str(corpus.train_manifest), "heldout_manifest": str(corpus.heldout_manifest),
+                               "forget_groups": [corpus.artists[0]], "batch_size": 2, "eval_batch_size": 3}},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -8,39 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, write_config
 
 CONFIGS = sorted(str(path.relative_to(REPO)) for path in (REPO / "configs").rglob("*.yaml")
                  if path.parent.name not in ("model", "data", "trainer"))
-
-
-def _config(tmp_path: Path, corpus, model_dir: Path, clap_dir: Path | None = None, **trainer) -> Path:
-    evaluation = {"cache_dir": str(tmp_path / "cache"), "num_prompts": 3, "batch_size": 2}
-    if clap_dir is not None:
-        evaluation["clap"] = {"class_path": "lightning_modules.metrics.ClapEmbedder",
-                              "init_args": {"pretrained": str(clap_dir)}}
-    config = {
-        "seed_everything": 0,
-        "trainer": {"max_steps": 3, "default_root_dir": str(tmp_path / "logs"), "log_every_n_steps": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu",
-                    "callbacks": [{"class_path": "callbacks.UnlearningEvaluation", "init_args": evaluation},
-                                  {"class_path": "callbacks.SavePretrained"}],
-                    **trainer},
-        "model": {"class_path": "lightning_modules.unlearning.GradientAscent",
-                  "init_args": {"model": {"class_path": "lightning_modules.models.ToyTextToMusic",
-                                          "init_args": {"pretrained": str(model_dir)}},
-                                "parameter_groups": ["all"],
-                                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}}},
-        "data": {"class_path": "datamodules.ForgetRetainDataModule",
-                 "init_args": {"manifest": str(corpus.train_manifest), "heldout_manifest": str(corpus.heldout_manifest),
-                               "forget_groups": [corpus.artists[0]], "batch_size": 2, "eval_batch_size": 3}},
-    }
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _run(config: Path, *overrides: str) -> dict:
@@ -54,7 +26,7 @@ def _run(config: Path, *overrides: str) -> dict:
 def test_fit_in_process_writes_report_model_config_and_logs(tmp_path, tiny_corpus, tiny_model_dir):
     from train import main
 
-    config = _config(tmp_path, tiny_corpus, tiny_model_dir)
+    config = write_config(tmp_path, tiny_corpus, tiny_model_dir)
     cli = main(["fit", "--config", str(config)])
     run = Path(cli.trainer.log_dir)
     report = json.loads((run / "results.json").read_text())["columns"]
@@ -68,8 +40,8 @@ def test_fit_in_process_writes_report_model_config_and_logs(tmp_path, tiny_corpu
 
 
 def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir):
-    single = _run(_config(tmp_path / "single", tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=1))
-    ddp = _run(_config(tmp_path / "ddp", tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=1),
+    single = _run(write_config(tmp_path / "single", tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=1))
+    ddp = _run(write_config(tmp_path / "ddp", tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=1),
                "--trainer.strategy=ddp", "--trainer.devices=2")
     before = single["report"]["before"]
     assert {"loss", "mia_auc", "fad", "clap_score", "recognition", "kl", "copies"} <= set(before["forget"])
@@ -84,7 +56,7 @@ def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_
 
 
 def test_bf16_mixed_precision_runs(tmp_path, tiny_corpus, tiny_model_dir):
-    result = _run(_config(tmp_path, tiny_corpus, tiny_model_dir, max_steps=2), "--trainer.precision=bf16-mixed")
+    result = _run(write_config(tmp_path, tiny_corpus, tiny_model_dir, max_steps=2), "--trainer.precision=bf16-mixed")
     values = [v for column in result["report"].values() for split in column.values() for v in split.values()]
     assert all(0 < v < 10 for v in values)
 
@@ -98,7 +70,7 @@ def test_every_config_parses(config):
 
 
 def test_bad_forget_group_fails_before_training_with_a_clear_message(tmp_path, tiny_corpus, tiny_model_dir):
-    config = _config(tmp_path, tiny_corpus, tiny_model_dir)
+    config = write_config(tmp_path, tiny_corpus, tiny_model_dir)
     result = subprocess.run([sys.executable, "train.py", "fit", "--config", str(config),
                              "--data.forget_groups=[Nobody]"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

@@ -1,0 +1,120 @@
+"""`UnlearningEvaluation` end to end on the tiny toy world: the report of a fit, its TensorBoard logs, the cached
+oracle, `validate` from a checkpoint, and the errors a user can run into."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from callbacks import UnlearningEvaluation
+from callbacks.report import gap_to_oracle, markdown_table
+from datamodules.manifest import ManifestItem
+from tests.conftest import write_config
+
+GENERATION_METRICS = {"fad", "clap_score", "recognition", "kl"}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, tiny_corpus, tiny_model_dir, tiny_clap_dir):
+    """A 3-step fit evaluated at the start, at step 2 and at the end, beside an "oracle" (the tiny model itself)."""
+    from train import main
+
+    tmp_path = tmp_path_factory.mktemp("fit")
+    config = write_config(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir,
+                          evaluation={"oracle": str(tiny_model_dir), "every_n_train_steps": 2, "log_audio": 1})
+    cli = main(["fit", "--config", str(config)])
+    run = Path(cli.trainer.log_dir)
+    return SimpleNamespace(config=config, run=run, results=json.loads((run / "results.json").read_text()),
+                           cache=tmp_path / "cache", checkpoint=cli.trainer.checkpoint_callback.best_model_path)
+
+
+def test_fit_reports_before_after_and_oracle_for_every_set_and_metric(fitted):
+    columns = fitted.results["columns"]
+    assert list(columns) == ["before", "after", "oracle"]
+    forget = columns["after"]["forget"]
+    assert GENERATION_METRICS | {"loss", "mia_auc", "memorization_max_similarity", "copies"} <= set(forget)
+    assert GENERATION_METRICS | {"loss", "mia_auc"} <= set(columns["after"]["retain"])
+    assert "mia_auc" not in columns["after"]["heldout"]  # the non-members themselves
+    # the "oracle" is the unchanged starting model: it measures what "before" measured
+    assert columns["oracle"]["forget"] == pytest.approx(columns["before"]["forget"], rel=1e-9)
+    assert forget["loss"] > columns["before"]["forget"]["loss"]  # 3 steps of gradient ascent
+    gap = fitted.results["gap_to_oracle"]["forget"]["loss"]
+    assert gap == pytest.approx(forget["loss"] - columns["oracle"]["forget"]["loss"])
+    assert [(entry["step"], entry["column"]) for entry in fitted.results["history"]] == [
+        (0, "before"), (2, "step"), (3, "after"), (3, "oracle")]
+    table = (fitted.run / "results.md").read_text()
+    assert "| set | metric | before | after | oracle | after − oracle |" in table
+    assert "| forget | fad |" in table
+
+
+def test_fit_logs_metrics_audio_mel_images_and_hparams_to_tensorboard(fitted):
+    events = EventAccumulator(str(fitted.run), size_guidance={"audio": 0, "images": 0, "scalars": 0}).Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"eval/forget/fad", "eval/retain/clap_score", "eval/forget/loss", "eval_oracle/forget/fad"} <= set(scalars)
+    assert [event.step for event in events.Scalars("eval/forget/loss")] == [0, 2, 3, 3]  # 3: after, hparams
+    assert "eval/forget/0" in events.Tags()["audio"] and "eval/forget/1" not in events.Tags()["audio"]
+    assert "eval/retain/0/mel" in events.Tags()["images"]
+    plugins = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugins
+
+
+def test_oracle_and_reference_statistics_are_cached(fitted):
+    assert len(list((fitted.cache / "evaluation").glob("*.json"))) == 1
+    assert len(list((fitted.cache / "fad_reference").glob("*.pt"))) == 3  # forget, retain, heldout
+
+
+def test_validate_from_a_checkpoint_gives_the_same_report(fitted, caplog):
+    from train import main
+
+    assert fitted.checkpoint
+    with caplog.at_level(logging.INFO, logger="callbacks"):
+        cli = main(["validate", "--config", str(fitted.config), f"--ckpt_path={fitted.checkpoint}"])
+    results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
+    columns = results["columns"]
+    assert list(columns) == ["before", "model", "oracle"]
+    assert columns["before"] == fitted.results["columns"]["before"]  # restored from the checkpoint
+    assert columns["oracle"] == fitted.results["columns"]["oracle"]
+    assert "read from the cache" in caplog.text
+    assert columns["model"]["forget"]["loss"] == pytest.approx(fitted.results["columns"]["after"]["forget"]["loss"],
+                                                               rel=1e-5)
+
+
+def test_bad_arguments_are_refused_with_the_value_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="oracle folder .*nowhere"):
+        UnlearningEvaluation(oracle=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="num_prompts must be at least 1"):
+        UnlearningEvaluation(num_prompts=0)
+    with pytest.raises(ValueError, match="every_n_train_steps"):
+        UnlearningEvaluation(every_n_train_steps=-1)
+
+
+def test_a_datamodule_without_evaluation_sets_is_refused():
+    trainer = SimpleNamespace(datamodule=object())
+    with pytest.raises(TypeError, match="eval_datasets"):
+        UnlearningEvaluation().setup(trainer, None, "fit")
+
+
+def test_recognition_refuses_a_mix_of_grouped_and_ungrouped_items(tiny_clap_dir):
+    from lightning_modules.metrics import ClapEmbedder
+
+    grouped = ManifestItem(id="a", path=Path("a.wav"), caption="x", group="Artist")
+    ungrouped = ManifestItem(id="b", path=Path("b.wav"), caption="y")
+    datamodule = SimpleNamespace(eval_datasets=dict, sets={"forget": [grouped], "retain": [ungrouped]})
+    with pytest.raises(ValueError, match="group for every item.*'b'"):
+        UnlearningEvaluation(clap=ClapEmbedder(tiny_clap_dir)).setup(SimpleNamespace(datamodule=datamodule), None, "")
+
+
+def test_markdown_table_and_gap_to_oracle():
+    columns = {"before": {"forget": {"loss": 1.0, "fad": 2.0}}, "after": {"forget": {"loss": 3.0, "fad": 5.0}},
+               "oracle": {"forget": {"loss": 2.5, "fad": float("nan")}}}
+    assert gap_to_oracle(columns, "after")["forget"]["loss"] == pytest.approx(0.5)
+    table = markdown_table(columns, "after").splitlines()
+    assert table[0] == "| set | metric | before | after | oracle | after − oracle |"
+    assert table[2] == "| forget | loss | 1.0000 | 3.0000 | 2.5000 | +0.5000 |"
+    assert table[3] == "| forget | fad | 2.0000 | 5.0000 | – | – |"
+    assert gap_to_oracle({"after": columns["after"]}, "after") == {}
