@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from lightning_modules.io import atomic_file
 from lightning_modules.metrics.embedder import AudioEmbedder, embed_or_given
@@ -101,7 +102,7 @@ class FrechetAudioDistance(Metric):
         if not self.keep_embeddings:
             raise ValueError("compute_infinity() needs FrechetAudioDistance(..., keep_embeddings=True).")
         with self.sync_context():
-            embeddings = torch.cat(self.fake_embeddings) if self.fake_embeddings else torch.zeros(0, 1)
+            embeddings = dim_zero_cat(self.fake_embeddings) if len(self.fake_embeddings) else torch.zeros(0, 1)
             reference = self._gaussian("real")
         generator = torch.Generator().manual_seed(seed)
         return frechet_distance_infinity(*reference, embeddings.cpu(), num_points, min_samples, generator)
@@ -124,10 +125,12 @@ class FrechetAudioDistance(Metric):
             raise ValueError(f"Reference statistics of width {tuple(stats['sum'].shape)} do not fit embeddings of "
                              f"width {len(self.real_sum)} from {self.embedder.name}.")
         self._reference = {name: stats[name].to(self.real_count.device, torch.float64) for name in STATISTICS}
+        self._computed = None  # torchmetrics caches compute(); the reference it used is gone
         self.real_count.zero_(), self.real_sum.zero_(), self.real_outer_sum.zero_()
 
     def clear_reference(self) -> None:
         self._reference = None
+        self._computed = None
 
     @property
     def has_reference(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc
 
 
 def gaussian_statistics(total: Tensor, outer_total: Tensor, count: Tensor | int) -> tuple[Tensor, Tensor]:
@@ -72,13 +71,19 @@ def frechet_distance_infinity(
 
 def membership_auc(member_losses: Tensor, nonmember_losses: Tensor) -> float:
     """AUC of the loss-threshold membership attack: the probability that a random member has a lower loss than a random
-    non-member (ties count one half). 0.5: members look like unseen data; 1.0: members are perfectly separable."""
+    non-member (ties count one half). 0.5: members look like unseen data; 1.0: members are perfectly separable.
+
+    The Mann-Whitney U statistic over tie-averaged ranks, exact in float64 for losses of any scale.
+    """
     if len(member_losses) == 0 or len(nonmember_losses) == 0:
         raise ValueError(f"Membership AUC needs members and non-members, got {len(member_losses)} and "
                          f"{len(nonmember_losses)}.")
-    scores = -torch.cat([member_losses, nonmember_losses]).double()  # lower loss = more likely a member
-    labels = torch.cat([torch.ones(len(member_losses)), torch.zeros(len(nonmember_losses))]).long()
-    return binary_auroc(scores, labels.to(scores.device)).item()
+    losses = torch.cat([member_losses, nonmember_losses]).double()
+    _, inverse, counts = torch.unique(-losses, return_inverse=True, return_counts=True)  # ascending member-likeness
+    mean_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2  # 1-based rank of each distinct value
+    m, n = len(member_losses), len(nonmember_losses)
+    u = mean_rank[inverse[:m]].sum() - m * (m + 1) / 2
+    return (u / (m * n)).item()
 
 
 def kl_divergence(reference_logits: Tensor, generated_logits: Tensor) -> Tensor:
