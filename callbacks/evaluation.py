@@ -189,9 +189,17 @@ class UnlearningEvaluation(Callback):
         return DataLoader(_Indexed(dataset, indices[trainer.global_rank::trainer.world_size]), self.batch_size)
 
     # ------------------------------------------------------------------------------------------------ measuring
-    @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Results:
-        """Every configured metric of every evaluation set for `model`; identical on every process."""
+        """Every configured metric of every evaluation set for `model`; identical on every process.
+
+        The global random state is restored afterwards, so training draws the same batches and noise whether an
+        evaluation ran, read its references from the cache or was switched off.
+        """
+        device = trainer.strategy.root_device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            return self._evaluate(trainer, model)
+
+    def _evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Results:
         was_training = model.training
         model.eval()
         self._prepare_references(trainer, model.sample_rate)

@@ -68,6 +68,16 @@ def test_oracle_and_reference_statistics_are_cached(fitted):
     assert len(list((fitted.cache / "fad_reference").glob("*.pt"))) == 3  # forget, retain, heldout
 
 
+def test_a_second_run_reads_the_cache_and_trains_exactly_as_the_first(fitted):
+    """The evaluation leaves the global random state alone: reading references from the cache instead of loading
+    audio must not change which batches and noise training draws."""
+    from train import main
+
+    cli = main(["fit", "--config", str(fitted.config)])
+    again = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())["columns"]
+    assert again == fitted.results["columns"]
+
+
 def test_validate_from_a_checkpoint_gives_the_same_report(fitted, caplog):
     from train import main
 
