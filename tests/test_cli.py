@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -56,10 +57,13 @@ def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_
     assert (ddp["dir"] / "pretrained" / "toy_ttm.json").is_file()
 
 
-def test_bf16_mixed_precision_runs(tmp_path, tiny_corpus, tiny_model_dir):
-    result = _run(write_config(tmp_path, tiny_corpus, tiny_model_dir, max_steps=2), "--trainer.precision=bf16-mixed")
-    values = [v for column in result["report"].values() for split in column.values() for v in split.values()]
-    assert all(0 < v < 10 for v in values)
+def test_bf16_mixed_precision_runs(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir):
+    result = _run(write_config(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=2),
+                  "--trainer.precision=bf16-mixed")
+    report = result["report"]
+    assert all(math.isfinite(v) for column in report.values() for split in column.values() for v in split.values())
+    assert all(0 < report[column][split]["loss"] < 10 for column in report for split in report[column])
+    assert {"fad", "clap_score", "recognition"} <= set(report["after"]["forget"])  # generation ran under autocast
 
 
 @pytest.mark.parametrize("config", CONFIGS)
