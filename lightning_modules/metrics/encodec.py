@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_modules.metrics.embedder import AudioEmbedder
-from lightning_modules.metrics.weights import require_file
+from lightning_modules.metrics.weights import config_for_rate, require_file
 
 ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/{}"
 ENCODEC_DIM = 128
@@ -49,10 +49,7 @@ class EncodecEmbedder(AudioEmbedder):
 
     def __init__(self, ckpt_dir: str | Path, sample_rate: int = 24000) -> None:
         super().__init__()
-        if sample_rate not in ENCODEC_CONFIGS:
-            raise ValueError(f"EnCodec has no model for sample_rate={sample_rate}; choose one of "
-                             f"{sorted(ENCODEC_CONFIGS)}.")
-        config = ENCODEC_CONFIGS[sample_rate]
+        config = config_for_rate(ENCODEC_CONFIGS, sample_rate, "EnCodec")
         self.checkpoint = require_file(Path(ckpt_dir) / config.checkpoint, "EnCodec weights",
                                        ENCODEC_URL.format(config.checkpoint))
         self.sample_rate: int = sample_rate

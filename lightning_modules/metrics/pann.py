@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from lightning_modules.metrics.embedder import AudioEmbedder, AudioTagger
-from lightning_modules.metrics.weights import load_checkpoint, require_file
+from lightning_modules.metrics.weights import config_for_rate, load_checkpoint, require_file
 
 PANN_URL = "https://zenodo.org/record/3987831/files/{}"
 AUDIOSET_CLASSES = 527
@@ -78,10 +78,7 @@ class PANNEmbedder(AudioEmbedder):
 
     def __init__(self, ckpt_dir: str | Path, sample_rate: int = 16000) -> None:
         super().__init__()
-        if sample_rate not in CNN14_CONFIGS:
-            raise ValueError(f"PANN has no Cnn14 checkpoint for sample_rate={sample_rate}; choose one of "
-                             f"{sorted(CNN14_CONFIGS)}.")
-        config = CNN14_CONFIGS[sample_rate]
+        config = config_for_rate(CNN14_CONFIGS, sample_rate, "PANN Cnn14")
         self.checkpoint = require_file(Path(ckpt_dir) / config.checkpoint, "PANN weights",
                                        PANN_URL.format(config.checkpoint))
         self.sample_rate: int = sample_rate

@@ -7,10 +7,19 @@ fetch it from, before any heavy package is imported or any network is built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+Config = TypeVar("Config")
+
+
+def config_for_rate(configs: dict[int, Config], sample_rate: int, what: str) -> Config:
+    """The entry of `configs` for `sample_rate`, or a `ValueError` naming `what` and the rates there are."""
+    if sample_rate not in configs:
+        raise ValueError(f"{what} has no checkpoint for sample_rate={sample_rate}; choose one of {sorted(configs)}.")
+    return configs[sample_rate]
 
 
 def require_file(path: Path, what: str, url: str, note: str = "") -> Path:
