@@ -3,5 +3,10 @@
 from lightning_modules.unlearning.base import UnlearningModule
 from lightning_modules.unlearning.gradient_ascent import GradientAscent
 from lightning_modules.unlearning.gradient_difference import GradientDifference
+from lightning_modules.unlearning.neg_grad_plus import NegGradPlus
+from lightning_modules.unlearning.npo import NPO
+from lightning_modules.unlearning.random_label import RandomLabel
+from lightning_modules.unlearning.retain_finetune import RetainFinetune
 
-__all__ = ["GradientAscent", "GradientDifference", "UnlearningModule"]
+__all__ = ["NPO", "GradientAscent", "GradientDifference", "NegGradPlus", "RandomLabel", "RetainFinetune",
+           "UnlearningModule"]

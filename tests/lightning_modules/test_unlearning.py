@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from lightning_modules.training import TextToMusicTraining
-from lightning_modules.unlearning import GradientAscent, GradientDifference
+from lightning_modules.unlearning import (
+    NPO,
+    GradientAscent,
+    GradientDifference,
+    NegGradPlus,
+    RandomLabel,
+    RetainFinetune,
+    UnlearningModule,
+)
 
-METHODS = [GradientAscent, GradientDifference]
+METHODS = [GradientAscent, GradientDifference, NegGradPlus, RandomLabel, RetainFinetune, NPO]
+
+
+def test_every_method_is_in_the_contract_test():
+    import lightning_modules.unlearning as package
+
+    exported = {getattr(package, name) for name in package.__all__}
+    methods = {cls for cls in exported if issubclass(cls, UnlearningModule) and cls is not UnlearningModule}
+    assert methods == set(METHODS)
 
 
 def _step(module, batch) -> dict:
@@ -48,6 +66,54 @@ def test_gradient_difference_weights_its_terms(tiny_model, tiny_batch):
     torch.manual_seed(0)
     terms = module.objective(tiny_batch, tiny_batch)
     assert torch.allclose(terms["loss"], 0.5 * terms["retain_loss"] - 2.0 * terms["forget_loss"])
+
+
+def test_reference_shares_frozen_weights_copies_trained_ones_and_stays_out_of_checkpoints(tiny_model, tiny_batch):
+    module = NPO(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                 parameter_groups=["cross_attention_kv"])
+    reference = module.reference
+    trained = {id(p) for p in module.trainable}
+    for (name, param), (_, ref_param) in zip(tiny_model.named_parameters(), reference.named_parameters(), strict=True):
+        assert (param is ref_param) == (id(param) not in trained), name
+        assert not ref_param.requires_grad
+    snapshot = [p.detach().clone() for p in reference.parameters()]
+    _step(module, tiny_batch)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, reference.parameters(), strict=True))
+    assert not any("reference" in key for key in module.state_dict())
+    with pytest.raises(RuntimeError, match="keeps no reference"):
+        _ = GradientAscent(tiny_model).reference
+
+
+def test_npo_starts_at_its_closed_form_and_raises_the_forget_loss(tiny_model, tiny_batch):
+    module = NPO(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.05), beta=0.5)
+    assert module.objective(tiny_batch, tiny_batch)["npo_loss"].item() == pytest.approx(2 / 0.5 * math.log(2))
+    fixed_before = module.fixed_loss(tiny_batch).mean()
+    for _ in range(3):
+        _step(module, tiny_batch)
+    assert module.fixed_loss(tiny_batch).mean() > fixed_before
+    with pytest.raises(ValueError, match="beta"):
+        NPO(tiny_model, beta=0.0)
+
+
+def test_random_label_draws_wrong_captions_from_the_pool(tiny_model, tiny_batch):
+    retain = {**tiny_batch, "caption": ["r1", "r2", "r3", "r4"]}
+    module = RandomLabel(tiny_model)
+    assert set(module.relabel(tiny_batch, retain)["caption"]) <= {"r1", "r2", "r3", "r4"}
+    module = RandomLabel(tiny_model, captions=["only this"])
+    relabeled = module.relabel(tiny_batch, retain)
+    assert relabeled["caption"] == ["only this"] * 4 and torch.equal(relabeled["audio"], tiny_batch["audio"])
+    with pytest.raises(ValueError, match="captions is empty"):
+        RandomLabel(tiny_model, captions=[])
+
+
+def test_neg_grad_plus_and_retain_finetune_weight_their_terms(tiny_model, tiny_batch):
+    torch.manual_seed(0)
+    terms = NegGradPlus(tiny_model, alpha=0.8).objective(tiny_batch, tiny_batch)
+    assert torch.allclose(terms["loss"], 0.8 * terms["retain_loss"] - 0.2 * terms["forget_loss"])
+    terms = RetainFinetune(tiny_model).objective(tiny_batch, tiny_batch)
+    assert torch.equal(terms["loss"].detach(), terms["retain_loss"])
+    with pytest.raises(ValueError, match="alpha"):
+        NegGradPlus(tiny_model, alpha=1.5)
 
 
 def test_checkpoint_holds_only_trained_parameters(tiny_model):

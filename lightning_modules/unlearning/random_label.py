@@ -1,0 +1,60 @@
+"""Random Labeling: train the ordinary loss on forget audio paired with wrong captions, so the model unlinks the
+forget set's audio from its descriptions (Golatkar et al., 2020; one of the two methods of the opt-out study on
+MusicGen, Kim et al., 2025). The wrong captions are drawn from the retain batch, or from a given list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.unlearning.base import UnlearningModule
+
+
+class RandomLabel(UnlearningModule):
+    """Minimises ``loss(forget audio, random captions) + retain_weight * loss(retain)``.
+
+    Args:
+        model: the model to unlearn.
+        optimizer: builds the optimizer from the selected parameters.
+        lr_scheduler: builds a learning-rate scheduler; none when not given.
+        parameter_groups: names of the model's parameter groups to train.
+        captions: the captions to draw from; default the captions of the retain batch.
+        retain_weight: weight of the ordinary loss on the retain set (0: not computed with gradient).
+        eval_seed: seed of the per-item timesteps and noise of validation losses.
+    """
+
+    def __init__(
+        self,
+        model: TextToMusicModel,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        parameter_groups: Sequence[str] = ("all",),
+        captions: Sequence[str] | None = None,
+        retain_weight: float = 0.0,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__(model, optimizer, lr_scheduler, parameter_groups, eval_seed)
+        if captions is not None and not captions:
+            raise ValueError("captions is empty; give some captions or leave it out to draw from the retain batch.")
+        self.captions = list(captions) if captions is not None else None
+        self.retain_weight = retain_weight
+
+    def relabel(self, forget: Batch, retain: Batch) -> Batch:
+        """`forget` with each caption replaced by one drawn at random (with replacement) from the pool."""
+        pool = self.captions if self.captions is not None else list(retain["caption"])
+        picks = torch.randint(len(pool), (len(forget["caption"]),)).tolist()
+        return {**forget, "caption": [pool[i] for i in picks]}
+
+    def objective(self, forget: Batch, retain: Batch) -> dict[str, Tensor]:
+        relabeled_loss = self.model.loss(self.relabel(forget, retain), reduction="mean")
+        with torch.no_grad():
+            forget_loss = self.model.loss(forget, reduction="mean")
+        with torch.set_grad_enabled(self.retain_weight > 0):
+            retain_loss = self.model.loss(retain, reduction="mean")
+        loss = relabeled_loss + self.retain_weight * retain_loss if self.retain_weight > 0 else relabeled_loss
+        return {"loss": loss, "relabeled_loss": relabeled_loss.detach(), "forget_loss": forget_loss,
+                "retain_loss": retain_loss.detach()}
