@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import CatMetric
 
+from callbacks.measuring import measuring
 from callbacks.report import cache_key, describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
 from lightning_modules.io import write_json_atomic, write_text_atomic
 from lightning_modules.metrics import (
@@ -192,16 +193,13 @@ class UnlearningEvaluation(Callback):
     def evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Results:
         """Every configured metric of every evaluation set for `model`; identical on every process.
 
-        The global random state is restored afterwards, so training draws the same batches and noise whether an
-        evaluation ran, read its references from the cache or was switched off.
+        The global random state and the modules' train / eval modes are restored afterwards, so training is the same
+        whether an evaluation ran, read its references from the cache or was switched off.
         """
-        device = trainer.strategy.root_device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        with measuring(model, trainer.strategy.root_device):
             return self._evaluate(trainer, model)
 
     def _evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Results:
-        was_training = model.training
-        model.eval()
         self._prepare_references(trainer, model.sample_rate)
         results: Results = {split: {"loss": float("nan")} for split in self.datasets}
         losses = {split: self._losses(trainer, model, dataset) for split, dataset in self.datasets.items()}
@@ -214,7 +212,6 @@ class UnlearningEvaluation(Callback):
         if self.clap is not None:
             for split, dataset in self.datasets.items():
                 results[split].update(self._generation_metrics(trainer, model, split, dataset))
-        model.train(was_training)
         return results
 
     def _losses(self, trainer: L.Trainer, model: TextToMusicModel, dataset: Any) -> Tensor:

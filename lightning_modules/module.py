@@ -57,6 +57,9 @@ class TextToMusicModule(L.LightningModule):
     def num_samples(self) -> int:
         return self.model.num_samples
 
+    def on_train_start(self) -> None:
+        self.model.train()  # from_pretrained gives eval mode, and Lightning does not switch modules at fit start
+
     def fixed_loss(self, batch: Batch) -> Tensor:
         """Per-item losses `(batch,)` at the timesteps and noise fixed by each item's id and `eval_seed`."""
         return self.model.loss(batch, **self.model.fixed_loss_inputs(batch["id"], self.eval_seed))
