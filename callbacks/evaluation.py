@@ -20,17 +20,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics import CatMetric
 
-from callbacks.measuring import measuring
-from callbacks.report import cache_key, describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
-from lightning_modules.io import write_json_atomic, write_text_atomic
+from callbacks.measuring import fixed_losses, measuring
+from callbacks.report import describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
+from lightning_modules.io import cache_key, write_json_atomic, write_text_atomic
 from lightning_modules.metrics import (
     AudioEmbedder,
     AudioTagger,
@@ -216,13 +214,11 @@ class UnlearningEvaluation(Callback):
 
     def _losses(self, trainer: L.Trainer, model: TextToMusicModel, dataset: Any) -> Tensor:
         """Per-item losses at fixed timesteps and noise, gathered from all processes `(items,)`."""
-        device = trainer.strategy.root_device
-        gathered = CatMetric(nan_strategy="error").to(device)
-        for batch in self._loader(trainer, dataset):
-            batch = move_data_to_device(batch, device)
-            with trainer.precision_plugin.forward_context():
-                gathered.update(model.loss(batch, **model.fixed_loss_inputs(batch["id"], self.seed)).float())
-        return gathered.compute().reshape(-1)
+        losses = fixed_losses(trainer, model, dataset, self.seed, self.batch_size)
+        if not torch.isfinite(losses).all():
+            raise ValueError(f"The model's loss is not finite on {int((~torch.isfinite(losses)).sum())} item(s) of "
+                             f"the {dataset.split or 'evaluation'} set; the model has diverged.")
+        return losses
 
     def prompt_indices(self, dataset: Any) -> list[int]:
         """The evaluation items whose captions are generated from: `num_prompts` evenly spaced ones."""

@@ -16,13 +16,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
 
 from callbacks.evaluation import UnlearningEvaluation
-from callbacks.measuring import measuring
+from callbacks.measuring import fixed_losses, measuring
 from lightning_modules.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -121,20 +119,10 @@ class UnlearningGuard(Callback):
     def retain_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         """Mean fixed-noise loss of the measured retain items; the same on every process. The global random state
         and the model's train / eval mode are left as they were."""
-        model = pl_module.model
-        device = trainer.strategy.root_device
         indices = list(range(min(self.num_items, len(self.dataset))))
-        loader = DataLoader(Subset(self.dataset, indices[trainer.global_rank::trainer.world_size]), self.batch_size)
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, number of items
-        with measuring(model, device):
-            for batch in loader:
-                batch = move_data_to_device(batch, device)
-                with trainer.precision_plugin.forward_context():
-                    losses = model.loss(batch, **model.fixed_loss_inputs(batch["id"], self.seed))
-                total[0] += losses.double().sum()
-                total[1] += losses.numel()
-        total = trainer.strategy.reduce(total, reduce_op="sum")
-        return (total[0] / total[1]).item()
+        with measuring(pl_module.model, trainer.strategy.root_device):
+            losses = fixed_losses(trainer, pl_module.model, self.dataset, self.seed, self.batch_size, indices)
+        return losses.double().mean().item()
 
     def _snapshot_weights(self, pl_module: L.LightningModule, step: int, loss: float) -> None:
         self._snapshot = [param.detach().to("cpu", copy=True) for param in pl_module.trainable]

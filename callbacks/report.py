@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchaudio
@@ -32,11 +29,6 @@ def describe_model(folder: str | os.PathLike) -> list:
     files = sorted(path for path in folder.rglob("*") if path.is_file())
     return [str(folder), [[str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns]
                           for path in files]]
-
-
-def cache_key(*parts: Any) -> str:
-    """A short hash of JSON-able `parts`."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def gap_to_oracle(columns: dict[str, dict[str, dict[str, float]]], column: str) -> dict[str, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,6 +64,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def cache_key(*parts: Any) -> str:
+    """A short file-name-safe hash of JSON-able `parts` (what a cached result depends on)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -10,8 +10,6 @@ saved to a file, so a reference set is embedded once for every checkpoint and ru
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_modules.io import atomic_file
+from lightning_modules.io import atomic_file, cache_key
 from lightning_modules.metrics.embedder import AudioEmbedder, embed_or_given
 from lightning_modules.metrics.functional import frechet_distance, frechet_distance_infinity, gaussian_statistics
 
@@ -30,8 +28,7 @@ STATISTICS = ("sum", "outer_sum", "count")
 def reference_key(embedder: AudioEmbedder, sample_rate: int, description: object) -> str:
     """A file-name-safe key of reference statistics: the embedder's identity, the audio's sample rate and a JSON-able
     `description` of the reference set (e.g. its items' ids, paths, sizes and crops)."""
-    text = json.dumps([embedder.name, sample_rate, description], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return cache_key(embedder.name, sample_rate, description)
 
 
 class FrechetAudioDistance(Metric):
