@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.measuring import fixed_losses, measuring
+from callbacks.measuring import fixed_losses
 from callbacks.report import describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
-from lightning_modules.io import cache_key, write_json_atomic, write_text_atomic
+from lightning_modules.io import cache_key, default_cache_dir, write_json_atomic, write_text_atomic
 from lightning_modules.metrics import (
     AudioEmbedder,
     AudioTagger,
@@ -43,15 +43,11 @@ from lightning_modules.metrics import (
 from lightning_modules.metrics.fad import reference_key
 from lightning_modules.metrics.functional import membership_auc
 from lightning_modules.models.base import TextToMusicModel
+from lightning_modules.passes import measuring
 
 log = logging.getLogger(__name__)
 
 Results = dict[str, dict[str, float]]  # split -> metric -> value
-
-
-def default_cache_dir() -> Path:
-    """``$TTM_UNLEARNING_CACHE``, else ``~/.cache/ttm_unlearning``."""
-    return Path(os.environ.get("TTM_UNLEARNING_CACHE", Path.home() / ".cache" / "ttm_unlearning"))
 
 
 class UnlearningEvaluation(Callback):
@@ -124,6 +120,7 @@ class UnlearningEvaluation(Callback):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.columns: dict[str, Results] = {}
         self.history: list[dict[str, Any]] = []
+        self.timing: dict[str, float] = {}
         self.metrics: dict[str, dict[str, Any]] = {}
         self._references_ready = False
 
@@ -321,13 +318,19 @@ class UnlearningEvaluation(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "before" not in self.columns:  # a resumed run keeps the "before" of its start, restored from the checkpoint
             self._record(trainer, "before", self.evaluate(trainer, pl_module.model))
+        self._clock = {"start": time.perf_counter(), "evaluating": 0.0, "start_step": trainer.global_step}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if self.every_n_train_steps and step % self.every_n_train_steps == 0:
+            started = time.perf_counter()
             self._record(trainer, "step", self.evaluate(trainer, pl_module.model))
+            self._clock["evaluating"] += time.perf_counter() - started
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # what unlearning cost: this fit's time after the "before" evaluation, less the evaluations during training
+        self.timing = {"train_seconds": time.perf_counter() - self._clock["start"] - self._clock["evaluating"],
+                       "steps": trainer.global_step - self._clock["start_step"]}
         last = self.history[-1] if self.history else {}
         evaluated_now = last.get("step") == trainer.global_step and last.get("column") == "step"
         self._record(trainer, "after", last["results"] if evaluated_now else self.evaluate(trainer, pl_module.model))
@@ -359,7 +362,7 @@ class UnlearningEvaluation(Callback):
         log.info("Unlearning evaluation (%s):\n%s", type(pl_module).__name__, table)
         write_json_atomic(folder / "results.json", {
             "columns": columns, "gap_to_oracle": gap_to_oracle(columns, column), "history": self.history,
-            "settings": self.settings(trainer, pl_module.model)})
+            "timing": self.timing if column == "after" else {}, "settings": self.settings(trainer, pl_module.model)})
         write_text_atomic(folder / "results.md", table + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -20,8 +20,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from callbacks.evaluation import UnlearningEvaluation
-from callbacks.measuring import fixed_losses, measuring
+from callbacks.measuring import fixed_losses
 from lightning_modules.io import write_json_atomic
+from lightning_modules.passes import measuring
 
 log = logging.getLogger(__name__)
 

@@ -66,6 +66,12 @@ def _umask() -> int:
     return mask
 
 
+def default_cache_dir() -> Path:
+    """Where computed results are cached (oracle reports, FAD references, Fisher information):
+    ``$TTM_UNLEARNING_CACHE``, else ``~/.cache/ttm_unlearning``."""
+    return Path(os.environ.get("TTM_UNLEARNING_CACHE", Path.home() / ".cache" / "ttm_unlearning"))
+
+
 def cache_key(*parts: Any) -> str:
     """A short file-name-safe hash of JSON-able `parts` (what a cached result depends on)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal, NamedTuple, NotRequired, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,24 @@ class Batch(TypedDict):
     mask: Tensor  # (batch, samples) bool: True where the audio is real, False where it is padding
     group: NotRequired[list[str]]
     targets: NotRequired[Tensor]  # (batch, *target_shape): `encode_audio` output, when read from a cache
+
+
+def check_captions(batch: Batch, captions: Sequence[str] | None) -> list[str]:
+    """`captions` (default the batch's own) after checking there is one per item."""
+    if captions is None:
+        return list(batch["caption"])
+    if len(captions) != len(batch["caption"]):
+        raise ValueError(f"Got {len(captions)} captions for a batch of {len(batch['caption'])} items; give one "
+                         "caption per item.")
+    return list(captions)
+
+
+class Prediction(NamedTuple):
+    """What `TextToMusicModel.predict` returns."""
+
+    output: Tensor  # the network's raw output (diffusion: the denoiser's prediction)
+    target: Tensor  # what the training loss compares it with (diffusion: noise, velocity or sample)
+    weight: Tensor  # broadcastable to the output: 1 where the audio is real, 0 on padding
 
 
 class TextToMusicModel(nn.Module, ABC):
@@ -48,6 +66,34 @@ class TextToMusicModel(nn.Module, ABC):
         """Conditioning for `captions`, as the backend's denoiser or decoder consumes it."""
 
     @abstractmethod
+    def predict(
+        self,
+        batch: Batch,
+        *,
+        captions: Sequence[str] | None = None,
+        timesteps: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Prediction:
+        """The network's output for the batch's audio under `captions` (default the batch's own), with the target
+        the training loss compares it with. The empty caption is the unconditional input, as classifier-free
+        guidance uses it.
+
+        Args:
+            batch: the items; ``targets`` is used instead of encoding ``audio`` when present.
+            captions: one caption per item, replacing the batch's (e.g. a concept to erase, an anchor, "").
+            timesteps: `(batch,)` diffusion timesteps; drawn from `generator` when None.
+            noise: noise shaped like the targets; drawn from `generator` when None.
+            generator: source of the randomness not given explicitly; the draws do not depend on `captions`, so
+                two calls with equally seeded generators see the same noisy input.
+        """
+
+    @abstractmethod
+    def criterion(self, output: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        """The per-item training criterion `(batch,)` between an `output` and a `target` as `predict` returns them
+        (diffusion: masked mean squared error). `target` may also be another output, e.g. a frozen model's or a
+        guided combination of outputs, as distillation methods (ESD, Concept Ablation) use it."""
+
     def loss(
         self,
         batch: Batch,
@@ -57,7 +103,8 @@ class TextToMusicModel(nn.Module, ABC):
         generator: torch.Generator | None = None,
         reduction: Literal["none", "mean"] = "none",
     ) -> Tensor:
-        """The training objective of each item, `(batch,)` (or its mean), honouring the validity mask.
+        """The training objective of each item, `(batch,)` (or its mean), honouring the validity mask:
+        ``criterion(*predict(batch, ...))``.
 
         Args:
             batch: the items; ``targets`` is used instead of encoding ``audio`` when present.
@@ -68,6 +115,8 @@ class TextToMusicModel(nn.Module, ABC):
 
         The same batch, timesteps and noise give the same losses bit for bit.
         """
+        losses = self.criterion(*self.predict(batch, timesteps=timesteps, noise=noise, generator=generator))
+        return losses.mean() if reduction == "mean" else losses
 
     def fixed_loss_inputs(self, ids: Sequence[str], seed: int = 0) -> dict[str, Tensor]:
         """`loss` keyword arguments (timesteps, noise) fixed per item id, so that losses compare across runs.

@@ -57,15 +57,20 @@ def attention_parameter_groups(denoiser: nn.Module) -> dict[str, list[nn.Paramet
     """Parameter groups of a diffusers UNet or DiT by module name.
 
     ``cross_attention`` is every ``attn2`` projection, ``cross_attention_kv`` its ``to_k`` / ``to_v``,
-    ``self_attention`` every ``attn1``, ``transformer_blocks`` everything inside ``transformer_blocks``, ``all``
-    every parameter of the denoiser.
+    ``self_attention`` every ``attn1``, ``transformer_blocks`` everything inside ``transformer_blocks``,
+    ``text_conditioning`` every layer that reads the text: cross-attention and the projections of a pooled text
+    embedding into the time embedding (``class_embedding``, ``add_embedding``, as AudioLDM's and the toy model's
+    UNets take it), ``all`` every parameter of the denoiser.
     """
     groups: dict[str, list[nn.Parameter]] = {
-        "all": [], "cross_attention": [], "cross_attention_kv": [], "self_attention": [], "transformer_blocks": []
+        "all": [], "cross_attention": [], "cross_attention_kv": [], "self_attention": [], "transformer_blocks": [],
+        "text_conditioning": [],
     }
     for name, param in denoiser.named_parameters():
         groups["all"].append(param)
         parts = name.split(".")
+        if "attn2" in parts or parts[0] in ("class_embedding", "add_embedding"):
+            groups["text_conditioning"].append(param)
         if "attn2" in parts:
             groups["cross_attention"].append(param)
             if "to_k" in parts or "to_v" in parts:

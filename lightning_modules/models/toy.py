@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, ClapTextModelWithProjection
 from transformers.utils import logging as hf_logging
 
-from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.models.base import Batch, Prediction, TextToMusicModel, check_captions
 from lightning_modules.models.diffusion import (
     attention_parameter_groups,
     diffusion_target,
@@ -197,16 +197,17 @@ class ToyTextToMusic(TextToMusicModel):
         }
 
     # ------------------------------------------------------------------------------------------------- loss
-    def loss(
+    def predict(
         self,
         batch: Batch,
         *,
+        captions: Sequence[str] | None = None,
         timesteps: Tensor | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
-        reduction: Literal["none", "mean"] = "none",
-    ) -> Tensor:
+    ) -> Prediction:
         targets = batch["targets"] if "targets" in batch else self.encode_audio(batch["audio"], batch["mask"])
+        captions = check_captions(batch, captions)
         device = targets.device
         if timesteps is None:
             timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (targets.shape[0],),
@@ -215,11 +216,13 @@ class ToyTextToMusic(TextToMusicModel):
             noise = torch.randn(targets.shape, generator=generator)
         timesteps, noise = timesteps.to(device), noise.to(device=device, dtype=targets.dtype)
         noisy = self.scheduler.add_noise(targets, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, **self.encode_text(batch["caption"])).sample
+        output = self.unet(noisy, timesteps, **self.encode_text(captions)).sample
         target = diffusion_target(self.scheduler, targets, noise, timesteps)
         weight = self._target_weight(batch["mask"], targets.shape[-1] * self.architecture.patch_size)
-        losses = masked_mse(prediction, target, weight)
-        return losses.mean() if reduction == "mean" else losses
+        return Prediction(output, target, weight)
+
+    def criterion(self, output: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        return masked_mse(output, target, weight)
 
     def fixed_loss_inputs(self, ids: Sequence[str], seed: int = 0) -> dict[str, Tensor]:
         arch = self.architecture

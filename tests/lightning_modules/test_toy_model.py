@@ -66,6 +66,8 @@ def test_parameter_groups_follow_module_names(tiny_model):
                                       "transformer_blocks"))
     assert ids["cross_attention_kv"] < ids["cross_attention"] < ids["transformer_blocks"] < ids["all"]
     assert not ids["cross_attention"] & ids["self_attention"]
+    pooled_text = {id(p) for p in tiny_model.unet.class_embedding.parameters()}
+    assert ids["text_conditioning"] == ids["cross_attention"] | pooled_text and pooled_text
     assert {id(p) for p in tiny_model.text_encoder.parameters()}.isdisjoint(ids["all"])
     with pytest.raises(ValueError, match="known:.*cross_attention"):
         tiny_model.select_parameters(["attention"])
