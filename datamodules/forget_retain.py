@@ -124,12 +124,16 @@ class ForgetRetainDataModule(ManifestDataModule):
             check_audio_files(items, what)
         self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
 
+    def split_dataset(self, split: str) -> AudioTextDataset:
+        """Every item of one set: "forget", "retain" or "heldout" (methods that need a pass over a whole set)."""
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"Unknown set {split!r}; choose one of {list(EVAL_SPLITS)}.")
+        return self.dataset(self.sets[split], split)
+
     def train_dataloader(self) -> CombinedLoader:
         loaders = {
-            "forget": make_loader(self.dataset(self.sets["forget"], "forget"), self.batch_size, True,
-                                  self.num_workers),
-            "retain": make_loader(self.dataset(self.sets["retain"], "retain"), self.retain_batch_size, True,
-                                  self.num_workers),
+            "forget": make_loader(self.split_dataset("forget"), self.batch_size, True, self.num_workers),
+            "retain": make_loader(self.split_dataset("retain"), self.retain_batch_size, True, self.num_workers),
         }
         return CombinedLoader(loaders, mode=self.combined_mode)
 

@@ -57,6 +57,26 @@ def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_
     assert (ddp["dir"] / "pretrained" / "toy_ttm.json").is_file()
 
 
+def test_ewc_fisher_sharded_over_two_processes_is_the_single_process_fisher(tmp_path, tiny_corpus, tiny_model_dir):
+    import torch
+    import yaml
+
+    fishers = []
+    for name, flags in (("single", ()), ("ddp", ("--trainer.strategy=ddp", "--trainer.devices=2"))):
+        config = write_config(tmp_path / name, tiny_corpus, tiny_model_dir, max_steps=1)
+        settings = yaml.safe_load(config.read_text())
+        settings["model"]["class_path"] = "lightning_modules.unlearning.EWC"
+        settings["model"]["init_args"].update(parameter_groups=["cross_attention"],
+                                              fisher_path=str(tmp_path / name / "fisher.pt"))
+        config.write_text(yaml.safe_dump(settings))
+        _run(config, *flags)
+        fishers.append(torch.load(tmp_path / name / "fisher.pt", weights_only=True)["fisher"])
+    single, ddp = fishers
+    assert set(single) == set(ddp) and all("attn2" in name for name in single)
+    for name, value in single.items():
+        assert torch.allclose(ddp[name], value, rtol=1e-4, atol=1e-12), name
+
+
 def test_bf16_mixed_precision_runs(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir):
     result = _run(write_config(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=2),
                   "--trainer.precision=bf16-mixed")

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import copy
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from datamodules.audio import AudioTextDataset
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import TextToMusicModule
+from lightning_modules.passes import measuring, sharded_batches
+
+GradientStatistic = Callable[..., tuple[list[Tensor], int]]  # (model, parameters, batches, **kwargs) -> (sums, count)
 
 
 def frozen_reference(model: TextToMusicModel, trainable: Sequence[torch.nn.Parameter]) -> TextToMusicModel:
@@ -46,6 +51,43 @@ class UnlearningModule(TextToMusicModule):
             raise RuntimeError(f"{type(self).__name__} keeps no reference model; set needs_reference = True on the "
                                "class.")
         return self._reference[0].to(self.device)
+
+    def plus_retain(self, loss: Tensor, retain: Batch, weight: float) -> tuple[Tensor, Tensor]:
+        """``loss + weight * loss(retain)`` and the mean retain loss; with `weight` 0 the retain loss is only
+        measured, without gradient."""
+        with torch.set_grad_enabled(weight > 0 and torch.is_grad_enabled()):
+            retain_loss = self.model.loss(retain, reduction="mean")
+        return (loss + weight * retain_loss if weight > 0 else loss), retain_loss.detach()
+
+    @staticmethod
+    def same_draws(count: int) -> list[torch.Generator]:
+        """`count` generators seeded alike from the global random state: `loss` or `predict` calls given one each
+        draw the same timesteps and noise (e.g. the model and its reference, or one input under several captions)."""
+        seed = int(torch.randint(2**62, ()))
+        return [torch.Generator().manual_seed(seed) for _ in range(count)]
+
+    def split_dataset(self, split: str) -> AudioTextDataset:
+        """Every item of the DataModule's `split` set ("forget", "retain"), for methods that look at a whole set."""
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "split_dataset"):
+            raise TypeError(f"{type(self).__name__} needs a DataModule with split_dataset() (such as "
+                            f"ForgetRetainDataModule), got {type(datamodule).__name__}.")
+        return datamodule.split_dataset(split)
+
+    def gradient_statistic(self, split: str, statistic: GradientStatistic, batch_size: int = 8, **kwargs: Any
+                           ) -> list[Tensor]:
+        """The mean over every item of the DataModule's `split` set of a gradient `statistic` of the trainable
+        parameters (`gradients.loss_gradient`, `gradients.squared_gradients`, given `kwargs`), at the current weights,
+        in eval mode and full precision: each process takes its share of the items and the sums are added across
+        processes. Training's random state and modes are left as they were."""
+        batches = sharded_batches(self.trainer, self.split_dataset(split), batch_size)
+        with measuring(self.model, self.device, grad=True):
+            sums, count = statistic(self.model, self.trainable, batches, **kwargs)
+        strategy = self.trainer.strategy
+        total = int(strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum"))
+        if total == 0:
+            raise ValueError(f"The {split} set is empty; {type(self).__name__} needs its items.")
+        return [strategy.reduce(value, reduce_op="sum") / total for value in sums]
 
     @abstractmethod
     def objective(self, forget: Batch, retain: Batch) -> dict[str, Tensor]:

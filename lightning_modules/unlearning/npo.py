@@ -54,13 +54,11 @@ class NPO(UnlearningModule):
         self.retain_weight = retain_weight
 
     def objective(self, forget: Batch, retain: Batch) -> dict[str, Tensor]:
-        seed = int(torch.randint(2**62, ()))  # the same timesteps and noise for the model and the reference
-        forget_losses = self.model.loss(forget, generator=torch.Generator().manual_seed(seed))
+        model_draws, reference_draws = self.same_draws(2)
+        forget_losses = self.model.loss(forget, generator=model_draws)
         with torch.no_grad():
-            reference_losses = self.reference.loss(forget, generator=torch.Generator().manual_seed(seed))
+            reference_losses = self.reference.loss(forget, generator=reference_draws)
         npo = -(2 / self.beta) * F.logsigmoid(self.beta * (forget_losses - reference_losses)).mean()
-        with torch.set_grad_enabled(self.retain_weight > 0):
-            retain_loss = self.model.loss(retain, reduction="mean")
-        loss = npo + self.retain_weight * retain_loss if self.retain_weight > 0 else npo
+        loss, retain_loss = self.plus_retain(npo, retain, self.retain_weight)
         return {"loss": loss, "npo_loss": npo.detach(), "forget_loss": forget_losses.mean().detach(),
-                "retain_loss": retain_loss.detach()}
+                "retain_loss": retain_loss}

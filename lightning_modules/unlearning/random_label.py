@@ -53,8 +53,6 @@ class RandomLabel(UnlearningModule):
         relabeled_loss = self.model.loss(self.relabel(forget, retain), reduction="mean")
         with torch.no_grad():
             forget_loss = self.model.loss(forget, reduction="mean")
-        with torch.set_grad_enabled(self.retain_weight > 0):
-            retain_loss = self.model.loss(retain, reduction="mean")
-        loss = relabeled_loss + self.retain_weight * retain_loss if self.retain_weight > 0 else relabeled_loss
+        loss, retain_loss = self.plus_retain(relabeled_loss, retain, self.retain_weight)
         return {"loss": loss, "relabeled_loss": relabeled_loss.detach(), "forget_loss": forget_loss,
-                "retain_loss": retain_loss.detach()}
+                "retain_loss": retain_loss}

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
 import torch
 
+from datamodules import ForgetRetainDataModule
 from lightning_modules.training import TextToMusicTraining
 from lightning_modules.unlearning import (
+    ESD,
+    EWC,
     NPO,
+    ConceptAblation,
     GradientAscent,
     GradientDifference,
     NegGradPlus,
     RandomLabel,
     RetainFinetune,
+    SalUn,
     UnlearningModule,
 )
+from tests.conftest import TINY_SAMPLES
 
-METHODS = [GradientAscent, GradientDifference, NegGradPlus, RandomLabel, RetainFinetune, NPO]
+METHODS = [GradientAscent, GradientDifference, NegGradPlus, RandomLabel, RetainFinetune, NPO, ESD, ConceptAblation,
+           SalUn, EWC]
+REQUIRED = {ConceptAblation: {"anchor": "a piece"}}  # arguments without a default
 
 
 def test_every_method_is_in_the_contract_test():
@@ -38,18 +47,34 @@ def _step(module, batch) -> dict:
     return terms
 
 
+def _data(corpus) -> ForgetRetainDataModule:
+    return ForgetRetainDataModule(manifest=str(corpus.train_manifest), forget_groups=[corpus.artists[0]],
+                                  batch_size=2, num_samples=TINY_SAMPLES)
+
+
+def _fit(module, corpus, steps: int = 1, **trainer) -> list[dict]:
+    """Train `module` for `steps` real optimizer steps on the tiny corpus; the loss terms of each step."""
+    terms = []
+    objective = module.objective
+    module.objective = lambda forget, retain: terms.append(objective(forget, retain)) or terms[-1]
+    L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0, **trainer).fit(module, _data(corpus))
+    return terms
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_one_step_changes_only_the_selected_groups(method, tiny_model, tiny_batch):
+def test_one_step_changes_only_the_selected_groups(method, tiny_model, tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("TTM_UNLEARNING_CACHE", str(tmp_path))
     module = method(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
-                    parameter_groups=["cross_attention_kv"])
+                    parameter_groups=["cross_attention_kv"], **REQUIRED.get(method, {}))
     selected = {id(p) for p in tiny_model.parameter_groups()["cross_attention_kv"]}
     before = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
-    terms = _step(module, tiny_batch)
+    (terms,) = _fit(module, tiny_corpus)
     assert {"loss", "forget_loss", "retain_loss"} <= set(terms)
     assert all(torch.isfinite(value) for value in terms.values())
     for name, param in tiny_model.named_parameters():
         changed = not torch.equal(before[name], param)
-        assert changed == (id(param) in selected), name
+        assert changed == (id(param) in selected) or method is SalUn and not changed, name
 
 
 def test_gradient_ascent_raises_the_forget_loss(tiny_model, tiny_batch):
@@ -137,3 +162,78 @@ def test_training_drops_captions_at_the_configured_rate(tiny_model, tiny_batch, 
     assert 0.35 < share < 0.65
     with pytest.raises(ValueError, match="caption_dropout"):
         TextToMusicTraining(tiny_model, caption_dropout=1.0)
+
+
+def test_esd_target_is_the_negatively_guided_reference(tiny_model, tiny_batch):
+    retain = {**tiny_batch, "caption": ["a piece by"] * 4}
+    losses = {}
+    for eta in (0.0, 2.0):
+        torch.manual_seed(0)
+        losses[eta] = ESD(tiny_model, negative_guidance=eta).objective(tiny_batch, retain)["loss"]
+    # at the start the model is its reference: out(c) - [u - eta (out(c) - u)] = (1 + eta) (out(c) - u)
+    assert losses[2.0].item() == pytest.approx(9 * losses[0.0].item(), rel=1e-5)
+    assert losses[0.0] > 0
+    with pytest.raises(ValueError, match="negative_guidance"):
+        ESD(tiny_model, negative_guidance=-1.0)
+
+
+def test_concept_ablation_distils_toward_the_anchor_caption(tiny_model, tiny_batch):
+    target = tiny_batch["caption"][0].split(" by ")[-1]
+    module = ConceptAblation(tiny_model, anchor=target, target=target)  # anchor = the concept: nothing to ablate
+    assert module.objective(tiny_batch, tiny_batch)["ablation_loss"].item() == pytest.approx(0.0, abs=1e-12)
+    module = ConceptAblation(tiny_model, anchor="someone else", target=target)
+    assert module.anchor_caption(f"calm music by {target}") == "calm music by someone else"
+    assert module.objective(tiny_batch, tiny_batch)["ablation_loss"] > 0
+    with pytest.raises(ValueError, match="does not contain target"):
+        module.anchor_caption("a caption without the artist")
+    assert ConceptAblation(tiny_model, anchor="a piece").anchor_caption("anything") == "a piece"
+
+
+def test_salun_trains_only_the_salient_weights_and_keeps_its_mask_in_checkpoints(tiny_model, tiny_corpus):
+    module = SalUn(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                   parameter_groups=["cross_attention"], saliency_fraction=0.25)
+    before = [p.detach().clone() for p in module.trainable]
+    _fit(module, tiny_corpus, steps=2)
+    salient = sum(int(mask.sum()) for mask in module.mask)
+    assert salient == round(0.25 * sum(p.numel() for p in module.trainable))
+    for param, start, mask in zip(module.trainable, before, module.mask, strict=True):
+        assert torch.equal(param[~mask], start[~mask])
+    assert sum(int((param != start).sum()) for param, start in zip(module.trainable, before, strict=True)) > 0
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    resumed = SalUn(tiny_model, parameter_groups=["cross_attention"])
+    resumed.on_load_checkpoint(checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.mask, module.mask, strict=True))
+
+
+def test_ewc_computes_the_fisher_once_then_reads_it(tiny_model_dir, tiny_corpus, tmp_path):
+    from lightning_modules.gradients import squared_gradients
+    from lightning_modules.models import ToyTextToMusic
+
+    path = tmp_path / "fisher.pt"
+
+    def ewc(**kwargs) -> EWC:
+        return EWC(ToyTextToMusic.from_pretrained(tiny_model_dir), parameter_groups=["cross_attention_kv"],
+                   optimizer=lambda params: torch.optim.SGD(params, lr=0.1), fisher_path=str(path), **kwargs)
+
+    module = ewc(ewc_weight=1e6)
+    first, second = _fit(module, tiny_corpus, steps=2)
+    assert first["ewc_penalty"] == 0 and second["ewc_penalty"] > 0  # theta0 is where training starts
+    data = _data(tiny_corpus)
+    data.setup("fit")
+    retain = data.split_dataset("retain")
+    loader = torch.utils.data.DataLoader(retain, batch_size=3)
+    fresh = ewc()
+    sums, count = squared_gradients(fresh.model.eval(), fresh.trainable, loader)
+    assert count == len(retain)
+    for computed, expected in zip(module.fisher, sums, strict=True):
+        assert torch.allclose(computed, expected / count, rtol=1e-4, atol=1e-12)
+
+    reader = ewc()
+    reader.gradient_statistic = lambda *args, **kwargs: pytest.fail("the Fisher file was not reused")
+    _fit(reader, tiny_corpus)
+    assert all(torch.equal(a, b) for a, b in zip(reader.fisher, module.fisher, strict=True))
+
+    other = ewc(fisher_draws=2)  # another recipe: the file does not match
+    with pytest.raises(ValueError, match="computed for other draws"):
+        _fit(other, tiny_corpus)
