@@ -85,6 +85,7 @@ class EWC(UnlearningModule):
         return path, info
 
     def on_fit_start(self) -> None:
+        self.start = [start.to(self.device) for start in self.start]  # once, not in every step's penalty
         path, info = self.fisher_file()
         if path.exists():
             fisher = load_fisher(path, **info)
@@ -106,7 +107,7 @@ class EWC(UnlearningModule):
         """``1/2 sum F (theta - theta0)^2`` over the trainable weights."""
         if self.fisher is None:
             raise RuntimeError("EWC's Fisher information is missing: it is computed or read at fit start.")
-        total = sum((f * (param - start.to(param.device)).pow(2)).sum()
+        total = sum((f * (param - start).pow(2)).sum()
                     for param, start, f in zip(self.trainable, self.start, self.fisher, strict=True))
         return 0.5 * total
 
