@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.manifest import ManifestItem
+from datamodules.target_cache import TargetCache
 
 
 @functools.lru_cache(maxsize=16)
@@ -47,29 +48,40 @@ def load_audio(item: ManifestItem, sample_rate: int, num_samples: int) -> tuple[
 
 
 class AudioTextDataset(Dataset):
-    """Items of a manifest as dicts with ``id``, ``caption``, ``group``, ``split``, ``audio`` and ``mask``.
+    """Items of a manifest as dicts with ``id``, ``caption``, ``group``, ``split``, ``mask`` and ``audio`` and/or
+    ``targets``.
 
     Args:
         items: the manifest items.
         sample_rate: the model's sample rate in Hz.
         num_samples: the model's clip length in samples.
         split: a name carried by every item (``forget``, ``retain``, ...), so evaluation can tell sets apart.
+        cache: cached `encode_audio` outputs; each item then carries its ``targets`` and the mask stored with them.
+        with_audio: also decode the audio when a cache is given (evaluation compares generations with it); the
+            model's losses need only the targets.
     """
 
-    def __init__(self, items: Sequence[ManifestItem], sample_rate: int, num_samples: int, split: str = "") -> None:
+    def __init__(self, items: Sequence[ManifestItem], sample_rate: int, num_samples: int, split: str = "",
+                 cache: TargetCache | None = None, with_audio: bool = True) -> None:
         self.items = list(items)
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.split = split
+        self.cache = cache
+        self.with_audio = with_audio or cache is None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        audio, mask = load_audio(item, self.sample_rate, self.num_samples)
-        return {"id": item.id, "caption": item.caption, "group": item.group, "split": self.split, "audio": audio,
-                "mask": mask}
+        example = {"id": item.id, "caption": item.caption, "group": item.group, "split": self.split}
+        if self.cache is not None:
+            example["targets"], num_valid = self.cache.load(item.id)
+            example["mask"] = torch.arange(self.num_samples) < num_valid
+        if self.with_audio:
+            example["audio"], example["mask"] = load_audio(item, self.sample_rate, self.num_samples)
+        return example
 
 
 def make_loader(

@@ -1,15 +1,19 @@
 """`ManifestDataModule`: what every DataModule over manifests shares: the data source prepared in ``prepare_data``,
-the model's audio format (linked from the model by the CLI), and datasets of manifest items in that format."""
+the model's audio format (linked from the model by the CLI), datasets of manifest items in that format, and the
+target cache: ``predict`` batches of the items not yet encoded (for `TargetEncoding` and `TargetCacheWriter`), and
+datasets that read the cached targets instead of decoding audio once every item is encoded."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import lightning as L
+from torch.utils.data import DataLoader
 
-from datamodules.audio import AudioTextDataset
+from datamodules.audio import AudioTextDataset, make_loader
 from datamodules.manifest import ManifestItem
 from datamodules.source import DataSource
+from datamodules.target_cache import TargetCache
 
 
 class ManifestDataModule(L.LightningDataModule):
@@ -20,18 +24,65 @@ class ManifestDataModule(L.LightningDataModule):
         sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
         num_samples: the model's clip length in samples (linked from the model by the CLI).
         source: writes the data in ``prepare_data`` when missing (e.g. the toy corpus).
+        cache_dir: folder of cached `encode_audio` outputs (written by ``train.py predict`` with
+            ``configs/encode.yaml``); losses then read them instead of decoding and encoding audio.
+        encode_batch_size: items per batch of the encoding pass (``predict``).
     """
 
-    def __init__(self, num_workers: int, sample_rate: int, num_samples: int, source: DataSource | None) -> None:
+    def __init__(self, num_workers: int, sample_rate: int, num_samples: int, source: DataSource | None,
+                 cache_dir: str | None = None, encode_batch_size: int = 16) -> None:
         super().__init__()
         self.num_workers = num_workers
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.source = source
+        self.cache_dir = cache_dir
+        self.encode_batch_size = encode_batch_size
+        self.cache: TargetCache | None = None  # read by the datasets once `setup` checked it is complete
+        self._encoder_cache: TargetCache | None = None  # written by the encoding pass
 
     def prepare_data(self) -> None:
         if self.source is not None:
             self.source.prepare()
 
-    def dataset(self, items: Sequence[ManifestItem], split: str = "") -> AudioTextDataset:
-        return AudioTextDataset(items, self.sample_rate, self.num_samples, split=split)
+    def all_items(self) -> list[ManifestItem]:
+        """Every item this DataModule serves (each id once), as `setup` read them: what the encoding pass encodes."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its items for the encoding pass.")
+
+    def dataset(self, items: Sequence[ManifestItem], split: str = "", with_audio: bool = True) -> AudioTextDataset:
+        """`items` in the model's format, with cached targets once `setup` opened the cache; `with_audio=False` for
+        sets only the model's losses read (training, gradient statistics)."""
+        return AudioTextDataset(items, self.sample_rate, self.num_samples, split=split, cache=self.cache,
+                                with_audio=with_audio)
+
+    def _open_cache(self, stage: str) -> None:
+        """Open the model's sub-folder of `cache_dir`; outside ``predict`` every item must be encoded already."""
+        if self.cache_dir is None:
+            return
+        model = getattr(self.trainer.lightning_module, "model", None) if self.trainer is not None else None
+        if model is None or not hasattr(model, "targets_key"):
+            raise ValueError(f"cache_dir={self.cache_dir!r} needs a Trainer whose LightningModule has a "
+                             "`model` (a TextToMusicModel), whose targets_key names the cache's sub-folder.")
+        cache = TargetCache(self.cache_dir, model.targets_key())
+        if stage == "predict":
+            self._encoder_cache = cache  # the encoding pass writes it; datasets decode audio
+            return
+        missing = cache.missing([item.id for item in self.all_items()])
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} item(s) have no cached targets in {cache.folder} (e.g. {missing[:5]}). Encode them "
+                "first with the same model and data: `python train.py predict --config configs/encode.yaml "
+                "--model.model <model config> --data <data config> --data.init_args.cache_dir "
+                f"{self.cache_dir}`; items already encoded are skipped.")
+        self.cache = cache
+
+    def predict_dataloader(self) -> DataLoader:
+        """The items not yet in the cache, with their audio, for the encoding pass. Every rank lists the cache
+        before any writes (a barrier), so all ranks shard the same list."""
+        if self.cache_dir is None:
+            raise ValueError("The encoding pass writes to `cache_dir`: set data.init_args.cache_dir.")
+        items = list({item.id: item for item in self.all_items()}.values())
+        todo = [item for item in items if item.id not in self._encoder_cache]
+        self.trainer.strategy.barrier("target_cache_listed")
+        return make_loader(AudioTextDataset(todo, self.sample_rate, self.num_samples), self.encode_batch_size,
+                           shuffle=False, num_workers=self.num_workers)

@@ -42,6 +42,8 @@ class ForgetRetainDataModule(ManifestDataModule):
         sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
         num_samples: the model's clip length in samples (linked from the model by the CLI).
         source: writes the data in ``prepare_data`` when missing (e.g. the toy corpus).
+        cache_dir: folder of cached `encode_audio` outputs; losses read them instead of the audio.
+        encode_batch_size: items per batch of the encoding pass (``predict``).
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class ForgetRetainDataModule(ManifestDataModule):
         sample_rate: int = 16000,
         num_samples: int = 32768,
         source: DataSource | None = None,
+        cache_dir: str | None = None,
+        encode_batch_size: int = 16,
     ) -> None:
-        super().__init__(num_workers, sample_rate, num_samples, source)
+        super().__init__(num_workers, sample_rate, num_samples, source, cache_dir, encode_batch_size)
         chosen = [name for name, value in (("forget_groups", forget_groups), ("forget_ids", forget_ids),
                                            ("forget_manifest", forget_manifest)) if value]
         if len(chosen) != 1:
@@ -123,12 +127,17 @@ class ForgetRetainDataModule(ManifestDataModule):
         for items, what in ((forget, "the forget set"), (retain, "the retain set"), (heldout, "the held-out set")):
             check_audio_files(items, what)
         self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
+        self._open_cache(stage)
 
-    def split_dataset(self, split: str) -> AudioTextDataset:
-        """Every item of one set: "forget", "retain" or "heldout" (methods that need a pass over a whole set)."""
+    def all_items(self) -> list[ManifestItem]:
+        return [item for split in EVAL_SPLITS for item in self.sets[split]]
+
+    def split_dataset(self, split: str, with_audio: bool = False) -> AudioTextDataset:
+        """Every item of one set: "forget", "retain" or "heldout" (methods that need a pass over a whole set); the
+        audio is left out when targets are cached, unless `with_audio`."""
         if split not in EVAL_SPLITS:
             raise ValueError(f"Unknown set {split!r}; choose one of {list(EVAL_SPLITS)}.")
-        return self.dataset(self.sets[split], split)
+        return self.dataset(self.sets[split], split, with_audio=with_audio)
 
     def train_dataloader(self) -> CombinedLoader:
         loaders = {

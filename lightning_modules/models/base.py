@@ -7,6 +7,7 @@ the family's native format. A method written once against this class works on ev
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -23,10 +24,10 @@ class Batch(TypedDict):
 
     id: list[str]
     caption: list[str]
-    audio: Tensor  # (batch, samples), mono, at the model's sample rate
     mask: Tensor  # (batch, samples) bool: True where the audio is real, False where it is padding
-    group: NotRequired[list[str]]
+    audio: NotRequired[Tensor]  # (batch, samples), mono, at the model's sample rate; absent when `targets` suffice
     targets: NotRequired[Tensor]  # (batch, *target_shape): `encode_audio` output, when read from a cache
+    group: NotRequired[list[str]]
 
 
 def check_captions(batch: Batch, captions: Sequence[str] | None) -> list[str]:
@@ -60,6 +61,27 @@ class TextToMusicModel(nn.Module, ABC):
     @abstractmethod
     def encode_audio(self, waveform: Tensor, mask: Tensor) -> Tensor:
         """Training targets (latents, mel patches or codec codes) of `(batch, samples)` audio; cacheable per item."""
+
+    def audio_encoder(self) -> nn.Module | None:
+        """The module(s) `encode_audio` runs (VAE, codec, mel front end): their weights key the target cache."""
+        return None
+
+    def targets_settings(self) -> dict:
+        """Settings other than the encoder's weights that change what `encode_audio` returns (e.g. normalisation)."""
+        return {}
+
+    def targets_key(self) -> str:
+        """Names what `encode_audio` returns: the backend, its audio format, its settings and a digest of its
+        encoder's weights, so that cached targets are only read by a model that would compute the same ones."""
+        digest = hashlib.blake2b(digest_size=10)
+        digest.update(repr((type(self).__name__, self.sample_rate, self.num_samples,
+                            sorted(self.targets_settings().items()))).encode())
+        encoder = self.audio_encoder()
+        if encoder is not None:
+            for name, tensor in sorted(encoder.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+        return f"{type(self).__name__.lower()}-{digest.hexdigest()}"
 
     @abstractmethod
     def encode_text(self, captions: Sequence[str]) -> dict[str, Tensor]:

@@ -178,6 +178,14 @@ class ToyTextToMusic(TextToMusicModel):
             )
         return waveform.unsqueeze(1)
 
+    def audio_encoder(self) -> nn.Module:
+        return self.mel
+
+    def targets_settings(self) -> dict:
+        arch = self.architecture
+        return {"patch_size": arch.patch_size, "log_mel_min": arch.log_mel_min, "log_mel_max": arch.log_mel_max,
+                "frames": self._frames(self.num_samples)}
+
     def _target_weight(self, mask: Tensor, num_frames: int) -> Tensor:
         """Share of real audio in each patch column, `(batch, 1, 1, num_frames / patch)`."""
         patch = self.architecture.patch_size
