@@ -40,6 +40,14 @@ def check_captions(batch: Batch, captions: Sequence[str] | None) -> list[str]:
     return list(captions)
 
 
+def prompt_seeds(prompts: Sequence[str], seed: int | Sequence[int]) -> list[int]:
+    """One generation seed per prompt: ``seed + i`` for prompt i, or the given list after checking its length."""
+    seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
+    return seeds
+
+
 class Prediction(NamedTuple):
     """What `TextToMusicModel.predict` returns."""
 

@@ -22,14 +22,22 @@ def item_seed(item_id: str, seed: int = 0) -> int:
 
 
 def fixed_timesteps_and_noise(
-    ids: Sequence[str], shape: Sequence[int], num_train_timesteps: int, seed: int = 0
+    ids: Sequence[str], shape: Sequence[int], num_train_timesteps: int | None, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """One timestep `(batch,)` and one noise tensor `(batch, *shape)` per item, each a function of its id alone."""
+    """One timestep `(batch,)` and one noise tensor `(batch, *shape)` per item, each a function of its id alone.
+
+    Timesteps are integers in ``[0, num_train_timesteps)`` (DDPM-style schedulers) or, with `num_train_timesteps`
+    None, continuous times in ``[0, 1)`` (continuous-time models such as Stable Audio's v-objective DiT). Drawn in
+    float32 whatever the default dtype (bf16-true sets it), so the draws are the same under every precision.
+    """
     timesteps, noise = [], []
     for item_id in ids:
         generator = torch.Generator().manual_seed(item_seed(item_id, seed))
-        timesteps.append(torch.randint(0, num_train_timesteps, (1,), generator=generator))
-        noise.append(torch.randn(tuple(shape), generator=generator))
+        if num_train_timesteps is None:
+            timesteps.append(torch.rand((1,), generator=generator, dtype=torch.float32))
+        else:
+            timesteps.append(torch.randint(0, num_train_timesteps, (1,), generator=generator))
+        noise.append(torch.randn(tuple(shape), generator=generator, dtype=torch.float32))
     return torch.cat(timesteps), torch.stack(noise)
 
 

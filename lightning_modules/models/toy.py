@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, ClapTextModelWithProjection
 from transformers.utils import logging as hf_logging
 
-from lightning_modules.models.base import Batch, Prediction, TextToMusicModel, check_captions
+from lightning_modules.models.base import Batch, Prediction, TextToMusicModel, check_captions, prompt_seeds
 from lightning_modules.models.diffusion import (
     attention_parameter_groups,
     diffusion_target,
@@ -159,7 +159,8 @@ class ToyTextToMusic(TextToMusicModel):
         """`(batch, samples)` audio to normalised log-mel patches `(batch, patch**2, n_mels/patch, frames/patch)`."""
         arch = self.architecture
         with torch.autocast(waveform.device.type, enabled=False):
-            mel = self.mel(waveform.float())[..., : self._frames(waveform.shape[-1])]
+            # the front end stays float32 (bf16-true casts every buffer): the targets are the same under any precision
+            mel = self.mel.float()(waveform.float())[..., : self._frames(waveform.shape[-1])]
             log_mel = mel.clamp_min(1e-5).log()
             normalised = 2 * (log_mel - arch.log_mel_min) / (arch.log_mel_max - arch.log_mel_min) - 1
             return F.pixel_unshuffle(normalised.unsqueeze(1), arch.patch_size)
@@ -172,7 +173,7 @@ class ToyTextToMusic(TextToMusicModel):
             mel = ((normalised + 1) / 2 * (arch.log_mel_max - arch.log_mel_min) + arch.log_mel_min).exp()
             mel = torch.cat([mel, mel[..., -1:]], dim=-1)  # the centred STFT has one frame more than we keep
             waveform = torchaudio.functional.griffinlim(
-                self.inverse_mel(mel), self.window, arch.n_fft, arch.hop_length, arch.n_fft, power=1.0,
+                self.inverse_mel.float()(mel), self.window.float(), arch.n_fft, arch.hop_length, arch.n_fft, power=1.0,
                 n_iter=arch.griffin_lim_iters, momentum=0.99, length=(mel.shape[-1] - 1) * arch.hop_length,
                 rand_init=False,
             )
@@ -215,6 +216,7 @@ class ToyTextToMusic(TextToMusicModel):
         generator: torch.Generator | None = None,
     ) -> Prediction:
         targets = batch["targets"] if "targets" in batch else self.encode_audio(batch["audio"], batch["mask"])
+        targets = targets.to(self.unet.dtype)  # float32 targets into a bf16-true UNet
         captions = check_captions(batch, captions)
         device = targets.device
         if timesteps is None:
@@ -251,9 +253,7 @@ class ToyTextToMusic(TextToMusicModel):
     ) -> Tensor:
         """`(batch, 1, samples)` audio; prompt i uses seed ``seed + i`` (or ``seed[i]``), whatever the batch."""
         arch = self.architecture
-        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-        if len(seeds) != len(prompts):
-            raise ValueError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
+        seeds = prompt_seeds(prompts, seed)
         num_samples = self.num_samples if duration is None else round(duration * self.sample_rate)
         shape = (arch.patch_size**2, arch.n_mels // arch.patch_size, self._frames(num_samples) // arch.patch_size)
         device = self.unet.device

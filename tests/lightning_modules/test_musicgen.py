@@ -1,0 +1,290 @@
+"""The MusicGen backend honours the `TextToMusicModel` contract, on a tiny random MusicGen saved as a transformers
+folder and loaded back through the code path of the public checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import MusicgenForConditionalGeneration
+
+from datamodules import ForgetRetainDataModule, read_manifest
+from datamodules.audio import AudioTextDataset
+from lightning_modules.models import PARAMETER_GROUPS
+from lightning_modules.models.lora import has_lora
+from lightning_modules.models.musicgen import MusicGen
+from lightning_modules.unlearning import ESD, GradientAscent
+from tests.tiny.musicgen import save_tiny
+
+DURATION = 0.25  # 8000 samples at 32 kHz: 13 EnCodec frames of 640 samples, the last one partial
+FRAMES = 13
+
+
+@pytest.fixture(scope="module")
+def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("musicgen"))
+
+
+@pytest.fixture
+def model(musicgen_dir: Path) -> MusicGen:
+    return MusicGen.from_pretrained(musicgen_dir, duration=DURATION)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_corpus) -> dict:
+    dataset = AudioTextDataset(read_manifest(tiny_corpus.train_manifest)[:3], 32000, round(DURATION * 32000),
+                               split="forget")
+    return torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
+
+
+def _padded(batch: dict) -> dict:
+    mask = batch["mask"].clone()
+    mask[:, mask.shape[1] // 2 :] = False
+    return {**batch, "mask": mask, "audio": batch["audio"] * mask}
+
+
+def test_loss_is_deterministic_per_item_and_is_the_transformers_objective(model, batch):
+    assert model.fixed_loss_inputs(batch["id"]) == {} == model.fixed_loss_inputs(batch["id"], seed=1)
+    losses = model.loss(batch)
+    assert losses.shape == (3,) and torch.isfinite(losses).all()
+    assert torch.equal(losses, model.loss(batch, generator=torch.Generator().manual_seed(1)))
+    # the same objective as MusicgenForConditionalGeneration(labels=delayed codes), which does not delay them itself
+    codes = model.encode_audio(batch["audio"], batch["mask"])
+    labels = model.delayed(codes)[..., 1:].transpose(1, 2)
+    tokens = model.processor.tokenizer(batch["caption"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = model.model(**tokens, labels=labels).loss
+    assert torch.allclose(losses.mean(), reference, rtol=1e-5)
+
+
+def test_delay_pattern_and_padding(model, batch):
+    codes = model.encode_audio(batch["audio"], batch["mask"])
+    assert codes.dtype == torch.long and codes.shape == (3, 4, FRAMES)
+    assert torch.equal(codes, model.encode_audio(batch["audio"], batch["mask"]))
+    start = model.start_token_id
+    sequence = model.delayed(codes)
+    for k in range(4):  # codebook k is delayed by k steps after the start column
+        assert torch.equal(sequence[:, k, k + 1 : k + 1 + FRAMES], codes[:, k])
+        assert (sequence[:, k, : k + 1] == start).all() and (sequence[:, k, k + 1 + FRAMES :] == start).all()
+    padded = _padded(batch)
+    prediction = model.predict(padded)
+    steps = FRAMES + 3
+    assert prediction.output.shape == (3, 4, steps, 64) and prediction.target.shape == (3, 4, steps)
+    real_frames = 7  # ceil(4000 / 640)
+    assert torch.equal(prediction.weight.sum((1, 2, 3)), torch.full((3,), 4.0 * real_frames))
+    assert (prediction.target[prediction.weight[..., 0] > 0] < 64).all()  # no delay padding is ever a target
+    noisy = {**padded, "audio": padded["audio"] + (~padded["mask"]) * torch.randn_like(padded["audio"])}
+    assert torch.equal(model.loss(noisy), model.loss(padded))
+    assert not torch.allclose(model.loss(padded), model.loss(batch))
+
+
+def test_cached_targets_replace_audio(model, batch, musicgen_dir):
+    targets = model.encode_audio(batch["audio"], batch["mask"])
+    cached = {**batch, "targets": targets, "audio": torch.zeros_like(batch["audio"])}
+    assert torch.equal(model.loss(cached), model.loss(batch))
+    assert model.targets_key() == MusicGen.from_pretrained(musicgen_dir, duration=DURATION).targets_key()
+
+
+def test_empty_caption_is_the_unconditional_half_of_generate(model, batch):
+    """Logits `predict` gives under the captions and under "" equal those `generate` computes for its conditional
+    and unconditional halves, on the delayed sequence it feeds the decoder."""
+    prompts = ["a piece by aurora", "calm music"]
+    steps: dict[int, tuple] = {}
+
+    def record(module, args, kwargs, output):
+        cache = kwargs.get("past_key_values")
+        position = cache.get_seq_length() - 1 if cache is not None else 0
+        steps[position] = (kwargs["input_ids"][:, -1].clone(), output.logits[:, -1].clone())
+
+    decoded = []
+    decode = model.model.audio_encoder.decode
+    model.model.audio_encoder.decode = lambda codes, *args, **kwargs: decoded.append(codes) or decode(codes, *args,
+                                                                                                        **kwargs)
+    handle = model.model.decoder.register_forward_hook(record, with_kwargs=True)
+    try:
+        model.generate(prompts, seed=[3, 4], guidance_scale=3.0)
+    finally:
+        handle.remove()
+        model.model.audio_encoder.decode = decode
+    codes = decoded[0][0]  # (batch, codebooks, frames)
+    inputs = torch.stack([steps[s][0] for s in sorted(steps)], dim=-1).view(4, 4, -1)  # (2 * batch, codebooks, ...)
+    logits = torch.stack([steps[s][1] for s in sorted(steps)], dim=-2).view(4, 4, len(steps), -1)
+    sequence = model.delayed(codes)
+    steps = FRAMES + 3
+    assert torch.equal(inputs[:2, :, :steps], sequence[..., :-1])
+    assert torch.equal(inputs[2:, :, :steps], sequence[..., :-1])
+    cached = {"targets": codes, "mask": torch.ones(2, model.num_samples, dtype=torch.bool), "caption": prompts,
+              "id": ["x", "y"]}
+    with torch.no_grad():
+        conditional = model.predict(cached).output
+        unconditional = model.predict(cached, captions=["", ""]).output
+    assert torch.allclose(conditional, logits[:2, :, :steps], atol=1e-5)
+    assert torch.allclose(unconditional, logits[2:, :, :steps], atol=1e-5)
+    assert not torch.allclose(conditional, unconditional, atol=1e-3)
+    assert not torch.allclose(model.loss({**batch, "caption": [""] * 3}), model.loss(batch))
+
+
+def test_generate_shape_rate_seeds_and_duration(model):
+    model.train()
+    audio = model.generate(["a piece by aurora", "calm music"], seed=[5, 6])
+    assert model.training and model.model.decoder.training and not model.model.text_encoder.training
+    assert audio.shape == (2, 1, model.num_samples) and audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    assert model.sample_rate == 32000 == model.model.config.audio_encoder.sampling_rate
+    assert torch.equal(audio, model.generate(["a piece by aurora", "calm music"], seed=[5, 6]))
+    short = model.generate(["a piece by aurora", "calm music"], seed=[5, 6], duration=0.1, num_inference_steps=999)
+    assert short.shape == (2, 1, 3200)  # num_inference_steps means nothing to MusicGen and is ignored
+    assert not torch.allclose(short, model.generate(["a piece by aurora", "calm music"], seed=[5, 7], duration=0.1))
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        model.generate(["a", "b"], seed=[1])
+
+
+def test_parameter_groups_follow_module_names(model):
+    groups = model.parameter_groups()
+    named = {id(p): name for name, p in model.model.named_parameters()}
+    ids = {group: {id(p) for p in params} for group, params in groups.items()}
+    assert set(PARAMETER_GROUPS) | {"text_conditioning"} <= set(groups) and all(ids.values())
+    trained = {id(p) for p in (*model.model.decoder.parameters(), *model.model.enc_to_dec_proj.parameters())}
+    assert ids["all"] == trained == {id(p) for p in model.parameters() if p.requires_grad}
+    frozen = {id(p) for p in (*model.model.text_encoder.parameters(), *model.model.audio_encoder.parameters())}
+    assert not any(frozen & group for group in ids.values())
+    assert not any(p.requires_grad for p in model.model.text_encoder.parameters())
+    assert not any(p.requires_grad for p in model.model.audio_encoder.parameters())
+    assert ids["cross_attention_kv"] < ids["cross_attention"] < ids["transformer_blocks"] < ids["all"]
+    assert not ids["cross_attention"] & ids["self_attention"]
+    projection = {id(p) for p in model.model.enc_to_dec_proj.parameters()}
+    assert ids["text_conditioning"] == ids["cross_attention"] | projection
+    assert all(".encoder_attn." in named[i] and named[i].split(".")[-2] in ("k_proj", "v_proj")
+               for i in ids["cross_attention_kv"])
+    assert all(".self_attn." in named[i] for i in ids["self_attention"])
+    assert len(ids["cross_attention"]) == 2 * 4  # two layers of q, k, v, out projections (no biases)
+
+
+def test_save_and_load_round_trip(model, batch, tmp_path):
+    with torch.no_grad():
+        model.model.decoder.model.decoder.layers[0].encoder_attn.k_proj.weight.add_(0.05)
+    model.save_pretrained(tmp_path / "saved")
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "saved").iterdir()}
+    loaded = MusicGen.from_pretrained(tmp_path / "saved", duration=DURATION)
+    assert torch.equal(loaded.loss(batch), model.loss(batch))
+    plain = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.model.state_dict().values(),
+                                                 strict=True))
+
+
+def _data(corpus, model: MusicGen) -> ForgetRetainDataModule:
+    return ForgetRetainDataModule(manifest=str(corpus.train_manifest), forget_groups=[corpus.artists[0]], batch_size=2,
+                                  sample_rate=model.sample_rate, num_samples=model.num_samples)
+
+
+@pytest.mark.parametrize("method", [GradientAscent, ESD])
+def test_one_unlearning_step_changes_only_the_selected_groups(method, model, tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("TTM_UNLEARNING_CACHE", str(tmp_path))
+    module = method(model, optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+                    parameter_groups=["cross_attention"])
+    selected = {id(p) for p in model.parameter_groups()["cross_attention"]}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    terms = []
+    objective = module.objective
+    module.objective = lambda forget, retain: terms.append(objective(forget, retain)) or terms[-1]
+    L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(module, _data(tiny_corpus, model))
+    assert all(torch.isfinite(value) for value in terms[0].values())
+    for name, param in model.named_parameters():
+        assert (not torch.equal(before[name], param)) == (id(param) in selected), name
+
+
+def test_lora_trains_adapters_and_saves_merged_native_weights(musicgen_dir, batch, tmp_path):
+    model = MusicGen.from_pretrained(musicgen_dir, duration=DURATION, lora_rank=2, lora_groups=["cross_attention"])
+    groups = model.parameter_groups()
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert groups["cross_attention"] and all("lora_" in names[id(p)] for params in groups.values() for p in params)
+    assert not groups["self_attention"] and {id(p) for p in groups["all"]} == {id(p) for p in groups["cross_attention"]}
+    module = GradientAscent(model, optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+                            parameter_groups=["cross_attention"])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = module.configure_optimizers()
+    module.objective(batch, batch)["loss"].backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+    assert changed and all("lora_B" in name for name in changed)
+    model.eval()
+    model.save_pretrained(tmp_path / "merged")
+    with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as weights:
+        assert not any("lora" in key or "base_layer" in key for key in weights.keys())  # noqa: SIM118
+    _, info = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "merged", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    merged = MusicGen.from_pretrained(tmp_path / "merged", duration=DURATION)
+    with torch.no_grad():
+        assert torch.allclose(merged.predict(batch).output, model.predict(batch).output, atol=1e-5)
+    assert has_lora(model.model)  # the adapters are back after saving
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(musicgen_dir, batch):
+    results = []
+    for checkpointing in (False, True):
+        model = MusicGen.from_pretrained(musicgen_dir, duration=DURATION, gradient_checkpointing=checkpointing).train()
+        torch.manual_seed(0)  # dropout: the recomputation replays the same random state
+        loss = model.loss(batch, reduction="mean")
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameter_groups()["all"]]))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_bf16_autocast_and_bf16_weights(model, batch):
+    reference = model.loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.encode_audio(batch["audio"], batch["mask"]),
+                           model.encode_audio(batch["audio"], batch["mask"]))
+        mixed = model.loss(batch)
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, reference, rtol=0.05)
+    model.to(torch.bfloat16)
+    assert torch.isfinite(model.loss(batch)).all()
+    assert model.generate(["calm music"], duration=0.1).dtype == torch.float32
+
+
+def test_soft_targets_give_the_cross_entropy_against_their_softmax(model, batch):
+    with torch.no_grad():
+        prediction = model.predict(batch)
+        hard = model.criterion(*prediction)
+        one_hot = torch.nn.functional.one_hot(prediction.target.clamp(max=63), 64).float() * 1e4
+        assert torch.allclose(model.criterion(prediction.output, one_hot, prediction.weight), hard, rtol=1e-5)
+        entropy = model.criterion(prediction.output, prediction.output, prediction.weight)
+        assert (entropy < hard).all()  # the model's own distribution is its cheapest soft target
+
+
+def test_constructor_errors(musicgen_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing-folder"):
+        MusicGen(pretrained=str(tmp_path / "missing-folder"))
+    with pytest.raises(ValueError, match="lora_rank"):
+        MusicGen(pretrained=str(musicgen_dir), lora_groups=["cross_attention"])
+    with pytest.raises(ValueError, match="Unknown lora_groups"):
+        MusicGen(pretrained=str(musicgen_dir), lora_rank=2, lora_groups=["attention"])
+    with pytest.raises(ValueError, match="duration"):
+        MusicGen(pretrained=str(musicgen_dir), duration=0)
+    stereo = shutil.copytree(musicgen_dir, tmp_path / "stereo")
+    config = json.loads((stereo / "config.json").read_text())
+    config["decoder"]["audio_channels"] = 2
+    (stereo / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="stereo"):
+        MusicGen(pretrained=str(stereo))
+
+
+@pytest.mark.network
+def test_public_checkpoint_loss_and_generation():
+    model = MusicGen(pretrained="facebook/musicgen-small", duration=1.0)
+    assert model.sample_rate == 32000 and model.num_codebooks == 4
+    torch.manual_seed(0)
+    audio = 0.1 * torch.randn(1, model.num_samples)
+    batch = {"audio": audio, "mask": torch.ones_like(audio, dtype=torch.bool), "caption": ["lo-fi piano"],
+             "id": ["x"]}
+    loss = model.loss(batch)
+    assert loss.shape == (1,) and torch.isfinite(loss).all()
+    generated = model.generate(["lo-fi piano"], seed=0, duration=0.2)
+    assert generated.shape == (1, 1, 6400) and torch.isfinite(generated).all()
