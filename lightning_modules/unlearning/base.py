@@ -46,11 +46,12 @@ class UnlearningModule(TextToMusicModule):
 
     @property
     def reference(self) -> TextToMusicModel:
-        """The model before unlearning, frozen, on this module's device."""
+        """The model before unlearning, frozen, on this module's device and in its dtype (bf16-true casts the shared
+        frozen weights in place, but not the reference's own copies of the trained ones)."""
         if not self._reference:
             raise RuntimeError(f"{type(self).__name__} keeps no reference model; set needs_reference = True on the "
                                "class.")
-        return self._reference[0].to(self.device)
+        return self._reference[0].to(device=self.device, dtype=self.dtype)
 
     def plus_retain(self, loss: Tensor, retain: Batch, weight: float) -> tuple[Tensor, Tensor]:
         """``loss + weight * loss(retain)`` and the mean retain loss; with `weight` 0 the retain loss is only

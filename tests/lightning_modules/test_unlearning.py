@@ -237,3 +237,13 @@ def test_ewc_computes_the_fisher_once_then_reads_it(tiny_model_dir, tiny_corpus,
     other = ewc(fisher_draws=2)  # another recipe: the file does not match
     with pytest.raises(ValueError, match="computed for other draws"):
         _fit(other, tiny_corpus)
+
+
+@pytest.mark.parametrize("method", [NPO, ESD], ids=lambda method: method.__name__)
+def test_reference_methods_train_in_bf16_true(method, tiny_model, tiny_corpus):
+    """bf16-true casts the weights the reference shares with the model in place; its copies must follow."""
+    module = method(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                    parameter_groups=["cross_attention_kv"])
+    (terms,) = _fit(module, tiny_corpus, precision="bf16-true")
+    assert all(torch.isfinite(value) for value in terms.values())
+    assert {p.dtype for p in module.reference.parameters()} == {torch.bfloat16}
