@@ -1,0 +1,170 @@
+"""`SweepDataModule`: the training set of a loss sweep (attribution by unlearning, Choi et al. 2025, arXiv 2506.18312,
+after Wang et al. 2024, arXiv 2406.09408), sorted by id and cut into fixed shards, one shard per ``predict`` step,
+only the shards not yet written; with the sweep folder's layout (`shard_path`, `RECIPE_FILE`) and `read_sweep`, which
+assembles a finished sweep. Shards do not depend on the number of processes, so a sweep interrupted on 8 GPUs can be
+resumed on 1 and ends with the same files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from datamodules.audio import AudioTextDataset
+from datamodules.base import ManifestDataModule
+from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
+from datamodules.source import DataSource
+
+RECIPE_FILE = "sweep.json"
+NO_SHARD = -1  # the index of a placeholder step: ranks with nothing left to compute still run the pass's hooks
+
+
+def shard_path(sweep_dir: str | os.PathLike, index: int) -> Path:
+    """The file of shard `index` in `sweep_dir`."""
+    return Path(sweep_dir) / f"shard-{index:05d}.pt"
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """A hash of the sorted item ids: which training set a sweep covers."""
+    return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=12).hexdigest()
+
+
+def read_sweep(sweep_dir: str | os.PathLike) -> tuple[list[str], Tensor]:
+    """The ids (sorted) and losses `(items, draws)` of a finished sweep, assembled from its shard files.
+
+    Raises:
+        FileNotFoundError: `sweep_dir` holds no sweep recipe, or a shard is missing (re-run the sweep to finish it).
+        ValueError: the shards do not hold the items the recipe names.
+    """
+    folder = Path(sweep_dir)
+    recipe_path = folder / RECIPE_FILE
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"{recipe_path} not found: {folder} holds no loss sweep. Run one first: "
+                                "`python train.py predict --config configs/attribution/sweep.yaml "
+                                f"--data.init_args.sweep_dir {folder}`.")
+    recipe = json.loads(recipe_path.read_text())
+    num_shards = math.ceil(recipe["num_items"] / recipe["shard_size"])
+    missing = [index for index in range(num_shards) if not shard_path(folder, index).is_file()]
+    if missing:
+        raise FileNotFoundError(f"The sweep in {folder} is incomplete: {len(missing)} of {num_shards} shard(s) are "
+                                f"missing (e.g. {[shard_path(folder, i).name for i in missing[:5]]}). Run the same "
+                                "sweep command again: written shards are skipped.")
+    ids: list[str] = []
+    losses = []
+    for index in range(num_shards):
+        shard = torch.load(shard_path(folder, index), map_location="cpu", weights_only=True)
+        ids.extend(shard["id"])
+        losses.append(shard["loss"])
+    if ids != sorted(ids) or len(ids) != recipe["num_items"] or ids_digest(ids) != recipe["ids"]:
+        raise ValueError(f"The shards in {folder} do not hold the items its {RECIPE_FILE} names; delete the folder "
+                         "and run the sweep again.")
+    return ids, torch.cat(losses)
+
+
+class ShardDataset(Dataset):
+    """One element per shard still to compute: ``{"shard": index, "batch": collated items}``; `NO_SHARD` entries
+    give ``{"shard": NO_SHARD}``.
+
+    Args:
+        items: every item of the sweep, sorted by id, in the model's format.
+        shard_size: items per shard.
+        shards: the indices of the shards to compute (and `NO_SHARD` placeholders).
+    """
+
+    def __init__(self, items: AudioTextDataset, shard_size: int, shards: Sequence[int]) -> None:
+        self.items = items
+        self.shard_size = shard_size
+        self.shards = list(shards)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, index: int) -> dict:
+        shard = self.shards[index]
+        if shard == NO_SHARD:
+            return {"shard": NO_SHARD}
+        start = shard * self.shard_size
+        stop = min(start + self.shard_size, len(self.items))
+        return {"shard": shard, "batch": default_collate([self.items[i] for i in range(start, stop)])}
+
+
+def _single(elements: list[dict]) -> dict:
+    """The collate function of a loader of one shard per step."""
+    return elements[0]
+
+
+class SweepDataModule(ManifestDataModule):
+    """The items of a manifest in fixed shards, for `LossSweep` and `SweepWriter` (``train.py predict``).
+
+    Args:
+        manifest: JSONL or CSV manifest of the training items to score.
+        sweep_dir: the folder the sweep writes (`SweepWriter`): one file per shard and the recipe; shards already
+            there are skipped.
+        shard_size: items per shard, the unit of work, resumption and distribution over ranks; a shard is loaded
+            whole, so its items must fit in memory (audio, or cached targets with `cache_dir`).
+        num_workers: DataLoader worker processes (each loads whole shards).
+        sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
+        num_samples: the model's clip length in samples (linked from the model by the CLI).
+        source: writes the data in ``prepare_data`` when missing (e.g. the toy corpus).
+        cache_dir: folder of cached `encode_audio` outputs (the encoding pass, ``configs/encode.yaml``); every item
+            must be encoded, and the sweep then reads targets instead of audio.
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        sweep_dir: str,
+        shard_size: int = 256,
+        num_workers: int = 0,
+        sample_rate: int = 16000,
+        num_samples: int = 32768,
+        source: DataSource | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(num_workers, sample_rate, num_samples, source, cache_dir)
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}.")
+        self.manifest = manifest
+        self.sweep_dir = sweep_dir
+        self.shard_size = shard_size
+        self.allow_zero_length_dataloader_with_multiple_devices = True
+
+    def setup(self, stage: str) -> None:
+        items = read_manifest(self.manifest)
+        if not items:
+            raise ValueError(f"{self.manifest} lists no items; the sweep needs at least one.")
+        check_audio_files(items, self.manifest)
+        self.items = sorted(items, key=lambda item: item.id)
+        # the sweep reads the cache as training does (not the encoding pass's "predict" branch): every item encoded
+        self._open_cache("sweep")
+        self.item_set = self.dataset(self.items, "sweep", with_audio=False)
+
+    def all_items(self) -> list[ManifestItem]:
+        return self.items
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(len(self.items) / self.shard_size)
+
+    def missing_shards(self) -> list[int]:
+        """The indices of the shards without a file in `sweep_dir`, in order."""
+        return [index for index in range(self.num_shards) if not shard_path(self.sweep_dir, index).is_file()]
+
+    def predict_dataloader(self) -> DataLoader:
+        """One shard per step, only the shards not yet written; padded with `NO_SHARD` steps to at least one per
+        rank, so that every rank runs the writer's start and end hooks (and their barriers). Every rank lists the
+        folder before any writes (a barrier), so all ranks split the same list."""
+        todo = self.missing_shards()
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        todo += [NO_SHARD] * max(0, world_size - len(todo))
+        if self.trainer is not None:
+            self.trainer.strategy.barrier("sweep_shards_listed")
+        return DataLoader(ShardDataset(self.item_set, self.shard_size, todo), batch_size=1, shuffle=False,
+                          collate_fn=_single, num_workers=self.num_workers)

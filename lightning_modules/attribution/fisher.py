@@ -1,0 +1,150 @@
+"""`FisherEstimation`: the diagonal empirical Fisher of a text-to-music model's training loss over its training set,
+the preconditioner of attribution by unlearning (Wang et al., "Data Attribution for Text-to-Image Models by
+Unlearning Synthesized Images", NeurIPS 2024; Choi et al., 2025 for music): per-item squared gradients of the
+selected parameter groups, each at `draws` random (timestep, noise) pairs fixed by the item's id, summed over the
+items, sum-reduced across ranks and divided by the number of items.
+
+It runs as ``train.py predict`` (``configs/attribution/fisher.yaml``) over a DataModule of the training set, sharded
+across ranks by Lightning's distributed sampler (which pads nothing in prediction; ids are still tracked so no item
+counts twice). Predict runs without gradients (``torch.inference_mode`` unless ``trainer.inference_mode: false``);
+each step re-enables them locally. The result is written atomically with its recipe (weights digest, parameter
+groups, draws, seed, digest of the item ids) and the item count N; a later run with the same recipe skips the pass,
+one with another recipe raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_modules.gradients import load_fisher, save_fisher, squared_gradients, weights_digest
+from lightning_modules.io import cache_key
+from lightning_modules.models.base import Batch, TextToMusicModel
+
+log = logging.getLogger(__name__)
+
+
+def read_fisher(path: str | Path, **expected: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The Fisher (parameter name -> tensor) in `path` and its info (recipe, ``count`` N, ``names``), after checking
+    the recipe keys in `expected` (ValueError naming the differing keys otherwise).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No Fisher information at {path}; compute it first with `python train.py predict "
+                                "--config configs/attribution/fisher.yaml` (model.init_args.fisher_path).")
+    fisher = load_fisher(path, **expected)
+    info = torch.load(path, map_location="cpu", weights_only=True).get("info", {})
+    return fisher, info
+
+
+class FisherEstimation(L.LightningModule):
+    """Computes (or reuses) the diagonal Fisher of the selected parameters over the predict DataModule's items.
+
+    Args:
+        model: the model whose Fisher to compute (at its current weights).
+        fisher_path: the Fisher's file: skipped when it exists with this run's recipe, written otherwise.
+        parameter_groups: names of the model's parameter groups to cover (those the unlearning will change).
+        draws: (timestep, noise) draws per item; draw d uses ``model.fixed_loss_inputs(ids, seed + d)``.
+        seed: seed of the per-item draws.
+    """
+
+    def __init__(self, model: TextToMusicModel, fisher_path: str, parameter_groups: Sequence[str] = ("all",),
+                 draws: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}.")
+        self.model = model
+        self.fisher_path = Path(fisher_path)
+        self.parameter_groups = list(parameter_groups)
+        self.draws = draws
+        self.seed = seed
+        self.selected = model.select_parameters(self.parameter_groups)
+        names = {id(param): name for name, param in model.named_parameters()}
+        self.names = [names[id(param)] for param in self.selected]
+        self.model.requires_grad_(False)
+        for param in self.selected:
+            param.requires_grad_(True)
+        self.recipe: dict[str, Any] = {}
+        self.reused = False
+        self._sums: list[Tensor] = []
+        self._seen: set[str] = set()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def num_samples(self) -> int:
+        return self.model.num_samples
+
+    def make_recipe(self, ids: Sequence[str]) -> dict[str, Any]:
+        """What the Fisher depends on: every weight of the model, the groups, the draws, the seed and the items."""
+        return {"weights": weights_digest(sorted(self.model.state_dict().items())),
+                "parameter_groups": self.parameter_groups, "draws": self.draws, "seed": self.seed,
+                "items": cache_key(sorted(ids))}
+
+    def setup(self, stage: str) -> None:
+        if stage != "predict":
+            raise ValueError(f"FisherEstimation runs as `train.py predict`, not {stage!r}.")
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "all_items"):
+            raise TypeError("FisherEstimation needs a DataModule with all_items() (such as "
+                            "datamodules.items.ItemsDataModule over the training manifest).")
+        self.ids = {item.id for item in datamodule.all_items()}
+        self.recipe = self.make_recipe(sorted(self.ids))
+        self.reused = self.fisher_path.exists()
+        if self.reused:
+            fisher, _ = read_fisher(self.fisher_path, **self.recipe)
+            missing = [name for name in self.names if name not in fisher]
+            if missing:
+                raise ValueError(f"The Fisher information in {self.fisher_path} has no entry for {missing[:5]}; "
+                                 "delete it to recompute it for this run's parameter groups.")
+            self.trainer.limit_predict_batches = 0  # the prediction loop then loads no data and runs no step
+            log.info("Fisher information %s matches this run; the pass is skipped.", self.fisher_path)
+
+    def on_predict_start(self) -> None:
+        self._sums = [torch.zeros_like(param, dtype=torch.float32) for param in self.selected]
+        self._seen = set()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[str]:
+        """Adds the squared gradients of each item not seen yet on this rank to the running sums; returns their ids."""
+        fresh = [index for index, item_id in enumerate(batch["id"]) if item_id not in self._seen]
+        unknown = [batch["id"][index] for index in fresh if batch["id"][index] not in self.ids]
+        if unknown:
+            raise ValueError(f"Items {unknown[:5]} are not among the DataModule's all_items().")
+        if not fresh:
+            return []
+        # prediction runs under inference mode or no_grad: re-enable autograd, on tensors made outside inference mode
+        with torch.inference_mode(False), torch.enable_grad():
+            items = {key: ([value[i] for i in fresh] if isinstance(value, list) else value[fresh].clone())
+                     for key, value in batch.items()}
+            sums, _ = squared_gradients(self.model, self.selected, [items], seed=self.seed, draws=self.draws)
+        for acc, value in zip(self._sums, sums, strict=True):
+            acc += value
+        self._seen.update(batch["id"][index] for index in fresh)
+        return [batch["id"][index] for index in fresh]
+
+    def on_predict_end(self) -> None:
+        if self.reused:
+            return
+        strategy = self.trainer.strategy
+        count = int(strategy.reduce(torch.tensor(float(len(self._seen)), device=self.device), reduce_op="sum"))
+        if count != len(self.ids):
+            raise RuntimeError(f"The ranks measured {count} items but the DataModule lists {len(self.ids)}: an item "
+                               "was measured twice or never; check the predict sampler.")
+        fisher = {name: strategy.reduce(value, reduce_op="sum") / count
+                  for name, value in zip(self.names, self._sums, strict=True)}
+        if self.trainer.is_global_zero:
+            save_fisher(self.fisher_path, fisher, **self.recipe, count=count, names=self.names,
+                        model=type(self.model).__name__)
+            log.info("Fisher information of %d items written to %s.", count, self.fisher_path)
+        strategy.barrier("fisher_written")

@@ -1,0 +1,172 @@
+"""Attribution scores and rankings (Wang et al., "Data Attribution for Text-to-Image Models by Unlearning Synthesized
+Images", NeurIPS 2024; Choi et al., "Large-Scale Training Data Attribution for Music Generative Models via
+Unlearning", 2025): the score of a training track for a query is its loss after unlearning the query minus its loss
+before, each measured at the same fixed timesteps and noise and averaged over the draws; tracks are ranked by score
+(rank 1 is the most attributed), scores are aggregated per group (which artists the piece owes most to), and the
+ranking is written as CSV and JSON, a markdown table and a bar plot of the top tracks (files and TensorBoard).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_modules.io import atomic_file, write_json_atomic, write_text_atomic
+
+RANKING_COLUMNS = ("id", "caption", "group", "score", "rank")
+GROUP_COLUMNS = ("group", "sum", "mean", "count", "rank")
+
+
+def attribution_scores(before: Tensor, after: Tensor) -> Tensor:
+    """Per-track scores ``mean_d (after - before)``, `(tracks,)` float64.
+
+    Args:
+        before: `(tracks, draws)` (or `(tracks,)`) losses at the original weights.
+        after: the same tracks' losses at the unlearned weights, same shape and draws.
+
+    Raises:
+        ValueError: the shapes differ, or a loss is not finite.
+    """
+    if before.shape != after.shape or before.dim() not in (1, 2):
+        raise ValueError(f"before {tuple(before.shape)} and after {tuple(after.shape)} must have the same shape, "
+                         "(tracks,) or (tracks, draws): measure both sweeps over the same tracks and draws.")
+    difference = after.double() - before.double()
+    if not torch.isfinite(difference).all():
+        raise ValueError("A loss before or after unlearning is not finite; check the sweeps (and the unlearning "
+                         "learning rate).")
+    return difference if difference.dim() == 1 else difference.mean(dim=1)
+
+
+def rank(scores: Tensor) -> Tensor:
+    """Ranks `(tracks,)` float64 of `scores`: 1 for the highest score (the most attributed track); tied scores share
+    the mean of the ranks they span (1, 2.5, 2.5, 4), so ties never make a rank look better than it is.
+
+    Raises:
+        ValueError: `scores` is not 1-D or holds NaN.
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D (tracks,), got shape {tuple(scores.shape)}.")
+    if torch.isnan(scores).any():
+        raise ValueError("scores hold NaN; check the sweeps.")
+    values = scores.double()
+    order = torch.argsort(values, descending=True, stable=True)
+    sorted_values = values[order]
+    ranks = torch.empty_like(values)
+    start = 0
+    n = len(values)
+    while start < n:
+        end = start + 1
+        while end < n and sorted_values[end] == sorted_values[start]:
+            end += 1
+        ranks[order[start:end]] = (start + 1 + end) / 2  # mean of the 1-based ranks start+1 .. end
+        start = end
+    return ranks
+
+
+def ranking_rows(ids: Sequence[str], captions: Sequence[str], groups: Sequence[str], scores: Tensor
+                 ) -> list[dict[str, Any]]:
+    """One row per track (id, caption, group, score, rank), most attributed first (ties in id order).
+
+    Raises:
+        ValueError: the lengths differ or an id repeats.
+    """
+    n = len(ids)
+    if not (len(captions) == len(groups) == scores.numel() == n):
+        raise ValueError(f"Got {n} ids, {len(captions)} captions, {len(groups)} groups and {scores.numel()} scores; "
+                         "give one of each per track.")
+    if len(set(ids)) != n:
+        raise ValueError("Track ids repeat; each track must be scored once.")
+    ranks = rank(scores.reshape(-1))
+    rows = [{"id": ids[i], "caption": captions[i], "group": groups[i], "score": float(scores.reshape(-1)[i]),
+             "rank": float(ranks[i])} for i in range(n)]
+    return sorted(rows, key=lambda row: (row["rank"], row["id"]))
+
+
+def group_scores(groups: Sequence[str], scores: Tensor) -> list[dict[str, Any]]:
+    """Per group: the sum, mean and count of its tracks' scores and the group's rank by sum, largest sum first
+    (ties by name).
+
+    Raises:
+        ValueError: the lengths differ.
+    """
+    if len(groups) != scores.numel():
+        raise ValueError(f"Got {len(groups)} groups for {scores.numel()} scores; give one group per track.")
+    totals: dict[str, list[float]] = {}
+    for group, score in zip(groups, scores.reshape(-1).tolist(), strict=True):
+        totals.setdefault(group, []).append(score)
+    sums = torch.tensor([math.fsum(values) for values in totals.values()], dtype=torch.float64)
+    ranks = rank(sums) if len(totals) else sums
+    rows = [{"group": group, "sum": math.fsum(values), "mean": math.fsum(values) / len(values), "count": len(values),
+             "rank": float(group_rank)} for (group, values), group_rank in zip(totals.items(), ranks, strict=True)]
+    return sorted(rows, key=lambda row: (row["rank"], row["group"]))
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], top_k: int = 10) -> str:
+    """The first `top_k` ranking rows as a markdown table (for TensorBoard's text tab and reports)."""
+    lines = ["| rank | id | group | score | caption |", "|---:|---|---|---:|---|"]
+    for row in rows[:top_k]:
+        caption = str(row["caption"]).replace("|", "\\|")
+        lines.append(f"| {row['rank']:g} | {row['id']} | {row['group']} | {row['score']:.6g} | {caption} |")
+    return "\n".join(lines)
+
+
+def bar_plot(rows: Sequence[dict[str, Any]], top_k: int = 10, title: str = "Most attributed training tracks"):
+    """A matplotlib figure: horizontal bars of the first `top_k` rows' scores, the top track at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    shown = list(rows[:top_k])
+    figure = Figure(figsize=(8, 0.4 * max(len(shown), 1) + 1.2))
+    axes = figure.add_subplot()
+    labels = [f"{row['id']} ({row['group']})" if row["group"] else str(row["id"]) for row in shown]
+    axes.barh(range(len(shown)), [row["score"] for row in shown], color="tab:blue")
+    axes.set_yticks(range(len(shown)), labels, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("score: loss after unlearning - loss before")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({column: row[column] for column in columns} for row in rows)
+    return buffer.getvalue()
+
+
+def write_ranking(folder: str | os.PathLike, ids: Sequence[str], captions: Sequence[str], groups: Sequence[str],
+                  scores: Tensor, top_k: int = 20) -> list[dict[str, Any]]:
+    """Write ``ranking.csv`` / ``ranking.json`` (id, caption, group, score, rank; most attributed first),
+    ``groups.csv`` / ``groups.json`` (group, sum, mean, count, rank), ``top_tracks.md`` and ``top_tracks.png`` (the
+    first `top_k` tracks) into `folder`, each atomically; returns the ranking rows."""
+    folder = Path(folder)
+    rows = ranking_rows(ids, captions, groups, scores)
+    per_group = group_scores(groups, scores)
+    write_text_atomic(folder / "ranking.csv", _csv_text(rows, RANKING_COLUMNS))
+    write_json_atomic(folder / "ranking.json", rows)
+    write_text_atomic(folder / "groups.csv", _csv_text(per_group, GROUP_COLUMNS))
+    write_json_atomic(folder / "groups.json", per_group)
+    write_text_atomic(folder / "top_tracks.md", markdown_table(rows, top_k) + "\n")
+    with atomic_file(folder / "top_tracks.png") as tmp:
+        bar_plot(rows, top_k).savefig(tmp, format="png", dpi=100)
+    return rows
+
+
+def log_ranking(experiment: Any, rows: Sequence[dict[str, Any]], tag: str = "attribution", top_k: int = 20,
+                step: int = 0) -> None:
+    """Add the top-`top_k` table (text, markdown) and bar plot (image) to a TensorBoard ``SummaryWriter``
+    (``trainer.logger.experiment`` of a `TensorBoardLogger`) under `tag`."""
+    experiment.add_text(f"{tag}/top_tracks", markdown_table(rows, top_k), global_step=step)
+    experiment.add_figure(f"{tag}/top_tracks", bar_plot(rows, top_k), global_step=step, close=False)

@@ -1,0 +1,145 @@
+"""`LossSweep`: the per-track loss over the training set at fixed timesteps and noise, the measurement attribution by
+unlearning takes before and after unlearning a query (Choi et al. 2025, arXiv 2506.18312, after Wang et al. 2024,
+arXiv 2406.09408: 20 draws per item, the noise fixed so both sweeps see the same inputs). Run as ``train.py predict``
+with `datamodules.SweepDataModule` (one shard per step) and `callbacks.SweepWriter` (atomic per-shard files): every
+item is repeated once per draw inside a batch, so the sweep costs a few batched forwards per shard, not a loop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_modules.gradients import weights_digest
+from lightning_modules.models.base import Batch, TextToMusicModel
+
+
+def load_delta(model: TextToMusicModel, path: str | os.PathLike) -> None:
+    """Copy the tensors of `path` (a dict parameter name -> tensor saved with `torch.save`, names as in
+    ``model.state_dict()``) into `model`'s weights.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file is not such a dict, or names weights the model lacks or shapes it does not have.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained_delta {path} not found; give the parameters file the query unlearning "
+                                "wrote, or leave pretrained_delta unset for the 'before' sweep.")
+    delta = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(delta, dict) or not all(isinstance(value, Tensor) for value in delta.values()):
+        raise ValueError(f"{path} must hold a dict of parameter name -> tensor (torch.save), got "
+                         f"{type(delta).__name__}.")
+    state = model.state_dict()
+    unknown = sorted(name for name in delta if name not in state)
+    if unknown:
+        raise ValueError(f"{path} names {len(unknown)} weight(s) {type(model).__name__} does not have (e.g. "
+                         f"{unknown[:5]}); was it written for another model?")
+    wrong = sorted(name for name, value in delta.items() if value.shape != state[name].shape)
+    if wrong:
+        raise ValueError(f"{path} holds weights of other shapes than {type(model).__name__}'s: {wrong[:5]}.")
+    with torch.no_grad():
+        for name, value in delta.items():
+            state[name].copy_(value)
+
+
+def _rows(batch: Batch, index: Tensor) -> Batch:
+    """The items of `batch` at `index` (tensors indexed, lists picked)."""
+    picked = index.tolist()
+    return {key: value[index.to(value.device)] if isinstance(value, Tensor) else [value[i] for i in picked]
+            for key, value in batch.items()}  # type: ignore[return-value]
+
+
+class LossSweep(L.LightningModule):
+    """Predicts the loss of every item of a shard at `draws` fixed (timestep, noise) pairs; a `SweepWriter` writes them.
+
+    Draw k of an item is ``model.fixed_loss_inputs([id], seed + k)``: a function of the id, the seed and k alone, so
+    every run (before and after unlearning, any sharding or batching) sees the same inputs.
+
+    Args:
+        model: the model whose losses to measure.
+        pretrained_delta: a file of parameters to load on top of `model` (name -> tensor, `torch.save`): the weights
+            after unlearning a query; None measures the model as it is (the "before" sweep).
+        draws: timestep / noise draws per item; one when the model's losses draw nothing (autoregressive models).
+        seed: the seed of the first draw.
+        micro_batch_size: (item, draw) pairs per forward pass.
+        masked: honour the padding mask in the loss; False measures padded audio as if it were real (the "none"
+            and "mixed" silence-masking variants).
+    """
+
+    def __init__(self, model: TextToMusicModel, pretrained_delta: str | None = None, draws: int = 20, seed: int = 0,
+                 micro_batch_size: int = 16, masked: bool = True) -> None:
+        super().__init__()
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}.")
+        if micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be at least 1, got {micro_batch_size}.")
+        self.model = model.requires_grad_(False).eval()
+        self.pretrained_delta = pretrained_delta
+        if pretrained_delta is not None:
+            load_delta(self.model, pretrained_delta)
+        self.seed = seed
+        self.micro_batch_size = micro_batch_size
+        self.masked = masked
+        self.draws = draws if model.fixed_loss_inputs(["draws"], seed) else 1
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def num_samples(self) -> int:
+        return self.model.num_samples
+
+    def recipe(self) -> dict[str, Any]:
+        """What the losses depend on, besides the items: the model, its weights (with the delta) and the draws."""
+        model = self.model
+        return {"model": f"{type(model).__module__}.{type(model).__qualname__}", "targets_key": model.targets_key(),
+                "weights": weights_digest(model.state_dict().items()), "draws": self.draws, "seed": self.seed,
+                "masked": self.masked}
+
+    def _fixed_inputs(self, ids: list[str], draws: list[int]) -> dict[str, Tensor]:
+        """`loss` inputs for the rows (ids[i], draws[i]): one `fixed_loss_inputs` call per distinct draw."""
+        columns: dict[str, list[tuple[list[int], Tensor]]] = {}
+        for draw in sorted(set(draws)):
+            positions = [i for i, d in enumerate(draws) if d == draw]
+            inputs = self.model.fixed_loss_inputs([ids[i] for i in positions], self.seed + draw)
+            for key, value in inputs.items():
+                columns.setdefault(key, []).append((positions, value))
+        fixed = {}
+        for key, parts in columns.items():
+            first = parts[0][1]
+            out = first.new_empty((len(ids), *first.shape[1:]))
+            for positions, value in parts:
+                out[positions] = value
+            fixed[key] = out
+        return fixed
+
+    def losses(self, batch: Batch) -> Tensor:
+        """The loss of every item of `batch` at each draw, `(items, draws)` float32, in micro-batches of
+        (item, draw) rows."""
+        if not self.masked:
+            batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
+        num_items = len(batch["id"])
+        item_of_row = torch.arange(num_items).repeat_interleave(self.draws)
+        draw_of_row = torch.arange(self.draws).repeat(num_items)
+        out = torch.empty(num_items * self.draws, dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, len(out), self.micro_batch_size):
+                rows = slice(start, start + self.micro_batch_size)
+                part = _rows(batch, item_of_row[rows])
+                inputs = self._fixed_inputs(part["id"], draw_of_row[rows].tolist())
+                out[rows] = self.model.loss(part, **inputs).float().cpu()
+        return out.view(num_items, self.draws)
+
+    def predict_step(self, shard: dict, batch_idx: int = 0) -> dict:
+        """``{"shard": index, "id": ids, "loss": (items, draws)}`` for a `SweepDataModule` shard; a placeholder
+        step (no ``batch``) gives no ids."""
+        if "batch" not in shard:
+            return {"shard": int(shard["shard"]), "id": [], "loss": torch.empty(0, self.draws)}
+        self.model.eval()
+        return {"shard": int(shard["shard"]), "id": list(shard["batch"]["id"]), "loss": self.losses(shard["batch"])}
