@@ -7,9 +7,10 @@ from __future__ import annotations
 import lightning as L
 
 from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.module import ModelAudioFormat
 
 
-class TargetEncoding(L.LightningModule):
+class TargetEncoding(ModelAudioFormat, L.LightningModule):
     """Predicts each item's `encode_audio` targets; a `TargetCacheWriter` writes them.
 
     Args:
@@ -19,14 +20,6 @@ class TargetEncoding(L.LightningModule):
     def __init__(self, model: TextToMusicModel) -> None:
         super().__init__()
         self.model = model.requires_grad_(False).eval()
-
-    @property
-    def sample_rate(self) -> int:
-        return self.model.sample_rate
-
-    @property
-    def num_samples(self) -> int:
-        return self.model.num_samples
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict:
         """``id``, ``targets`` `(batch, *target_shape)` and ``num_valid`` `(batch,)`, the real samples of each item."""

@@ -19,7 +19,22 @@ from torch import Tensor
 from lightning_modules.models.base import Batch, TextToMusicModel
 
 
-class TextToMusicModule(L.LightningModule):
+class ModelAudioFormat:
+    """`sample_rate` and `num_samples` of the wrapped `model`: what the CLI links into the DataModule, for every
+    LightningModule of this package that wraps a `TextToMusicModel`."""
+
+    model: TextToMusicModel
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def num_samples(self) -> int:
+        return self.model.num_samples
+
+
+class TextToMusicModule(ModelAudioFormat, L.LightningModule):
     """Base of the modules that train a `TextToMusicModel`.
 
     Args:
@@ -48,14 +63,6 @@ class TextToMusicModule(L.LightningModule):
         for param in self.trainable:
             param.requires_grad_(True)
         self.strict_loading = False  # checkpoints hold the trained parameters only; the rest comes from `model`
-
-    @property
-    def sample_rate(self) -> int:
-        return self.model.sample_rate
-
-    @property
-    def num_samples(self) -> int:
-        return self.model.num_samples
 
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained gives eval mode, and Lightning does not switch modules at fit start

@@ -26,6 +26,7 @@ from torch import Tensor
 from lightning_modules.gradients import load_fisher, save_fisher, squared_gradients, weights_digest
 from lightning_modules.io import cache_key
 from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.module import ModelAudioFormat
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def read_fisher(path: str | Path, **expected: Any) -> tuple[dict[str, Tensor], d
     return fisher, info
 
 
-class FisherEstimation(L.LightningModule):
+class FisherEstimation(ModelAudioFormat, L.LightningModule):
     """Computes (or reuses) the diagonal Fisher of the selected parameters over the predict DataModule's items.
 
     Args:
@@ -77,14 +78,6 @@ class FisherEstimation(L.LightningModule):
         self.reused = False
         self._sums: list[Tensor] = []
         self._seen: set[str] = set()
-
-    @property
-    def sample_rate(self) -> int:
-        return self.model.sample_rate
-
-    @property
-    def num_samples(self) -> int:
-        return self.model.num_samples
 
     def make_recipe(self, ids: Sequence[str]) -> dict[str, Any]:
         """What the Fisher depends on: every weight of the model, the groups, the draws, the seed and the items."""

@@ -28,6 +28,7 @@ from lightning_modules.attribution.fisher import read_fisher
 from lightning_modules.gradients import weights_digest
 from lightning_modules.io import atomic_file, write_json_atomic
 from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.module import ModelAudioFormat
 from lightning_modules.passes import measuring
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 Masking = Literal["none", "dual", "mixed"]
 
 
-class QueryUnlearning(L.LightningModule):
+class QueryUnlearning(ModelAudioFormat, L.LightningModule):
     """Fisher-preconditioned gradient ascent on the query audio.
 
     Args:
@@ -82,14 +83,6 @@ class QueryUnlearning(L.LightningModule):
     def measure_masked(self) -> bool:
         """Whether the loss sweeps should mask padding (the sweep's ``masked``): only with "dual" masking."""
         return self.masking == "dual"
-
-    @property
-    def sample_rate(self) -> int:
-        return self.model.sample_rate
-
-    @property
-    def num_samples(self) -> int:
-        return self.model.num_samples
 
     def fisher(self, model: TextToMusicModel) -> tuple[list[Tensor], int]:
         """``F`` of the selected parameters (in `names` order) and ``N``, read once, after checking the file was

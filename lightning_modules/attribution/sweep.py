@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_modules.gradients import weights_digest
 from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.module import ModelAudioFormat
 
 
 def load_delta(model: TextToMusicModel, path: str | os.PathLike) -> None:
@@ -54,7 +55,7 @@ def _rows(batch: Batch, index: Tensor) -> Batch:
             for key, value in batch.items()}  # type: ignore[return-value]
 
 
-class LossSweep(L.LightningModule):
+class LossSweep(ModelAudioFormat, L.LightningModule):
     """Predicts the loss of every item of a shard at `draws` fixed (timestep, noise) pairs; a `SweepWriter` writes them.
 
     Draw k of an item is ``model.fixed_loss_inputs([id], seed + k)``: a function of the id, the seed and k alone, so
@@ -86,14 +87,6 @@ class LossSweep(L.LightningModule):
         self.micro_batch_size = micro_batch_size
         self.masked = masked
         self.draws = draws if model.fixed_loss_inputs(["draws"], seed) else 1
-
-    @property
-    def sample_rate(self) -> int:
-        return self.model.sample_rate
-
-    @property
-    def num_samples(self) -> int:
-        return self.model.num_samples
 
     def recipe(self) -> dict[str, Any]:
         """What the losses depend on, besides the items: the model, its weights (with the delta) and the draws."""
