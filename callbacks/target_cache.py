@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class TargetCacheWriter(BasePredictionWriter):
-    """Writes each predicted item to ``<data.cache_dir>/<model targets key>/``; every rank writes its own shard."""
+    """Writes each predicted item to the DataModule's ``encoding_cache`` (``<data.cache_dir>/<model targets key>/``);
+    every rank writes its own shard."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
@@ -24,10 +25,9 @@ class TargetCacheWriter(BasePredictionWriter):
         self.written = 0
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        cache_dir = getattr(trainer.datamodule, "cache_dir", None)
-        if cache_dir is None:
+        self.cache = getattr(trainer.datamodule, "encoding_cache", None)  # opened (and keyed) by its setup
+        if self.cache is None:
             raise ValueError("TargetCacheWriter needs a DataModule with `cache_dir` set (data.init_args.cache_dir).")
-        self.cache = TargetCache(cache_dir, pl_module.model.targets_key())
         self.written = 0
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict,

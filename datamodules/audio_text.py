@@ -61,7 +61,7 @@ class AudioTextDataModule(ManifestDataModule):
     def setup(self, stage: str) -> None:
         self.train_items = self._read(self.manifest)
         self.val_items = self._read(self.val_manifest) if self.val_manifest else []
-        self._open_cache(stage)
+        self._open_cache(writing=stage == "predict")
         self.train_set = self.dataset(self.train_items, with_audio=False)
         self.val_set = self.dataset(self.val_items) if self.val_items else None
 

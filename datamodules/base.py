@@ -39,7 +39,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.encode_batch_size = encode_batch_size
         self.cache: TargetCache | None = None  # read by the datasets once `setup` checked it is complete
-        self._encoder_cache: TargetCache | None = None  # written by the encoding pass
+        self.encoding_cache: TargetCache | None = None  # written by the encoding pass (`TargetCacheWriter`)
 
     def prepare_data(self) -> None:
         if self.source is not None:
@@ -55,8 +55,9 @@ class ManifestDataModule(L.LightningDataModule):
         return AudioTextDataset(items, self.sample_rate, self.num_samples, split=split, cache=self.cache,
                                 with_audio=with_audio)
 
-    def _open_cache(self, stage: str) -> None:
-        """Open the model's sub-folder of `cache_dir`; outside ``predict`` every item must be encoded already."""
+    def _open_cache(self, writing: bool) -> None:
+        """Open the model's sub-folder of `cache_dir`: for the encoding pass to write (`writing`), or for the
+        datasets to read, which needs every item encoded already."""
         if self.cache_dir is None:
             return
         model = getattr(self.trainer.lightning_module, "model", None) if self.trainer is not None else None
@@ -64,15 +65,15 @@ class ManifestDataModule(L.LightningDataModule):
             raise ValueError(f"cache_dir={self.cache_dir!r} needs a Trainer whose LightningModule has a "
                              "`model` (a TextToMusicModel), whose targets_key names the cache's sub-folder.")
         cache = TargetCache(self.cache_dir, model.targets_key())
-        if stage == "predict":
-            self._encoder_cache = cache  # the encoding pass writes it; datasets decode audio
+        if writing:
+            self.encoding_cache = cache  # datasets decode audio
             return
         missing = cache.missing([item.id for item in self.all_items()])
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} item(s) have no cached targets in {cache.folder} (e.g. {missing[:5]}). Encode them "
                 "first with the same model and data: `python train.py predict --config configs/encode.yaml "
-                "--model.model <model config> --data <data config> --data.init_args.cache_dir "
+                "--model.init_args.model <model config> --data <data config> --data.init_args.cache_dir "
                 f"{self.cache_dir}`; items already encoded are skipped.")
         self.cache = cache
 
@@ -82,7 +83,7 @@ class ManifestDataModule(L.LightningDataModule):
         if self.cache_dir is None:
             raise ValueError("The encoding pass writes to `cache_dir`: set data.init_args.cache_dir.")
         items = list({item.id: item for item in self.all_items()}.values())
-        todo = [item for item in items if item.id not in self._encoder_cache]
+        todo = [item for item in items if item.id not in self.encoding_cache]
         self.trainer.strategy.barrier("target_cache_listed")
         return make_loader(AudioTextDataset(todo, self.sample_rate, self.num_samples), self.encode_batch_size,
                            shuffle=False, num_workers=self.num_workers)

@@ -127,7 +127,7 @@ class ForgetRetainDataModule(ManifestDataModule):
         for items, what in ((forget, "the forget set"), (retain, "the retain set"), (heldout, "the held-out set")):
             check_audio_files(items, what)
         self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
-        self._open_cache(stage)
+        self._open_cache(writing=stage == "predict")
 
     def all_items(self) -> list[ManifestItem]:
         return [item for split in EVAL_SPLITS for item in self.sets[split]]

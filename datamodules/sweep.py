@@ -142,8 +142,7 @@ class SweepDataModule(ManifestDataModule):
             raise ValueError(f"{self.manifest} lists no items; the sweep needs at least one.")
         check_audio_files(items, self.manifest)
         self.items = sorted(items, key=lambda item: item.id)
-        # the sweep reads the cache as training does (not the encoding pass's "predict" branch): every item encoded
-        self._open_cache("sweep")
+        self._open_cache(writing=False)  # the sweep reads the cache, as training does: every item encoded
         self.item_set = self.dataset(self.items, "sweep", with_audio=False)
 
     def all_items(self) -> list[ManifestItem]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, NamedTuple, NotRequired, TypedDict
 
 import torch
@@ -38,6 +40,32 @@ def check_captions(batch: Batch, captions: Sequence[str] | None) -> list[str]:
         raise ValueError(f"Got {len(captions)} captions for a batch of {len(batch['caption'])} items; give one "
                          "caption per item.")
     return list(captions)
+
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def check_pretrained(pretrained: str | os.PathLike, marker: str, example: str) -> str:
+    """`pretrained` as a library's ``from_pretrained`` takes it, after checking it is a checkpoint folder holding
+    `marker` (``model_index.json`` for diffusers pipelines, ``config.json`` for transformers models) or a hub id.
+
+    A name of the form ``owner/name`` whose ``owner`` is an existing local folder counts as a local path, so a
+    mistyped ``checkpoints/my-model`` fails here instead of at the hub.
+
+    Raises:
+        FileNotFoundError: a folder without `marker`, or a path that is neither a folder nor a hub id.
+    """
+    text = str(pretrained)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / marker).is_file():
+            raise FileNotFoundError(f"{path} has no {marker}: give a folder written by save_pretrained (the "
+                                    f"library's native format) or a hub id such as {example}.")
+        return str(path)
+    if not HUB_ID.match(text) or path.parent.is_dir():
+        raise FileNotFoundError(f"Checkpoint folder {path} not found (relative paths are taken from {Path.cwd()}); "
+                                f"give an existing folder or a hub id such as {example}.")
+    return text
 
 
 def prompt_seeds(prompts: Sequence[str], seed: int | Sequence[int]) -> list[int]:

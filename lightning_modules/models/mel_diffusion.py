@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -25,7 +23,14 @@ import torchaudio
 from diffusers import DDPMScheduler, DiffusionPipeline
 from torch import Tensor, nn
 
-from lightning_modules.models.base import Batch, Prediction, TextToMusicModel, check_captions, prompt_seeds
+from lightning_modules.models.base import (
+    Batch,
+    Prediction,
+    TextToMusicModel,
+    check_captions,
+    check_pretrained,
+    prompt_seeds,
+)
 from lightning_modules.models.diffusion import diffusion_target, fixed_timesteps_and_noise, masked_mse
 from lightning_modules.models.lora import adapter_groups, add_lora, merged_lora
 
@@ -33,7 +38,6 @@ N_FFT = 1024  # the original repositories' TacotronSTFT: filter and window lengt
 F_MIN = 0.0
 F_MAX = 8000.0
 LOG_CLAMP = 1e-5
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 NamedGroups = dict[str, list[tuple[str, nn.Parameter]]]
 
@@ -94,16 +98,6 @@ class TacotronMel(nn.Module):
                 f"f_max={self.f_max}, normalize={self.normalize}")
 
 
-def _check_pretrained(pretrained: str) -> None:
-    if Path(pretrained).exists():
-        if not (Path(pretrained) / "model_index.json").is_file():
-            raise FileNotFoundError(f"{pretrained} has no model_index.json: give a diffusers pipeline folder (as "
-                                    "save_pretrained writes it) or a hub id.")
-    elif not HUB_ID.match(pretrained):
-        raise FileNotFoundError(f"Pretrained pipeline {pretrained!r} is neither a folder (relative paths are taken "
-                                f"from {Path.cwd()}) nor a hub id such as 'owner/name'.")
-
-
 class MelLatentDiffusion(TextToMusicModel):
     """A diffusers mel latent diffusion pipeline behind `TextToMusicModel`; subclasses name the pipeline class and
     implement what differs: text encoding, the UNet call, parameter groups and the pipeline's text inputs.
@@ -146,7 +140,7 @@ class MelLatentDiffusion(TextToMusicModel):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        _check_pretrained(str(pretrained))
+        pretrained = check_pretrained(pretrained, "model_index.json", "cvssp/audioldm-s-full-v2")
         expected = self.pipeline_class.__name__
         found = self.pipeline_class.load_config(str(pretrained)).get("_class_name")
         if found != expected:

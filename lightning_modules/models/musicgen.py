@@ -23,21 +23,18 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as hf_logging
 
-from lightning_modules.models.base import Batch, Prediction, TextToMusicModel, check_captions, prompt_seeds
+from lightning_modules.models.base import (
+    Batch,
+    Prediction,
+    TextToMusicModel,
+    check_captions,
+    check_pretrained,
+    prompt_seeds,
+)
 from lightning_modules.models.diffusion import item_seed
 from lightning_modules.models.lora import adapter_groups, add_lora, merged_lora
 
 GROUPS = ("all", "cross_attention", "cross_attention_kv", "self_attention", "transformer_blocks", "text_conditioning")
-
-
-def _check_source(pretrained: str) -> None:
-    """A local-looking path must be a folder; anything else is left to the hub (a repo id)."""
-    path = Path(pretrained).expanduser()
-    looks_local = (pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1 or path.exists()
-                   or path.parent.is_dir())  # "checkpoints/musicgen-forget" under an existing local folder
-    if looks_local and not path.is_dir():
-        raise FileNotFoundError(f"MusicGen folder {path} not found (relative paths are taken from {Path.cwd()}); give "
-                                "a folder written by save_pretrained or a hub id such as facebook/musicgen-small.")
 
 
 class MusicGen(TextToMusicModel):
@@ -76,7 +73,7 @@ class MusicGen(TextToMusicModel):
         super().__init__()
         if duration <= 0:
             raise ValueError(f"duration must be positive (seconds of audio per clip), got {duration}.")
-        _check_source(str(pretrained))
+        pretrained = check_pretrained(pretrained, "config.json", "facebook/musicgen-small")
         previous_verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the configs' pad / start token ids sit one past the codebook, by design
         try:

@@ -18,7 +18,6 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from diffusers import (
@@ -34,26 +33,18 @@ from torch import Tensor, nn
 from torch.nn.utils.weight_norm import WeightNorm
 from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
-from lightning_modules.models.base import Batch, Prediction, TextToMusicModel, check_captions, prompt_seeds
+from lightning_modules.models.base import (
+    Batch,
+    Prediction,
+    TextToMusicModel,
+    check_captions,
+    check_pretrained,
+    prompt_seeds,
+)
 from lightning_modules.models.diffusion import attention_parameter_groups, fixed_timesteps_and_noise, masked_mse
 from lightning_modules.models.lora import adapter_groups, add_lora, merged_lora
 
 DEFAULT_LORA_GROUPS = ("transformer_blocks",)
-
-
-def _checkpoint(pretrained: str) -> str:
-    """`pretrained` as `from_pretrained` takes it: an existing pipeline folder or a hub id."""
-    path = Path(pretrained).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path} has no model_index.json: give a folder written by "
-                                    "StableAudioPipeline.save_pretrained (or StableAudioOpen.save_pretrained).")
-        return str(path)
-    if path.is_absolute() or pretrained.startswith((".", "~")) or pretrained.count("/") != 1:
-        raise FileNotFoundError(f"Stable Audio checkpoint folder {pretrained} not found (relative paths are taken "
-                                f"from {Path.cwd()}); give an existing folder or a hub id such as "
-                                "stabilityai/stable-audio-open-1.0.")
-    return pretrained
 
 
 def _detach_weight_norm(module: nn.Module) -> None:
@@ -104,7 +95,8 @@ class StableAudioOpen(TextToMusicModel):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        pipeline = StableAudioPipeline.from_pretrained(_checkpoint(pretrained))
+        pipeline = StableAudioPipeline.from_pretrained(
+            check_pretrained(pretrained, "model_index.json", "stabilityai/stable-audio-open-1.0"))
         scheduler = pipeline.scheduler
         if not isinstance(scheduler, CosineDPMSolverMultistepScheduler) or scheduler.config.sigma_data != 1.0 \
                 or scheduler.config.prediction_type != "v_prediction":
