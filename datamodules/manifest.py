@@ -18,7 +18,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from lightning_modules.io import write_text_atomic
+from lightning_modules.io import check_folder_name, write_text_atomic
 
 REQUIRED_KEYS = ("id", "path", "caption")
 OPTIONAL_KEYS = ("group", "offset", "duration")
@@ -147,3 +147,20 @@ def check_audio_files(items: Sequence[ManifestItem], what: str) -> None:
         if item.offset >= info.duration:
             raise ValueError(f"Item {item.id!r} of {what} starts at offset {item.offset} s, past the end of "
                              f"{item.path} ({info.duration:.3f} s).")
+
+
+def read_queries(path: str | os.PathLike) -> list[ManifestItem]:
+    """The generated pieces to attribute, from a manifest: at least one, ids usable as folder names (each query's
+    results go to ``<out_dir>/<query id>/``), every audio file readable.
+
+    Raises:
+        FileNotFoundError, ValueError: as `read_manifest` and `check_audio_files`, or no item, or an id that cannot
+            name a folder.
+    """
+    queries = read_manifest(path)
+    if not queries:
+        raise ValueError(f"The queries manifest {path} lists no item; give at least one generated piece to attribute.")
+    for item in queries:
+        check_folder_name(item.id, f"Query id (in {path})")
+    check_audio_files(queries, path)
+    return queries

@@ -21,6 +21,7 @@ from datamodules.audio import AudioTextDataset
 from datamodules.base import ManifestDataModule
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
 from datamodules.source import DataSource
+from lightning_modules.io import write_json_atomic
 
 RECIPE_FILE = "sweep.json"
 NO_SHARD = -1  # the index of a placeholder step: ranks with nothing left to compute still run the pass's hooks
@@ -34,6 +35,32 @@ def shard_path(sweep_dir: str | os.PathLike, index: int) -> Path:
 def ids_digest(ids: Sequence[str]) -> str:
     """A hash of the sorted item ids: which training set a sweep covers."""
     return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=12).hexdigest()
+
+
+def open_sweep(sweep_dir: str | os.PathLike, recipe: dict, write: bool) -> None:
+    """Check that `sweep_dir` holds a sweep with this `recipe` (what its losses depend on), or none yet; with `write`,
+    record the recipe in a new folder (``sweep.json``, atomically). Called before any shard is computed, so a sweep is
+    never continued with another model, weights, draws or items.
+
+    Raises:
+        ValueError: the folder holds a sweep with another recipe (the message names the differing keys), or shard
+            files without a recipe.
+    """
+    folder = Path(sweep_dir)
+    path = folder / RECIPE_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        differs = sorted(key for key in recipe.keys() | saved.keys() if saved.get(key) != recipe.get(key))
+        if differs:
+            raise ValueError(f"{folder} holds a sweep with other {', '.join(differs)} than this run's "
+                             f"({ {key: saved.get(key) for key in differs} } there, "
+                             f"{ {key: recipe.get(key) for key in differs} } now); give another folder, or delete "
+                             "it to start over.")
+    elif any(folder.glob("shard-*.pt")):
+        raise ValueError(f"{folder} holds shard files but no {RECIPE_FILE}, so what they measured is unknown; delete "
+                         "them or give another folder.")
+    elif write:
+        write_json_atomic(path, recipe)
 
 
 def read_sweep(sweep_dir: str | os.PathLike) -> tuple[list[str], Tensor]:
@@ -88,8 +115,10 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         shard = self.shards[index]
-        if shard == NO_SHARD:
-            return {"shard": NO_SHARD}
+        return {"shard": NO_SHARD} if shard == NO_SHARD else self.element(shard)
+
+    def element(self, shard: int) -> dict:
+        """``{"shard": shard, "batch": its items collated}``."""
         start = shard * self.shard_size
         stop = min(start + self.shard_size, len(self.items))
         return {"shard": shard, "batch": default_collate([self.items[i] for i in range(start, stop)])}
@@ -100,13 +129,11 @@ def _single(elements: list[dict]) -> dict:
     return elements[0]
 
 
-class SweepDataModule(ManifestDataModule):
-    """The items of a manifest in fixed shards, for `LossSweep` and `SweepWriter` (``train.py predict``).
+class ShardedItemsDataModule(ManifestDataModule):
+    """The items of a training manifest sorted by id and cut into fixed shards: what every sweep shares.
 
     Args:
         manifest: JSONL or CSV manifest of the training items to score.
-        sweep_dir: the folder the sweep writes (`SweepWriter`): one file per shard and the recipe; shards already
-            there are skipped.
         shard_size: items per shard, the unit of work, resumption and distribution over ranks; a shard is loaded
             whole, so its items must fit in memory (audio, or cached targets with `cache_dir`).
         num_workers: DataLoader worker processes (each loads whole shards).
@@ -117,22 +144,12 @@ class SweepDataModule(ManifestDataModule):
             must be encoded, and the sweep then reads targets instead of audio.
     """
 
-    def __init__(
-        self,
-        manifest: str,
-        sweep_dir: str,
-        shard_size: int = 256,
-        num_workers: int = 0,
-        sample_rate: int = 16000,
-        num_samples: int = 32768,
-        source: DataSource | None = None,
-        cache_dir: str | None = None,
-    ) -> None:
+    def __init__(self, manifest: str, shard_size: int = 256, num_workers: int = 0, sample_rate: int = 16000,
+                 num_samples: int = 32768, source: DataSource | None = None, cache_dir: str | None = None) -> None:
         super().__init__(num_workers, sample_rate, num_samples, source, cache_dir)
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}.")
         self.manifest = manifest
-        self.sweep_dir = sweep_dir
         self.shard_size = shard_size
         self.allow_zero_length_dataloader_with_multiple_devices = True
 
@@ -152,18 +169,53 @@ class SweepDataModule(ManifestDataModule):
     def num_shards(self) -> int:
         return math.ceil(len(self.items) / self.shard_size)
 
+    def recipe(self) -> dict:
+        """What the sweep's losses depend on besides the model: the items and their sharding."""
+        ids = [item.id for item in self.items]
+        return {"shard_size": self.shard_size, "num_items": len(ids), "ids": ids_digest(ids)}
+
+    def missing_files(self) -> list[Path]:
+        """The shard files still to write (what `SweepWriter` checks at the end of the pass)."""
+        raise NotImplementedError
+
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        """One element per step (a whole shard); every rank lists the folders before any writes (a barrier), so
+        all ranks split the same list of work."""
+        if self.trainer is not None:
+            self.trainer.strategy.barrier("sweep_shards_listed")
+        return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=_single, num_workers=self.num_workers)
+
+    def _pad_for_ranks(self, todo: list, placeholder: object = NO_SHARD) -> list:
+        """`todo` padded with `placeholder` steps to at least one per rank, so that every rank runs the writer's
+        start and end hooks (and their barriers)."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return todo + [placeholder] * max(0, world_size - len(todo))
+
+
+class SweepDataModule(ShardedItemsDataModule):
+    """The items of a manifest in fixed shards, for `LossSweep` and `SweepWriter` (``train.py predict``).
+
+    Args:
+        manifest: JSONL or CSV manifest of the training items to score.
+        sweep_dir: the folder the sweep writes (`SweepWriter`): one file per shard and the recipe; shards already
+            there are skipped.
+        shard_size, num_workers, sample_rate, num_samples, source, cache_dir: as in `ShardedItemsDataModule`.
+    """
+
+    def __init__(self, manifest: str, sweep_dir: str, shard_size: int = 256, num_workers: int = 0,
+                 sample_rate: int = 16000, num_samples: int = 32768, source: DataSource | None = None,
+                 cache_dir: str | None = None) -> None:
+        super().__init__(manifest, shard_size, num_workers, sample_rate, num_samples, source, cache_dir)
+        self.sweep_dir = sweep_dir
+
     def missing_shards(self) -> list[int]:
         """The indices of the shards without a file in `sweep_dir`, in order."""
         return [index for index in range(self.num_shards) if not shard_path(self.sweep_dir, index).is_file()]
 
+    def missing_files(self) -> list[Path]:
+        return [shard_path(self.sweep_dir, index) for index in self.missing_shards()]
+
     def predict_dataloader(self) -> DataLoader:
-        """One shard per step, only the shards not yet written; padded with `NO_SHARD` steps to at least one per
-        rank, so that every rank runs the writer's start and end hooks (and their barriers). Every rank lists the
-        folder before any writes (a barrier), so all ranks split the same list."""
-        todo = self.missing_shards()
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        todo += [NO_SHARD] * max(0, world_size - len(todo))
-        if self.trainer is not None:
-            self.trainer.strategy.barrier("sweep_shards_listed")
-        return DataLoader(ShardDataset(self.item_set, self.shard_size, todo), batch_size=1, shuffle=False,
-                          collate_fn=_single, num_workers=self.num_workers)
+        """One shard per step, only the shards not yet written, at least one step per rank."""
+        todo = self._pad_for_ranks(self.missing_shards())
+        return self._loader(ShardDataset(self.item_set, self.shard_size, todo))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -79,3 +80,13 @@ def cache_key(*parts: Any) -> str:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=-]{0,199}")
+
+
+def check_folder_name(value: str, what: str) -> None:
+    """Raise a ValueError naming `value` (described as `what`) unless it can name a folder on every system."""
+    if not FOLDER_NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r} cannot be used as a folder name: use 1-200 letters, digits or "
+                         "'_ . @ + = -', not starting with '.' or '-'.")

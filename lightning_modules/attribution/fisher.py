@@ -69,8 +69,7 @@ class FisherEstimation(ModelAudioFormat, L.LightningModule):
         self.draws = draws
         self.seed = seed
         self.selected = model.select_parameters(self.parameter_groups)
-        names = {id(param): name for name, param in model.named_parameters()}
-        self.names = [names[id(param)] for param in self.selected]
+        self.names = model.parameter_names(self.selected)
         self.model.requires_grad_(False)
         for param in self.selected:
             param.requires_grad_(True)

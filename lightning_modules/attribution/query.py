@@ -36,14 +36,13 @@ log = logging.getLogger(__name__)
 Masking = Literal["none", "dual", "mixed"]
 
 
-class QueryUnlearning(ModelAudioFormat, L.LightningModule):
-    """Fisher-preconditioned gradient ascent on the query audio.
+class FisherAscent:
+    """The preconditioned ascent itself, on any model with the selected parameter names: what `QueryUnlearning`
+    runs once in a fit and `QueryAttribution` runs per query.
 
     Args:
-        model: the model to unlearn from (the weights the Fisher was computed at).
-        fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``); it must cover the groups.
-        delta_path: where the fit writes the changed parameters (``torch.save`` of name -> tensor).
-        parameter_groups: names of the model's parameter groups to change.
+        names: the parameters to change (names as in ``model.named_parameters()``).
+        fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``); it must cover `names`.
         lr: the ascent step size (Choi et al.'s best: 1e-6 with all transformer layers, one step).
         steps: ascent steps; step s uses draws ``seed + s * draws .. seed + (s + 1) * draws - 1``.
         draws: (timestep, noise) draws the query gradient is averaged over.
@@ -53,10 +52,8 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
         masking: silence masking variant: "none", "dual" or "mixed" (see the module docstring).
     """
 
-    def __init__(self, model: TextToMusicModel, fisher_path: str, delta_path: str,
-                 parameter_groups: Sequence[str] = ("all",), lr: float = 1e-6, steps: int = 1, draws: int = 1,
-                 seed: int = 1_000_003, eps: float = 1e-12, masking: Masking = "mixed") -> None:
-        super().__init__()
+    def __init__(self, names: Sequence[str], fisher_path: str | Path, lr: float = 1e-6, steps: int = 1,
+                 draws: int = 1, seed: int = 1_000_003, eps: float = 1e-12, masking: Masking = "mixed") -> None:
         if masking not in ("none", "dual", "mixed"):
             raise ValueError(f"masking must be 'none', 'dual' or 'mixed', got {masking!r}.")
         for key, value in (("steps", steps), ("draws", draws)):
@@ -64,25 +61,21 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
                 raise ValueError(f"{key} must be at least 1, got {value}.")
         if lr <= 0 or eps < 0:
             raise ValueError(f"lr must be positive and eps non-negative, got lr={lr}, eps={eps}.")
-        self.model = model
+        self.names = list(names)
         self.fisher_path = Path(fisher_path)
-        self.delta_path = Path(delta_path)
-        self.parameter_groups = list(parameter_groups)
         self.lr, self.steps, self.draws, self.seed, self.eps = lr, steps, draws, seed, eps
         self.masking = masking
-        selected = model.select_parameters(self.parameter_groups)
-        names = {id(param): name for name, param in model.named_parameters()}
-        self.names = [names[id(param)] for param in selected]
-        self.automatic_optimization = False
         self._fisher: tuple[str, list[Tensor], int] | None = None  # (weights digest, F per name, N)
-        self.delta: dict[str, Tensor] = {}
-        self.query_ids: list[str] = []
-        self.query_loss: dict[str, float] = {}
 
     @property
     def measure_masked(self) -> bool:
         """Whether the loss sweeps should mask padding (the sweep's ``masked``): only with "dual" masking."""
         return self.masking == "dual"
+
+    def settings(self) -> dict[str, Any]:
+        """The ascent's settings, as recorded beside a delta."""
+        return {"fisher_path": str(self.fisher_path), "lr": self.lr, "steps": self.steps, "draws": self.draws,
+                "seed": self.seed, "eps": self.eps, "masking": self.masking, "measure_masked": self.measure_masked}
 
     def fisher(self, model: TextToMusicModel) -> tuple[list[Tensor], int]:
         """``F`` of the selected parameters (in `names` order) and ``N``, read once, after checking the file was
@@ -93,7 +86,7 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
             missing = [name for name in self.names if name not in values]
             if missing:
                 raise ValueError(f"The Fisher information in {self.fisher_path} has no entry for {missing[:5]}; "
-                                 f"compute it for parameter groups covering {self.parameter_groups}.")
+                                 "compute it for parameter groups covering the unlearned ones.")
             if int(info.get("count", 0)) < 1:
                 raise ValueError(f"The Fisher information in {self.fisher_path} records no training-set size "
                                  "(info 'count'); recompute it with FisherEstimation.")
@@ -108,7 +101,8 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
 
     def query_gradient(self, model: TextToMusicModel, params: Sequence[nn.Parameter], batch: Batch, step: int
                        ) -> tuple[list[Tensor], float]:
-        """``mean_d grad mean_q L(q; draw d)`` of step `step` over `params`, and the mean loss at those draws."""
+        """``mean_d grad mean_q L(q; draw d)`` over `params` at the draws of step `step` (one backward per draw, so
+        memory does not grow with `draws`), and the mean loss at those draws."""
         total = [torch.zeros_like(param, dtype=torch.float32) for param in params]
         loss_sum = 0.0
         for draw in range(self.draws):
@@ -119,16 +113,20 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
             loss_sum += float(loss.detach()) / self.draws
         return total, loss_sum
 
-    def unlearn(self, model: TextToMusicModel, batch: Batch,
-                reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-        """Apply `steps` preconditioned ascent steps on the query `batch` to `model`'s selected parameters, in place,
-        and return their new values (name -> detached copy). Only the selected parameters change; the model is
-        left in its train / eval mode and the global random state as they were.
+    def unlearn(self, model: TextToMusicModel, batch: Batch, reduce: Callable[[Tensor], Tensor] | None = None
+                ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Apply `steps` preconditioned ascent steps on the query `batch` to `model`'s selected parameters, in place.
+        Only they change; the model is left in its train / eval mode, ``requires_grad`` flags and the global random
+        state as they were.
 
         Args:
-            model: the model to change (this module's own in a fit, or another with the same parameter names).
+            model: the model to change, at the weights the Fisher was computed at.
             batch: the queries: ``id``, ``caption``, ``mask`` and ``audio`` (or ``targets``).
-            reduce: averages a gradient across processes (the fit passes the strategy's mean); None for one process.
+            reduce: averages a gradient across processes (a fit passes the strategy's mean); None for one process.
+
+        Returns:
+            The new values of the changed parameters (name -> detached CPU copy), and the query loss ``before`` (at
+            step 0's draws) and ``after`` (at the same draws).
         """
         fisher, count = self.fisher(model)
         named = dict(model.named_parameters())
@@ -143,10 +141,10 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
                 for param in params:
                     param.requires_grad_(True)
                 for step in range(self.steps):
-                    gradient, loss = self.query_gradient(model, params, batch, step)
+                    gradients, loss = self.query_gradient(model, params, batch, step)
                     losses.append(loss)
                     with torch.no_grad():
-                        for param, grad, denominator in zip(params, gradient, denominators, strict=True):
+                        for param, grad, denominator in zip(params, gradients, denominators, strict=True):
                             grad = reduce(grad) if reduce is not None else grad
                             param.add_((self.lr * grad / denominator).to(param.dtype))
                 with torch.no_grad():  # at the first step's draws, as the loss before
@@ -155,9 +153,59 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
         finally:
             for param, flag in zip(params, flags, strict=True):
                 param.requires_grad_(flag)
-        self.query_loss = {"before": losses[0], "after": after}
+        delta = {name: param.detach().cpu().clone() for name, param in zip(self.names, params, strict=True)}
+        return delta, {"before": losses[0], "after": after}
+
+
+def write_delta(path: str | Path, delta: dict[str, Tensor], settings: dict[str, Any]) -> None:
+    """Write changed parameters to `path` (``torch.save`` of name -> tensor, what the "after" sweep loads as
+    ``pretrained_delta``) and `settings` to `path` with suffix ``.json``, each atomically."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        torch.save(delta, tmp)
+    write_json_atomic(path.with_suffix(".json"), settings)
+
+
+class QueryUnlearning(ModelAudioFormat, L.LightningModule):
+    """Fisher-preconditioned gradient ascent on the query audio, unlearning every query of the DataModule together.
+
+    Args:
+        model: the model to unlearn from (the weights the Fisher was computed at).
+        fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``); it must cover the groups.
+        delta_path: where the fit writes the changed parameters (``torch.save`` of name -> tensor).
+        parameter_groups: names of the model's parameter groups to change.
+        lr, steps, draws, seed, eps, masking: the ascent's settings, as in `FisherAscent`.
+    """
+
+    def __init__(self, model: TextToMusicModel, fisher_path: str, delta_path: str,
+                 parameter_groups: Sequence[str] = ("all",), lr: float = 1e-6, steps: int = 1, draws: int = 1,
+                 seed: int = 1_000_003, eps: float = 1e-12, masking: Masking = "mixed") -> None:
+        super().__init__()
+        self.model = model
+        self.delta_path = Path(delta_path)
+        self.parameter_groups = list(parameter_groups)
+        names = model.parameter_names(model.select_parameters(self.parameter_groups))
+        self.ascent = FisherAscent(names, fisher_path, lr, steps, draws, seed, eps, masking)
+        self.automatic_optimization = False
+        self.delta: dict[str, Tensor] = {}
+        self.query_ids: list[str] = []
+        self.query_loss: dict[str, float] = {}
+
+    @property
+    def seed(self) -> int:
+        return self.ascent.seed
+
+    @property
+    def measure_masked(self) -> bool:
+        """Whether the loss sweeps should mask padding (the sweep's ``masked``): only with "dual" masking."""
+        return self.ascent.measure_masked
+
+    def unlearn(self, model: TextToMusicModel, batch: Batch,
+                reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+        """`FisherAscent.unlearn` on `model` (this module's own in a fit, or another with the same parameter
+        names); keeps the delta and the query loss for `write`, and returns the delta."""
+        self.delta, self.query_loss = self.ascent.unlearn(model, batch, reduce)
         self.query_ids = list(batch["id"])
-        self.delta = {name: param.detach().cpu().clone() for name, param in zip(self.names, params, strict=True)}
         return dict(self.delta)
 
     def configure_optimizers(self) -> None:
@@ -182,16 +230,11 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
 
     def settings(self) -> dict[str, Any]:
         """What produced the delta, and how the sweeps should measure (``measure_masked``)."""
-        return {"queries": self.query_ids, "fisher_path": str(self.fisher_path),
-                "parameter_groups": self.parameter_groups, "lr": self.lr, "steps": self.steps, "draws": self.draws,
-                "seed": self.seed, "eps": self.eps, "masking": self.masking, "measure_masked": self.measure_masked,
-                "query_loss": self.query_loss, "parameters": self.names}
+        return {"queries": self.query_ids, "parameter_groups": self.parameter_groups, **self.ascent.settings(),
+                "query_loss": self.query_loss, "parameters": self.ascent.names}
 
     def write(self, path: str | Path) -> None:
         """Write the changed parameters to `path` and the settings to `path` with suffix ``.json``, atomically."""
-        path = Path(path)
-        with atomic_file(path) as tmp:
-            torch.save(self.delta, tmp)
-        write_json_atomic(path.with_suffix(".json"), self.settings())
+        write_delta(path, self.delta, self.settings())
         log.info("Unlearned %d parameter tensor(s) on %d query(ies): query loss %.6g -> %.6g; delta written to %s.",
                  len(self.delta), len(self.query_ids), self.query_loss["before"], self.query_loss["after"], path)

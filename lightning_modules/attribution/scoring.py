@@ -22,6 +22,8 @@ from torch import Tensor
 from lightning_modules.io import atomic_file, write_json_atomic, write_text_atomic
 
 RANKING_COLUMNS = ("id", "caption", "group", "score", "rank")
+UNLEARNING = "unlearning"  # the sub-folder of a query's folder for attribution by unlearning (baselines: their name)
+UNLEARNING_SCORE_LABEL = "score: loss after unlearning - loss before"
 GROUP_COLUMNS = ("group", "sum", "mean", "count", "rank")
 
 
@@ -118,8 +120,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], top_k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def bar_plot(rows: Sequence[dict[str, Any]], top_k: int = 10, title: str = "Most attributed training tracks"):
-    """A matplotlib figure: horizontal bars of the first `top_k` rows' scores, the top track at the top."""
+def bar_plot(rows: Sequence[dict[str, Any]], top_k: int = 10, title: str = "Most attributed training tracks",
+             score_label: str = UNLEARNING_SCORE_LABEL):
+    """A matplotlib figure: horizontal bars of the first `top_k` rows' scores, the top track at the top, the x
+    axis labelled `score_label` (what the score is: a loss difference, a cosine similarity)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +136,7 @@ def bar_plot(rows: Sequence[dict[str, Any]], top_k: int = 10, title: str = "Most
     axes.barh(range(len(shown)), [row["score"] for row in shown], color="tab:blue")
     axes.set_yticks(range(len(shown)), labels, fontsize=8)
     axes.invert_yaxis()
-    axes.set_xlabel("score: loss after unlearning - loss before")
+    axes.set_xlabel(score_label)
     axes.set_title(title)
     figure.tight_layout()
     return figure
@@ -147,10 +151,12 @@ def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_ranking(folder: str | os.PathLike, ids: Sequence[str], captions: Sequence[str], groups: Sequence[str],
-                  scores: Tensor, top_k: int = 20) -> list[dict[str, Any]]:
+                  scores: Tensor, top_k: int = 20, score_label: str = UNLEARNING_SCORE_LABEL
+                  ) -> list[dict[str, Any]]:
     """Write ``ranking.csv`` / ``ranking.json`` (id, caption, group, score, rank; most attributed first),
     ``groups.csv`` / ``groups.json`` (group, sum, mean, count, rank), ``top_tracks.md`` and ``top_tracks.png`` (the
-    first `top_k` tracks) into `folder`, each atomically; returns the ranking rows."""
+    first `top_k` tracks, the plot's axis labelled `score_label`) into `folder`, each atomically; returns the ranking
+    rows."""
     folder = Path(folder)
     rows = ranking_rows(ids, captions, groups, scores)
     per_group = group_scores(groups, scores)
@@ -160,13 +166,14 @@ def write_ranking(folder: str | os.PathLike, ids: Sequence[str], captions: Seque
     write_json_atomic(folder / "groups.json", per_group)
     write_text_atomic(folder / "top_tracks.md", markdown_table(rows, top_k) + "\n")
     with atomic_file(folder / "top_tracks.png") as tmp:
-        bar_plot(rows, top_k).savefig(tmp, format="png", dpi=100)
+        bar_plot(rows, top_k, score_label=score_label).savefig(tmp, format="png", dpi=100)
     return rows
 
 
 def log_ranking(experiment: Any, rows: Sequence[dict[str, Any]], tag: str = "attribution", top_k: int = 20,
-                step: int = 0) -> None:
-    """Add the top-`top_k` table (text, markdown) and bar plot (image) to a TensorBoard ``SummaryWriter``
-    (``trainer.logger.experiment`` of a `TensorBoardLogger`) under `tag`."""
+                step: int = 0, score_label: str = UNLEARNING_SCORE_LABEL) -> None:
+    """Add the top-`top_k` table (text, markdown) and bar plot (image, axis labelled `score_label`) to a
+    TensorBoard ``SummaryWriter`` (``trainer.logger.experiment`` of a `TensorBoardLogger`) under `tag`."""
     experiment.add_text(f"{tag}/top_tracks", markdown_table(rows, top_k), global_step=step)
-    experiment.add_figure(f"{tag}/top_tracks", bar_plot(rows, top_k), global_step=step, close=False)
+    figure = bar_plot(rows, top_k, score_label=score_label)
+    experiment.add_figure(f"{tag}/top_tracks", figure, global_step=step, close=False)

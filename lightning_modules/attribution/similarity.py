@@ -5,6 +5,8 @@ al. compare unlearning with, arXiv 2506.18312); and per-item loss gradients on s
 randomly projected (gradient cosine, a TRAK-like baseline without its kernel correction; Park et al., ICML 2023).
 Features come from passes over iterables of batches, so a training set can be split across processes and the
 `Features` gathered; the scores are then `cosine_scores(query.vectors, train.vectors)`, `(n_queries, n_train)`.
+The baseline classes are chosen by ``class_path`` and run as a sharded ``train.py predict`` pass by
+`lightning_modules.attribution.ranking.SimilarityRanking`, which gives them the model.
 """
 
 from __future__ import annotations
@@ -244,61 +246,81 @@ def gradient_features(model: TextToMusicModel, parameter_groups: Sequence[str], 
             param.requires_grad_(flag)
 
 
-class SimilarityBaseline(ABC):
-    """A similarity baseline: per-item `features` of batches, and `scores` of queries against training items."""
+class SimilarityBaseline(nn.Module, ABC):
+    """A similarity baseline: per-item `features` of batches under a model, and `scores` of queries against training
+    items. The model is given to each call, never held, so a pass's config names it once (`SimilarityRanking`); a
+    baseline is an `nn.Module` so that what it does hold (an embedder) moves to the pass's device."""
+
+    def check(self, model: TextToMusicModel) -> None:
+        """Raise a ValueError when the baseline's settings do not fit `model` (a module or group name); the pass
+        calls it at construction, before any data is read."""
 
     @abstractmethod
-    def features(self, batches: Iterable[Batch]) -> Features:
-        """Feature vectors `(n_items, dim)` of the items of `batches`, in order."""
+    def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        """Feature vectors `(n_items, dim)` of the items of `batches` under `model`, in order."""
 
-    def scores(self, queries: Iterable[Batch], train: Iterable[Batch]) -> Tensor:
+    def scores(self, queries: Iterable[Batch], train: Iterable[Batch], model: TextToMusicModel) -> Tensor:
         """`(n_queries, n_train)` cosine similarities, rows in the order of `queries`' items, columns in the order of
         `train`'s (higher = more similar)."""
-        return cosine_scores(self.features(queries).vectors, self.features(train).vectors)
+        return cosine_scores(self.features(queries, model).vectors, self.features(train, model).vectors)
 
 
 class ClapSimilarity(SimilarityBaseline):
-    """CLAP audio-embedding cosine similarity.
+    """CLAP audio-embedding cosine similarity (the text-to-music model plays no part).
 
     Args:
         embedder: the audio embedder (e.g. `lightning_modules.metrics.ClapEmbedder`).
-        sample_rate: the rate of the batches' audio in Hz (the model's).
+        sample_rate: the rate of the batches' audio in Hz; None takes the model's (the rate its data is loaded at).
     """
 
-    def __init__(self, embedder: AudioEmbedder, sample_rate: int) -> None:
+    def __init__(self, embedder: AudioEmbedder, sample_rate: int | None = None) -> None:
+        super().__init__()
+        if sample_rate is not None and sample_rate < 1:
+            raise ValueError(f"sample_rate must be a positive number of Hz (or None for the model's), got "
+                             f"{sample_rate}.")
         self.embedder = embedder
         self.sample_rate = sample_rate
 
-    def features(self, batches: Iterable[Batch]) -> Features:
-        return clap_features(self.embedder, batches, self.sample_rate)
+    def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        sample_rate = model.sample_rate if self.sample_rate is None else self.sample_rate
+        return clap_features(self.embedder, batches, sample_rate)
 
 
 class ActivationSimilarity(SimilarityBaseline):
     """Model-internal activation similarity ("LPIPS-like"): arguments as in `activation_features`."""
 
-    def __init__(self, model: TextToMusicModel, module: str, seed: int = 0, timestep: float | None = None,
-                 draws: int = 1, caption: str | None = "", channel_dim: int = 1) -> None:
-        _find_module(model, module)  # fail at construction on a wrong name
-        self.model = model
-        self.options = {"module": module, "seed": seed, "timestep": timestep, "draws": draws, "caption": caption,
+    def __init__(self, module: str, seed: int = 0, timestep: float | None = None, draws: int = 1,
+                 caption: str | None = "", channel_dim: int = 1) -> None:
+        super().__init__()
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}.")
+        self.module = module
+        self.options = {"seed": seed, "timestep": timestep, "draws": draws, "caption": caption,
                         "channel_dim": channel_dim}
 
-    def features(self, batches: Iterable[Batch]) -> Features:
-        options = dict(self.options)
-        return activation_features(self.model, options.pop("module"), batches, **options)
+    def check(self, model: TextToMusicModel) -> None:
+        _find_module(model, self.module)
+
+    def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        return activation_features(model, self.module, batches, **self.options)  # type: ignore[arg-type]
 
 
 class GradientSimilarity(SimilarityBaseline):
     """Per-item loss-gradient cosine similarity: arguments as in `gradient_features`."""
 
-    def __init__(self, model: TextToMusicModel, parameter_groups: Sequence[str] = ("all",), seed: int = 0,
-                 timestep: float | None = None, draws: int = 1, projection_dim: int | None = None,
-                 projection_seed: int = 0) -> None:
-        model.select_parameters(parameter_groups)  # fail at construction on a wrong group
-        self.model = model
+    def __init__(self, parameter_groups: Sequence[str] = ("all",), seed: int = 0, timestep: float | None = None,
+                 draws: int = 1, projection_dim: int | None = None, projection_seed: int = 0) -> None:
+        super().__init__()
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}.")
+        if projection_dim is not None and projection_dim < 1:
+            raise ValueError(f"projection_dim must be at least 1 (or None for no projection), got {projection_dim}.")
         self.parameter_groups = list(parameter_groups)
         self.options = {"seed": seed, "timestep": timestep, "draws": draws, "projection_dim": projection_dim,
                         "projection_seed": projection_seed}
 
-    def features(self, batches: Iterable[Batch]) -> Features:
-        return gradient_features(self.model, self.parameter_groups, batches, **self.options)  # type: ignore[arg-type]
+    def check(self, model: TextToMusicModel) -> None:
+        model.select_parameters(self.parameter_groups)
+
+    def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        return gradient_features(model, self.parameter_groups, batches, **self.options)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from datamodules.sweep import open_sweep
 from lightning_modules.gradients import weights_digest
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
@@ -35,16 +36,25 @@ def load_delta(model: TextToMusicModel, path: str | os.PathLike) -> None:
     if not isinstance(delta, dict) or not all(isinstance(value, Tensor) for value in delta.values()):
         raise ValueError(f"{path} must hold a dict of parameter name -> tensor (torch.save), got "
                          f"{type(delta).__name__}.")
+    set_weights(model, delta, str(path))
+
+
+def set_weights(model: TextToMusicModel, values: dict[str, Tensor], source: str = "the given weights") -> None:
+    """Copy `values` (weight name -> tensor, names as in ``model.state_dict()``) into `model`'s weights.
+
+    Raises:
+        ValueError: `values` names weights the model lacks, or shapes it does not have (the message names `source`).
+    """
     state = model.state_dict()
-    unknown = sorted(name for name in delta if name not in state)
+    unknown = sorted(name for name in values if name not in state)
     if unknown:
-        raise ValueError(f"{path} names {len(unknown)} weight(s) {type(model).__name__} does not have (e.g. "
+        raise ValueError(f"{source} names {len(unknown)} weight(s) {type(model).__name__} does not have (e.g. "
                          f"{unknown[:5]}); was it written for another model?")
-    wrong = sorted(name for name, value in delta.items() if value.shape != state[name].shape)
+    wrong = sorted(name for name, value in values.items() if value.shape != state[name].shape)
     if wrong:
-        raise ValueError(f"{path} holds weights of other shapes than {type(model).__name__}'s: {wrong[:5]}.")
+        raise ValueError(f"{source} holds weights of other shapes than {type(model).__name__}'s: {wrong[:5]}.")
     with torch.no_grad():
-        for name, value in delta.items():
+        for name, value in values.items():
             state[name].copy_(value)
 
 
@@ -53,6 +63,52 @@ def _rows(batch: Batch, index: Tensor) -> Batch:
     picked = index.tolist()
     return {key: value[index.to(value.device)] if isinstance(value, Tensor) else [value[i] for i in picked]
             for key, value in batch.items()}  # type: ignore[return-value]
+
+
+def sweep_recipe(model: TextToMusicModel, draws: int, seed: int, masked: bool) -> dict[str, Any]:
+    """What a sweep's losses depend on, besides the items: the model, its weights and the draws."""
+    return {"model": f"{type(model).__module__}.{type(model).__qualname__}", "targets_key": model.targets_key(),
+            "weights": weights_digest(model.state_dict().items()), "draws": draws, "seed": seed, "masked": masked}
+
+
+def _fixed_inputs(model: TextToMusicModel, ids: list[str], draws: list[int], seed: int) -> dict[str, Tensor]:
+    """`loss` inputs for the rows (ids[i], draws[i]): one `fixed_loss_inputs` call per distinct draw."""
+    columns: dict[str, list[tuple[list[int], Tensor]]] = {}
+    for draw in sorted(set(draws)):
+        positions = [i for i, d in enumerate(draws) if d == draw]
+        inputs = model.fixed_loss_inputs([ids[i] for i in positions], seed + draw)
+        for key, value in inputs.items():
+            columns.setdefault(key, []).append((positions, value))
+    fixed = {}
+    for key, parts in columns.items():
+        first = parts[0][1]
+        out = first.new_empty((len(ids), *first.shape[1:]))
+        for positions, value in parts:
+            out[positions] = value
+        fixed[key] = out
+    return fixed
+
+
+def sweep_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int, masked: bool = True,
+                 micro_batch_size: int = 16) -> Tensor:
+    """The loss of every item of `batch` at each of `draws` fixed draws, `(items, draws)` float32 on the CPU: draw k
+    of an item is ``model.fixed_loss_inputs([id], seed + k)``, a function of the id, the seed and k alone, so every
+    sweep (before and after unlearning, any sharding or batching) sees the same inputs. Items are repeated once per
+    draw and the (item, draw) rows run in micro-batches of `micro_batch_size`, without gradients; `masked=False`
+    measures padded audio as if it were real."""
+    if not masked:
+        batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
+    num_items = len(batch["id"])
+    item_of_row = torch.arange(num_items).repeat_interleave(draws)
+    draw_of_row = torch.arange(draws).repeat(num_items)
+    out = torch.empty(num_items * draws, dtype=torch.float32)
+    with torch.no_grad():
+        for start in range(0, len(out), micro_batch_size):
+            rows = slice(start, start + micro_batch_size)
+            part = _rows(batch, item_of_row[rows])
+            inputs = _fixed_inputs(model, part["id"], draw_of_row[rows].tolist(), seed)
+            out[rows] = model.loss(part, **inputs).float().cpu()
+    return out.view(num_items, draws)
 
 
 class LossSweep(ModelAudioFormat, L.LightningModule):
@@ -90,44 +146,19 @@ class LossSweep(ModelAudioFormat, L.LightningModule):
 
     def recipe(self) -> dict[str, Any]:
         """What the losses depend on, besides the items: the model, its weights (with the delta) and the draws."""
-        model = self.model
-        return {"model": f"{type(model).__module__}.{type(model).__qualname__}", "targets_key": model.targets_key(),
-                "weights": weights_digest(model.state_dict().items()), "draws": self.draws, "seed": self.seed,
-                "masked": self.masked}
-
-    def _fixed_inputs(self, ids: list[str], draws: list[int]) -> dict[str, Tensor]:
-        """`loss` inputs for the rows (ids[i], draws[i]): one `fixed_loss_inputs` call per distinct draw."""
-        columns: dict[str, list[tuple[list[int], Tensor]]] = {}
-        for draw in sorted(set(draws)):
-            positions = [i for i, d in enumerate(draws) if d == draw]
-            inputs = self.model.fixed_loss_inputs([ids[i] for i in positions], self.seed + draw)
-            for key, value in inputs.items():
-                columns.setdefault(key, []).append((positions, value))
-        fixed = {}
-        for key, parts in columns.items():
-            first = parts[0][1]
-            out = first.new_empty((len(ids), *first.shape[1:]))
-            for positions, value in parts:
-                out[positions] = value
-            fixed[key] = out
-        return fixed
+        return sweep_recipe(self.model, self.draws, self.seed, self.masked)
 
     def losses(self, batch: Batch) -> Tensor:
-        """The loss of every item of `batch` at each draw, `(items, draws)` float32, in micro-batches of
-        (item, draw) rows."""
-        if not self.masked:
-            batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
-        num_items = len(batch["id"])
-        item_of_row = torch.arange(num_items).repeat_interleave(self.draws)
-        draw_of_row = torch.arange(self.draws).repeat(num_items)
-        out = torch.empty(num_items * self.draws, dtype=torch.float32)
-        with torch.no_grad():
-            for start in range(0, len(out), self.micro_batch_size):
-                rows = slice(start, start + self.micro_batch_size)
-                part = _rows(batch, item_of_row[rows])
-                inputs = self._fixed_inputs(part["id"], draw_of_row[rows].tolist())
-                out[rows] = self.model.loss(part, **inputs).float().cpu()
-        return out.view(num_items, self.draws)
+        """The loss of every item of `batch` at each draw, `(items, draws)` float32 (`sweep_losses`)."""
+        return sweep_losses(self.model, batch, self.draws, self.seed, self.masked, self.micro_batch_size)
+
+    def setup(self, stage: str) -> None:
+        """Check the sweep folder holds this sweep or none yet (rank 0 records the recipe), before any shard."""
+        data = self.trainer.datamodule
+        if stage != "predict" or not hasattr(data, "sweep_dir") or not hasattr(data, "recipe"):
+            raise ValueError("LossSweep runs as `train.py predict` with a SweepDataModule (data.init_args.sweep_dir).")
+        open_sweep(data.sweep_dir, {**self.recipe(), **data.recipe()}, write=self.trainer.is_global_zero)
+        self.trainer.strategy.barrier("sweep_recipe_checked")
 
     def predict_step(self, shard: dict, batch_idx: int = 0) -> dict:
         """``{"shard": index, "id": ids, "loss": (items, draws)}`` for a `SweepDataModule` shard; a placeholder

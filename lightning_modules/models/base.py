@@ -229,3 +229,15 @@ class TextToMusicModel(nn.Module, ABC):
                     seen.add(id(param))
                     selected.append(param)
         return selected
+
+    def parameter_names(self, parameters: Sequence[nn.Parameter]) -> list[str]:
+        """The names (as in ``named_parameters()``) of `parameters`, in their order.
+
+        Raises:
+            ValueError: a parameter is not this model's.
+        """
+        names = {id(param): name for name, param in self.named_parameters()}
+        missing = [index for index, param in enumerate(parameters) if id(param) not in names]
+        if missing:
+            raise ValueError(f"Parameters at positions {missing[:5]} are not parameters of {type(self).__name__}.")
+        return [names[id(param)] for param in parameters]

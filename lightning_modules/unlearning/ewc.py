@@ -70,8 +70,7 @@ class EWC(UnlearningModule):
         self.retain_weight = retain_weight
         self.fisher_path = fisher_path
         self.fisher_draws = fisher_draws
-        names = {id(param): name for name, param in model.named_parameters()}
-        self.names = [names[id(param)] for param in self.trainable]
+        self.names = model.parameter_names(self.trainable)
         # theta0: the weights unlearning starts from, rebuilt from `model` on resume, so never checkpointed
         self.start = [param.detach().clone() for param in self.trainable]
         self.fisher: list[Tensor] | None = None

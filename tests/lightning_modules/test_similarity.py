@@ -63,47 +63,56 @@ def test_cosine_scores() -> None:
 
 def test_clap_similarity(tiny_clap_dir, train_batches, query_batches, tiny_corpus) -> None:
     baseline = ClapSimilarity(ClapEmbedder(tiny_clap_dir), sample_rate=16000)
-    scores = baseline.scores(train_batches, train_batches)
+    model = SimpleNamespace(sample_rate=16000)  # the CLAP baseline reads only the model's rate, when not given
+    scores = baseline.scores(train_batches, train_batches, model)
     assert scores.shape == (len(_ids(train_batches)),) * 2
     _assert_self_most_similar(scores)
-    cross = baseline.scores(query_batches, _batches(tiny_corpus.train_manifest, 4))  # other batching, same order
+    cross = baseline.scores(query_batches, _batches(tiny_corpus.train_manifest, 4), model)  # other batching
     assert cross.shape == (len(_ids(query_batches)), len(_ids(train_batches)))
-    assert torch.allclose(cross, baseline.scores(query_batches, train_batches), atol=1e-5)
+    assert torch.allclose(cross, baseline.scores(query_batches, train_batches, model), atol=1e-5)
+    at_model_rate = ClapSimilarity(baseline.embedder).features(train_batches, model)  # type: ignore[arg-type]
+    assert torch.equal(at_model_rate.vectors, baseline.features(train_batches, model).vectors)
+    with pytest.raises(ValueError, match="sample_rate"):
+        ClapSimilarity(baseline.embedder, sample_rate=0)
 
 
 def test_activation_similarity(tiny_model, train_batches, query_batches, tiny_corpus) -> None:
     tiny_model.train()
     state = torch.random.get_rng_state()
-    baseline = ActivationSimilarity(tiny_model, "unet.mid_block", timestep=50)
-    scores = baseline.scores(train_batches, train_batches)
+    baseline = ActivationSimilarity("unet.mid_block", timestep=50)
+    baseline.check(tiny_model)
+    scores = baseline.scores(train_batches, train_batches, tiny_model)
     _assert_self_most_similar(scores)
     assert torch.equal(torch.random.get_rng_state(), state) and tiny_model.unet.training  # left as it was
     # deterministic, independent of batching, queries x train
     rebatched = activation_features(tiny_model, "unet.mid_block", _batches(tiny_corpus.train_manifest, 4),
                                     timestep=50)
     assert rebatched.ids == _ids(train_batches)
-    assert torch.allclose(rebatched.vectors, baseline.features(train_batches).vectors, atol=1e-5)
-    cross = baseline.scores(query_batches, train_batches)
+    assert torch.allclose(rebatched.vectors, baseline.features(train_batches, tiny_model).vectors, atol=1e-5)
+    cross = baseline.scores(query_batches, train_batches, tiny_model)
     assert cross.shape == (len(_ids(query_batches)), len(_ids(train_batches)))
     # several draws at drawn timesteps, own captions, a module inside an up block: still itself first
-    drawn = ActivationSimilarity(tiny_model, "unet.up_blocks.0.resnets.0", draws=2, caption=None)
-    _assert_self_most_similar(drawn.scores(train_batches, train_batches))
+    drawn = ActivationSimilarity("unet.up_blocks.0.resnets.0", draws=2, caption=None)
+    _assert_self_most_similar(drawn.scores(train_batches, train_batches, tiny_model))
 
 
 def test_activation_similarity_wrong_module(tiny_model) -> None:
     with pytest.raises(ValueError, match=r"No module named 'unet.mid_blok'.*unet.mid_block"):
-        ActivationSimilarity(tiny_model, "unet.mid_blok")
+        ActivationSimilarity("unet.mid_blok").check(tiny_model)
     with pytest.raises(ValueError, match=r"Modules under 'unet.down_blocks'.*'unet.down_blocks.0'"):
-        ActivationSimilarity(tiny_model, "unet.down_blocks.7")
+        ActivationSimilarity("unet.down_blocks.7").check(tiny_model)
+    with pytest.raises(ValueError, match="draws"):
+        ActivationSimilarity("unet.mid_block", draws=0)
 
 
 def test_gradient_similarity(tiny_model, train_batches) -> None:
     flags = [param.requires_grad for param in tiny_model.parameters()]
-    baseline = GradientSimilarity(tiny_model, ["cross_attention"], timestep=100)
-    features = baseline.features(train_batches)
+    baseline = GradientSimilarity(["cross_attention"], timestep=100)
+    baseline.check(tiny_model)
+    features = baseline.features(train_batches, tiny_model)
     num_parameters = sum(param.numel() for param in tiny_model.select_parameters(["cross_attention"]))
     assert features.vectors.shape == (len(_ids(train_batches)), num_parameters)
-    _assert_self_most_similar(baseline.scores(train_batches, train_batches))
+    _assert_self_most_similar(baseline.scores(train_batches, train_batches, tiny_model))
     assert [param.requires_grad for param in tiny_model.parameters()] == flags
     # a fixed random projection: the same matrix for every batch, keeping the track itself first
     projected = gradient_features(tiny_model, ["cross_attention"], train_batches[:1], timestep=100, projection_dim=64)
@@ -116,9 +125,11 @@ def test_gradient_similarity(tiny_model, train_batches) -> None:
 
 def test_gradient_similarity_errors(tiny_model) -> None:
     with pytest.raises(ValueError, match="Unknown parameter group"):
-        GradientSimilarity(tiny_model, ["nonexistent"])
+        GradientSimilarity(["nonexistent"]).check(tiny_model)
     with pytest.raises(ValueError, match="projection_dim"):
         gradient_features(tiny_model, ["all"], [], projection_dim=0)
+    with pytest.raises(ValueError, match="projection_dim"):
+        GradientSimilarity(["all"], projection_dim=0)
     with pytest.raises(ValueError, match="No batches"):
         gradient_features(tiny_model, ["all"], [])
 

@@ -1,0 +1,108 @@
+"""`QueryDataModule`: the work of attributing a list of generated queries by unlearning (Wang et al. 2024, arXiv
+2406.09408; Choi et al. 2025, arXiv 2506.18312) in one ``train.py predict`` run: one step per (query, training-set
+shard) of each query's "after" sweep, query-major, only the shards not yet written under ``out_dir/<query id>/sweep``,
+spread over ranks by Lightning's distributed sampler. The training set is cut into the same fixed shards as a
+`SweepDataModule`, so the "before" sweep (``before_dir``) and every "after" sweep cover the same items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from datamodules.audio import AudioTextDataset
+from datamodules.manifest import ManifestItem, read_queries
+from datamodules.source import DataSource
+from datamodules.sweep import NO_SHARD, ShardDataset, ShardedItemsDataModule, shard_path
+from lightning_modules.attribution.scoring import UNLEARNING
+
+
+def query_dir(out_dir: str | Path, query_id: str) -> Path:
+    """The folder of one query's attribution by unlearning: ``delta.pt`` / ``delta.json``, ``sweep/`` and the
+    ranking files; the similarity baselines write beside it, into ``<out_dir>/<query id>/<baseline name>/``."""
+    return Path(out_dir) / query_id / UNLEARNING
+
+
+class QueryShardDataset(Dataset):
+    """One element per (query, shard) still to compute: the shard's element of `ShardDataset` plus ``query`` (its
+    index) and ``query_batch`` (the query item, collated as a batch of one); `NO_SHARD` entries give
+    ``{"shard": NO_SHARD}``."""
+
+    def __init__(self, shards: ShardDataset, queries: AudioTextDataset, work: list[tuple[int, int]]) -> None:
+        self.shards = shards
+        self.queries = queries
+        self.work = work
+
+    def __len__(self) -> int:
+        return len(self.work)
+
+    def __getitem__(self, index: int) -> dict:
+        query, shard = self.work[index]
+        if shard == NO_SHARD:
+            return {"shard": NO_SHARD}
+        return {**self.shards.element(shard), "query": query,
+                "query_batch": default_collate([self.queries[query]])}
+
+
+class QueryDataModule(ShardedItemsDataModule):
+    """The training set in fixed shards and the queries to attribute, for `QueryAttribution` and `SweepWriter`.
+
+    Args:
+        manifest: JSONL or CSV manifest of the training items (the same the "before" sweep covered).
+        queries: manifest of the generated pieces to attribute (audio and the caption they were generated from);
+            each id names the query's folder under `out_dir`, so it must be a plain folder name.
+        before_dir: the finished "before" sweep of the training set (``configs/attribution/sweep.yaml``).
+        out_dir: where each query's results go, ``out_dir/<query id>/unlearning/``; finished shards are skipped.
+        shard_size: items per shard of the "after" sweeps, the unit of work, resumption and distribution.
+        num_workers: DataLoader worker processes.
+        sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
+        num_samples: the model's clip length in samples (linked from the model by the CLI).
+        source: writes the data in ``prepare_data`` when missing (e.g. the toy corpus).
+        cache_dir: folder of cached `encode_audio` outputs; the training items are then read from it (every item
+            must be encoded); queries are always read from their audio.
+        query_source: writes the queries in ``prepare_data`` when missing (e.g. `ToyQueries`).
+    """
+
+    def __init__(self, manifest: str, queries: str, before_dir: str, out_dir: str, shard_size: int = 256,
+                 num_workers: int = 0, sample_rate: int = 16000, num_samples: int = 32768,
+                 source: DataSource | None = None, cache_dir: str | None = None,
+                 query_source: DataSource | None = None) -> None:
+        super().__init__(manifest, shard_size, num_workers, sample_rate, num_samples, source, cache_dir)
+        self.query_source = query_source
+        self.queries = queries
+        self.before_dir = before_dir
+        self.out_dir = out_dir
+        self._queries: list[ManifestItem] = []
+
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        if self.query_source is not None:
+            self.query_source.prepare()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self._queries = read_queries(self.queries)
+        self.query_set = AudioTextDataset(self._queries, self.sample_rate, self.num_samples, split="queries")
+
+    def query_items(self) -> list[ManifestItem]:
+        """The queries, in manifest order."""
+        return list(self._queries)
+
+    def sweep_dir_of(self, query: int) -> Path:
+        """The folder of query `query`'s "after" sweep."""
+        return query_dir(self.out_dir, self._queries[query].id) / "sweep"
+
+    def missing_work(self) -> list[tuple[int, int]]:
+        """The (query index, shard index) pairs without a shard file yet, query-major."""
+        return [(query, shard) for query in range(len(self._queries)) for shard in range(self.num_shards)
+                if not shard_path(self.sweep_dir_of(query), shard).is_file()]
+
+    def missing_files(self) -> list[Path]:
+        return [shard_path(self.sweep_dir_of(query), shard) for query, shard in self.missing_work()]
+
+    def predict_dataloader(self) -> DataLoader:
+        """One (query, shard) per step, query-major so that the ranks work on the same query together and each
+        unlearns it once; at least one step per rank."""
+        todo = self._pad_for_ranks(self.missing_work(), placeholder=(NO_SHARD, NO_SHARD))
+        shards = ShardDataset(self.item_set, self.shard_size, [])
+        return self._loader(QueryShardDataset(shards, self.query_set, todo))

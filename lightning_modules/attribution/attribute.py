@@ -1,0 +1,204 @@
+"""`QueryAttribution`: attribution by unlearning for a list of generated queries in one ``train.py predict`` run (Wang
+et al., "Data Attribution for Text-to-Image Models by Unlearning Synthesized Images", NeurIPS 2024; Choi et al.,
+"Large-Scale Training Data Attribution for Music Generative Models via Unlearning", 2025): each query is unlearned on
+its own by Fisher-preconditioned ascent (`FisherAscent`), the training set's losses are measured again at the
+"before" sweep's fixed draws (the "after" sweep, sharded over ranks and resumable), and each track's score is its
+loss after minus its loss before, written as a ranking per query and a summary over the queries.
+
+The deltas are computed first, each query by one rank (round-robin) and written to ``<query>/delta.pt``, so every
+rank measures exactly the same weights and a resumed run reuses them; then the ranks share the (query, shard) steps
+of the "after" sweeps; at the end rank 0 scores every query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from datamodules.queries import query_dir
+from datamodules.sweep import RECIPE_FILE, open_sweep, read_sweep
+from lightning_modules.attribution.query import FisherAscent, Masking, write_delta
+from lightning_modules.attribution.scoring import attribution_scores, log_ranking, write_ranking
+from lightning_modules.attribution.sweep import load_delta, set_weights, sweep_losses, sweep_recipe
+from lightning_modules.io import write_json_atomic, write_text_atomic
+from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.module import ModelAudioFormat
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+
+
+class QueryAttribution(ModelAudioFormat, L.LightningModule):
+    """Unlearns each query of a `QueryDataModule`, sweeps the training set after it, and ranks the tracks.
+
+    Args:
+        model: the model the queries were generated with, at the weights of the Fisher and the "before" sweep.
+        fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``), covering `parameter_groups`.
+        parameter_groups: names of the model's parameter groups unlearning changes.
+        lr: the ascent step size.
+        steps: ascent steps per query.
+        draws: (timestep, noise) draws the query gradient is averaged over.
+        seed: seed of the query's draws (kept apart from the sweeps' seed).
+        eps: added to ``N * F``.
+        masking: silence masking of padded queries: "none", "dual" or "mixed" (`FisherAscent`); the "before"
+            sweep must have been measured with ``masked`` true for "dual" and false otherwise.
+        micro_batch_size: (item, draw) rows per forward pass of the "after" sweeps.
+        top_k: tracks shown in each query's table and bar plot.
+    """
+
+    def __init__(self, model: TextToMusicModel, fisher_path: str, parameter_groups: Sequence[str] = ("all",),
+                 lr: float = 1e-6, steps: int = 1, draws: int = 8, seed: int = 1_000_003, eps: float = 1e-12,
+                 masking: Masking = "mixed", micro_batch_size: int = 16, top_k: int = 20) -> None:
+        super().__init__()
+        if micro_batch_size < 1 or top_k < 1:
+            raise ValueError(f"micro_batch_size and top_k must be at least 1, got {micro_batch_size} and {top_k}.")
+        self.model = model.requires_grad_(False).eval()
+        self.parameter_groups = list(parameter_groups)
+        names = model.parameter_names(model.select_parameters(self.parameter_groups))
+        self.ascent = FisherAscent(names, fisher_path, lr, steps, draws, seed, eps, masking)
+        self.micro_batch_size = micro_batch_size
+        self.top_k = top_k
+        self.sweep: dict[str, Any] = {}  # the "before" sweep's recipe: draws, seed, masked
+        self.base: dict[str, Tensor] = {}  # the selected parameters at the start, restored between queries
+        self.weights = ""  # digest of the model's weights at the start (the "before" sweep's)
+        self.current: int | None = None  # the query whose weights the model holds
+
+    def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if stage != "predict" or not hasattr(data, "before_dir"):
+            raise ValueError("QueryAttribution runs as `train.py predict` with a datamodules.queries.QueryDataModule.")
+        before = Path(data.before_dir) / RECIPE_FILE
+        if not before.is_file():
+            raise FileNotFoundError(f"No 'before' sweep at {data.before_dir} ({before} is missing). Run it first: "
+                                    "`python train.py predict --config configs/attribution/sweep.yaml "
+                                    f"--data.init_args.sweep_dir {data.before_dir}`.")
+        self.sweep = json.loads(before.read_text())
+        expected = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.ascent.measure_masked),
+                    **data.recipe()}
+        differs = sorted(key for key in expected if key != "shard_size" and expected[key] != self.sweep.get(key))
+        if differs:
+            hint = (f" (masking {self.ascent.masking!r} measures with masked={self.ascent.measure_masked}: run the "
+                    "'before' sweep with --model.init_args.masked accordingly)" if "masked" in differs else "")
+            raise ValueError(f"The 'before' sweep in {data.before_dir} was measured with other {', '.join(differs)} "
+                             f"than this run's model and training set{hint}; run it again for them.")
+        named = dict(self.model.named_parameters())
+        self.base = {name: named[name].detach().clone() for name in self.ascent.names}
+        self.weights = self.sweep["weights"]  # checked above: the model's weights digest
+        self.current = None
+
+    def on_predict_start(self) -> None:
+        """Unlearn every query that still has shards to measure and no delta yet, query i on rank i mod world
+        size, each from the original weights; then every rank can load any query's delta."""
+        data = self.trainer.datamodule
+        pending = sorted({query for query, _ in data.missing_work()})
+        queries = data.query_items()
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        for query in pending[rank::world]:
+            folder = query_dir(data.out_dir, queries[query].id)
+            if not self._delta_matches(folder):
+                self._restore()
+                batch = self._on_device(data.query_set, query)
+                with torch.inference_mode(False), torch.enable_grad():
+                    delta, query_loss = self.ascent.unlearn(self.model, batch)
+                write_delta(folder / "delta.pt", delta, self.settings(queries[query].id, query_loss))
+                log.info("Query %s unlearned: its loss %.6g -> %.6g.", queries[query].id,
+                         query_loss["before"], query_loss["after"])
+        self._restore()
+        self.trainer.strategy.barrier("query_deltas_written")
+
+    def settings(self, query_id: str, query_loss: dict[str, float] | None = None) -> dict[str, Any]:
+        """What a query's delta depends on (and, once unlearned, the query's loss before and after)."""
+        settings = {"query": query_id, "parameter_groups": self.parameter_groups, **self.ascent.settings(),
+                    "weights": self.weights}
+        return settings if query_loss is None else {**settings, "query_loss": query_loss}
+
+    def _delta_matches(self, folder: Path) -> bool:
+        """Whether `folder` holds a delta of this run's settings (reused); a delta of other settings is refused."""
+        path = folder / "delta.json"
+        if not (folder / "delta.pt").is_file() or not path.is_file():
+            return False
+        saved = json.loads(path.read_text())
+        expected = self.settings(folder.parent.name)
+        differs = sorted(key for key in expected if saved.get(key) != expected[key])
+        if differs:
+            raise ValueError(f"{folder} holds a query delta with other {', '.join(differs)} than this run's; give "
+                             "another data.init_args.out_dir, or delete the folder to start over.")
+        return True
+
+    def _on_device(self, dataset: Any, index: int) -> Batch:
+        item = torch.utils.data.default_collate([dataset[index]])
+        return {key: value.to(self.device) if isinstance(value, Tensor) else value for key, value in item.items()}
+
+    def _restore(self) -> None:
+        set_weights(self.model, self.base)
+        self.current = None
+
+    def _hold(self, query: int) -> None:
+        """Put the model at query `query`'s unlearned weights and check its sweep folder's recipe."""
+        if self.current == query:
+            return
+        data = self.trainer.datamodule
+        self._restore()
+        load_delta(self.model, query_dir(data.out_dir, data.query_items()[query].id) / "delta.pt")
+        recipe = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.sweep["masked"]),
+                  **data.recipe()}
+        open_sweep(data.sweep_dir_of(query), recipe, write=True)  # every rank holding it writes the same recipe
+        self.current = query
+
+    def predict_step(self, element: dict, batch_idx: int = 0) -> dict:
+        """The "after" losses `(items, draws)` of one shard for one query, for `SweepWriter`."""
+        if "batch" not in element:
+            return {"shard": int(element["shard"]), "id": [], "loss": torch.empty(0, self.sweep["draws"])}
+        self._hold(int(element["query"]))
+        self.model.eval()
+        losses = sweep_losses(self.model, element["batch"], self.sweep["draws"], self.sweep["seed"],
+                              self.sweep["masked"], self.micro_batch_size)
+        return {"sweep_dir": self.trainer.datamodule.sweep_dir_of(int(element["query"])),
+                "shard": int(element["shard"]), "id": list(element["batch"]["id"]), "loss": losses}
+
+    def on_predict_end(self) -> None:
+        """Rank 0 scores every query (its "after" sweep against the "before" one) and writes the rankings."""
+        self._restore()
+        if self.trainer.is_global_zero:
+            self.write_rankings()
+        self.trainer.strategy.barrier("rankings_written")
+
+    def write_rankings(self) -> list[dict[str, Any]]:
+        """Write each query's ranking into its folder and ``summary.json`` / ``summary.md`` into ``out_dir``."""
+        data = self.trainer.datamodule
+        ids, before = read_sweep(data.before_dir)
+        items = {item.id: item for item in data.all_items()}
+        captions = [items[item_id].caption for item_id in ids]
+        groups = [items[item_id].group for item_id in ids]
+        experiment = self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
+        summary = []
+        for query in data.query_items():
+            folder = query_dir(data.out_dir, query.id)
+            after_ids, after = read_sweep(folder / "sweep")
+            if after_ids != ids:
+                raise ValueError(f"The sweeps in {data.before_dir} and {folder / 'sweep'} cover other tracks; "
+                                 "delete the query's folder and run again.")
+            rows = write_ranking(folder, ids, captions, groups, attribution_scores(before, after), self.top_k)
+            per_group = json.loads((folder / "groups.json").read_text())
+            settings = json.loads((folder / "delta.json").read_text())
+            summary.append({"query": query.id, "caption": query.caption, "group": query.group,
+                            "query_loss": settings["query_loss"], "top_tracks": [row["id"] for row in rows[:5]],
+                            "top_group": per_group[0]["group"] if per_group else ""})
+            if experiment is not None:
+                log_ranking(experiment, rows, tag=f"attribution/{query.id}", top_k=self.top_k)
+        write_json_atomic(Path(data.out_dir) / SUMMARY_FILE, summary)
+        lines = ["| query | caption | top group | top tracks | query loss before -> after |", "|---|---|---|---|---|"]
+        lines += [f"| {row['query']} | {row['caption']} | {row['top_group']} | {', '.join(row['top_tracks'])} | "
+                  f"{row['query_loss']['before']:.4g} -> {row['query_loss']['after']:.4g} |" for row in summary]
+        write_text_atomic(Path(data.out_dir) / "summary.md", "\n".join(lines) + "\n")
+        log.info("Attribution of %d query(ies) written to %s.", len(summary), data.out_dir)
+        return summary

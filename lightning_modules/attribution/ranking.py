@@ -1,0 +1,238 @@
+"""`SimilarityRanking`: a similarity baseline of training-data attribution run as a sharded ``train.py predict`` pass
+(``configs/attribution/similarity_{clap,activation,gradient}.yaml``): every training track is scored against each
+generated query by the cosine similarity of their features (CLAP embeddings, denoiser activations or loss
+gradients; `lightning_modules.attribution.similarity`), the baselines Choi et al. compare attribution by unlearning
+with ("Large-Scale Training Data Attribution for Music Generative Models via Unlearning", arXiv 2506.18312).
+
+Lightning's distributed sampler shards the training items over ranks (no padding in prediction); each rank keeps its
+items' features, the queries' features are computed shard by shard and gathered to every rank, each rank scores its
+own items, and only the scores `(n_queries, n_train)` travel to rank zero, which checks that every item was scored
+and writes, per query, ``<out_dir>/<query id>/<name>/`` (ranking and groups as CSV / JSON, top tracks as markdown
+and a bar plot; higher = more similar = more attributed) and ``<out_dir>/scores_<name>.pt`` (`read_scores`) for the
+consistency evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from lightning_modules.attribution.scoring import UNLEARNING, log_ranking, write_ranking
+from lightning_modules.attribution.similarity import Features, SimilarityBaseline, cosine_scores
+from lightning_modules.io import atomic_file, check_folder_name
+from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.module import ModelAudioFormat
+
+log = logging.getLogger(__name__)
+
+
+
+def scores_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """The file of a pass's whole score matrix: ``<out_dir>/scores_<name>.pt``."""
+    return Path(out_dir) / f"scores_{name}.pt"
+
+
+def read_scores(out_dir: str | os.PathLike, name: str) -> tuple[list[str], list[str], Tensor]:
+    """The training ids (manifest order), the query ids and the cosine similarities `(n_queries, n_train)` float32
+    that the pass named `name` wrote into `out_dir`.
+
+    Raises:
+        FileNotFoundError: no such pass was run into `out_dir`.
+    """
+    path = scores_path(out_dir, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"No similarity scores at {path}; run the pass first: `python train.py predict "
+                                f"--config configs/attribution/similarity_<baseline>.yaml --model.init_args.out_dir "
+                                f"{out_dir} --model.init_args.name {name}`.")
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    return record["ids"], record["query_ids"], record["scores"]
+
+
+class SimilarityRanking(ModelAudioFormat, L.LightningModule):
+    """Ranks the training items of the predict DataModule for each of its queries by a similarity baseline.
+
+    Args:
+        model: the text-to-music model (given to the baseline; unused by the CLAP baseline except for its rate).
+        baseline: the similarity (`ClapSimilarity`, `ActivationSimilarity`, `GradientSimilarity`), by class_path.
+        out_dir: where the rankings go: ``<out_dir>/<query id>/<name>/`` and ``<out_dir>/scores_<name>.pt``.
+        name: the baseline's sub-folder in each query's folder (e.g. "clap"), and its TensorBoard tag.
+        top_k: tracks in each query's markdown table and bar plot.
+    """
+
+    def __init__(self, model: TextToMusicModel, baseline: SimilarityBaseline, out_dir: str, name: str,
+                 top_k: int = 20) -> None:
+        super().__init__()
+        check_folder_name(name, "name")
+        if name == UNLEARNING:
+            raise ValueError(f"name {name!r} is where attribution by unlearning writes; give the baseline another.")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        baseline.check(model)  # a wrong module or parameter group fails before any data is read
+        self.model = model.requires_grad_(False)  # the gradient baseline enables its own groups while it measures
+        self.baseline = baseline
+        self.out_dir = Path(out_dir)
+        self.name = name
+        self.top_k = top_k
+        self.train_ids: list[str] = []
+        self.query_ids: list[str] = []
+        self.scores: Tensor | None = None  # (n_queries, n_train) after the pass, on every rank
+        self._index: dict[str, int] = {}
+        self._rows: list[int] = []  # positions in all_items() of this rank's measured items, in order
+        self._seen: set[int] = set()
+        self._vectors: list[Tensor] = []
+
+    @property
+    def score_label(self) -> str:
+        return f"cosine similarity ({self.name})"
+
+    def setup(self, stage: str) -> None:
+        if stage != "predict":
+            raise ValueError(f"SimilarityRanking runs as `train.py predict`, not {stage!r}.")
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not all(hasattr(datamodule, key) for key in ("all_items", "query_items",
+                                                                              "query_dataloader")):
+            raise TypeError("SimilarityRanking needs a DataModule with all_items(), query_items() and "
+                            "query_dataloader(), such as datamodules.items.ItemsDataModule over the training manifest "
+                            "with data.init_args.queries.")
+        self.train_items = datamodule.all_items()
+        self.query_items = datamodule.query_items()
+        if not self.query_items:
+            raise ValueError("No queries to rank the training set for: set data.init_args.queries to the manifest of "
+                             "the generated pieces to attribute.")
+        if len(self.train_items) < self.trainer.world_size:
+            raise ValueError(f"{len(self.train_items)} training item(s) cannot be shared by {self.trainer.world_size} "
+                             "processes; run on fewer devices.")
+        self.train_ids = [item.id for item in self.train_items]
+        self.query_ids = [item.id for item in self.query_items]
+        file_name = scores_path(self.out_dir, self.name).name
+        for query_id in self.query_ids:
+            if query_id == file_name:
+                raise ValueError(f"Query id {query_id!r} is the name of the score file in {self.out_dir}; rename the "
+                                 "query or choose another model.init_args.name.")
+        self._index = {item_id: index for index, item_id in enumerate(self.train_ids)}
+
+    def on_predict_start(self) -> None:
+        self._rows = []
+        self._seen = set()
+        self._vectors = []
+        self.scores = None
+
+    def features(self, batch: Batch) -> Features:
+        """The baseline's features of `batch`; autograd is re-enabled (prediction runs under inference mode or
+        no_grad) on copies of the batch's tensors made outside inference mode, for the gradient baseline."""
+        with torch.inference_mode(False), torch.enable_grad():
+            copy = {key: value.clone() if isinstance(value, Tensor) else value for key, value in batch.items()}
+            features = self.baseline.features([copy], self.model)  # type: ignore[list-item]
+        if features.ids != list(batch["id"]):
+            raise RuntimeError(f"{type(self.baseline).__name__} returned features of {features.ids[:5]} for a batch "
+                               f"of {list(batch['id'])[:5]}; a baseline must keep the order of the items.")
+        return features
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[str]:
+        """Keeps the features of the batch's items not yet seen on this rank; returns their ids."""
+        unknown = [item_id for item_id in batch["id"] if item_id not in self._index]
+        if unknown:
+            raise ValueError(f"Items {unknown[:5]} are not among the DataModule's all_items().")
+        fresh = [i for i, item_id in enumerate(batch["id"]) if self._index[item_id] not in self._seen]
+        if not fresh:
+            return []
+        if len(fresh) < len(batch["id"]):
+            batch = {key: ([value[i] for i in fresh] if isinstance(value, list) else value[fresh])  # type: ignore[assignment]
+                     for key, value in batch.items()}
+        features = self.features(batch)
+        self._rows.extend(self._index[item_id] for item_id in features.ids)
+        self._seen.update(self._rows[-len(features.ids):])
+        self._vectors.append(features.vectors)
+        return features.ids
+
+    def _gather(self, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's `rows` `(n, dim)` with their `index` `(n,)`, concatenated in rank order; ranks may hold
+        different numbers of rows (padded to the largest for the collective, then cut back)."""
+        strategy = self.trainer.strategy
+        if self.trainer.world_size == 1:
+            return rows, index
+        sizes = strategy.all_gather(torch.tensor(rows.shape, device=self.device)).reshape(-1, 2)
+        count, dim = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+        if any(int(d) not in (0, dim) for n, d in sizes.tolist() if n):
+            raise RuntimeError(f"The ranks' feature sizes differ ({sizes[:, 1].tolist()}); the baseline must give "
+                               "every item vectors of the same size.")
+        padded = torch.zeros(count, dim, device=self.device)
+        padded[: rows.shape[0], : rows.shape[1]] = rows.to(self.device)
+        padded_index = torch.full((count,), -1, dtype=torch.long, device=self.device)
+        padded_index[: index.shape[0]] = index.to(self.device)
+        gathered = strategy.all_gather(padded).reshape(-1, dim)
+        gathered_index = strategy.all_gather(padded_index).reshape(-1)
+        keep = gathered_index >= 0
+        return gathered[keep].cpu(), gathered_index[keep].cpu()
+
+    @staticmethod
+    def _assemble(rows: Tensor, index: Tensor, size: int, what: str) -> Tensor:
+        """`rows` placed at `index` in a `(size, dim)` matrix, the first of duplicated indices kept.
+
+        Raises:
+            RuntimeError: an index in ``range(size)`` has no row.
+        """
+        order = torch.argsort(index, stable=True)
+        first = torch.ones(len(order), dtype=torch.bool)
+        first[1:] = index[order][1:] != index[order][:-1]
+        keep = order[first]
+        matrix = torch.zeros(size, rows.shape[1])
+        matrix[index[keep]] = rows[keep]
+        filled = torch.zeros(size, dtype=torch.bool)
+        filled[index[keep]] = True
+        if not filled.all():
+            missing = torch.nonzero(~filled).flatten().tolist()
+            raise RuntimeError(f"{len(missing)} of {size} {what} were never measured (positions {missing[:5]}): an "
+                               "item was skipped (by the predict sampler, or trainer.limit_predict_batches); every "
+                               "item must be scored.")
+        return matrix
+
+    def query_features(self) -> Tensor:
+        """Features `(n_queries, dim)` of every query, in manifest order: this rank's share, gathered."""
+        rank, world = self.global_rank, self.trainer.world_size
+        loader = self.trainer.datamodule.query_dataloader(rank, world)
+        parts = [self.features(batch) for batch in loader]
+        vectors = torch.cat([part.vectors for part in parts]) if parts else torch.zeros(0, 0)
+        positions = torch.arange(rank, len(self.query_ids), world)
+        if positions.numel() != vectors.shape[0]:
+            raise RuntimeError(f"The query loader served {vectors.shape[0]} queries to rank {rank}, expected "
+                               f"{positions.numel()}.")
+        rows, index = self._gather(vectors, positions)
+        return self._assemble(rows, index, len(self.query_ids), "queries")
+
+    def on_predict_end(self) -> None:
+        queries = self.query_features()
+        local = torch.cat(self._vectors) if self._vectors else torch.zeros(0, queries.shape[1])
+        local_scores = cosine_scores(queries, local) if local.shape[0] else torch.zeros(len(self.query_ids), 0)
+        rows, index = self._gather(local_scores.T.contiguous(), torch.tensor(self._rows, dtype=torch.long))
+        self.scores = self._assemble(rows, index, len(self.train_ids), "training items").T.contiguous()
+        if self.trainer.is_global_zero:
+            self.write()
+        self.trainer.strategy.barrier("similarity_written")
+
+    def write(self) -> None:
+        """Write each query's ranking into ``<out_dir>/<query id>/<name>/`` and the score matrix into
+        ``scores_path(out_dir, name)``, atomically; add each ranking to TensorBoard when the trainer logs there."""
+        if self.scores is None:
+            raise RuntimeError("SimilarityRanking.write runs after the pass has assembled the scores.")
+        captions = [item.caption for item in self.train_items]
+        groups = [item.group for item in self.train_items]
+        boards = [logger.experiment for logger in self.trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        for query_id, scores in zip(self.query_ids, self.scores, strict=True):
+            rows = write_ranking(self.out_dir / query_id / self.name, self.train_ids, captions, groups, scores,
+                                 top_k=self.top_k, score_label=self.score_label)
+            for board in boards:
+                log_ranking(board, rows, tag=f"similarity/{self.name}/{query_id}", top_k=self.top_k,
+                            score_label=self.score_label)
+        with atomic_file(scores_path(self.out_dir, self.name)) as tmp:
+            torch.save({"ids": self.train_ids, "query_ids": self.query_ids, "scores": self.scores.float(),
+                        "name": self.name, "baseline": type(self.baseline).__name__}, tmp)
+        log.info("%s similarity of %d training items to %d queries written to %s/<query id>/%s and %s.",
+                 self.name, len(self.train_ids), len(self.query_ids), self.out_dir, self.name,
+                 scores_path(self.out_dir, self.name))

@@ -1,0 +1,131 @@
+"""The attribution flow end to end through the CLI on the tiny world, with the shipped configs: Fisher, then the
+"before" sweep, then two queries (a padded crop of a training track and a held-out track) attributed in one run. The
+rankings equal unlearning and sweeping by hand; an interrupted run resumes to the same scores without recomputing what
+it kept; two DDP processes give the rankings of one; a "before" sweep of the wrong masking is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules import read_manifest, write_manifest
+from datamodules.audio import AudioTextDataset
+from datamodules.sweep import read_sweep, shard_path
+from lightning_modules.attribution.query import FisherAscent
+from lightning_modules.attribution.scoring import attribution_scores
+from lightning_modules.attribution.sweep import sweep_losses
+from lightning_modules.models import ToyTextToMusic
+from tests.conftest import REPO, TINY_SAMPLES
+
+GROUPS = "[cross_attention]"
+LR = 1e-4
+SWEEP_DRAWS = 3
+UNLEARN_DRAWS = 2
+
+
+def _cli(config: str, root: Path, *flags: str) -> None:
+    args = [sys.executable, "train.py", "predict", "--config", f"configs/attribution/{config}.yaml",
+            "--data.init_args.source=null", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+            "--trainer.default_root_dir", str(root / "logs"), *flags]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _attribute(world, out_dir: Path, *flags: str) -> None:
+    _cli("attribute", world["root"], *world["model"], "--model.init_args.fisher_path", str(world["fisher"]),
+         f"--model.init_args.parameter_groups={GROUPS}", f"--model.init_args.lr={LR}",
+         f"--model.init_args.draws={UNLEARN_DRAWS}", "--model.init_args.micro_batch_size=4",
+         "--data.init_args.manifest", str(world["train"]), "--data.init_args.queries", str(world["queries"]),
+         "--data.init_args.query_source=null", "--data.init_args.before_dir", str(world["before"]),
+         "--data.init_args.out_dir", str(out_dir), "--data.init_args.shard_size=3", *flags)
+
+
+@pytest.fixture(scope="module")
+def world(tiny_corpus, tiny_model_dir, tmp_path_factory) -> dict:
+    """The Fisher, the "before" sweep and the attribution of two queries, each run through `train.py predict`."""
+    root = tmp_path_factory.mktemp("flow")
+    crop = dataclasses.replace(read_manifest(tiny_corpus.train_manifest)[1], id="crop-of-train-1", duration=0.25)
+    write_manifest([crop, read_manifest(tiny_corpus.heldout_manifest)[0]], root / "queries.jsonl")
+    world = {"root": root, "train": tiny_corpus.train_manifest, "queries": root / "queries.jsonl",
+             "fisher": root / "fisher.pt", "before": root / "before", "out": root / "out",
+             "model": ["--model.init_args.model.init_args.pretrained", str(tiny_model_dir)]}
+    _cli("fisher", root, *world["model"], "--model.init_args.fisher_path", str(world["fisher"]),
+         f"--model.init_args.parameter_groups={GROUPS}", "--data.init_args.manifest", str(world["train"]))
+    _cli("sweep", root, *world["model"], f"--model.init_args.draws={SWEEP_DRAWS}",
+         "--model.init_args.micro_batch_size=4", "--data.init_args.manifest", str(world["train"]),
+         "--data.init_args.sweep_dir", str(world["before"]), "--data.init_args.shard_size=3")
+    _attribute(world, world["out"])
+    return world
+
+
+def _scores(out: Path, query_id: str) -> dict[str, float]:
+    ranking = out / query_id / "unlearning" / "ranking.json"
+    return {row["id"]: row["score"] for row in json.loads(ranking.read_text())}
+
+
+def test_rankings_equal_unlearning_and_sweeping_by_hand(world, tiny_model_dir):
+    items = sorted(read_manifest(world["train"]), key=lambda item: item.id)
+    train = AudioTextDataset(items, 16000, TINY_SAMPLES)
+    train_batch = torch.utils.data.default_collate([train[i] for i in range(len(train))])
+    ids, before = read_sweep(world["before"])
+    assert ids == [item.id for item in items]
+    summary = json.loads((world["out"] / "summary.json").read_text())
+    assert [row["query"] for row in summary] == ["crop-of-train-1", read_manifest(world["queries"])[1].id]
+    for query, row in zip(read_manifest(world["queries"]), summary, strict=True):
+        model = ToyTextToMusic.from_pretrained(tiny_model_dir).eval()
+        names = model.parameter_names(model.select_parameters(["cross_attention"]))
+        ascent = FisherAscent(names, world["fisher"], lr=LR, draws=UNLEARN_DRAWS, masking="mixed")
+        dataset = AudioTextDataset([query], 16000, TINY_SAMPLES)
+        _, query_loss = ascent.unlearn(model, torch.utils.data.default_collate([dataset[0]]))
+        after = sweep_losses(model, train_batch, SWEEP_DRAWS, seed=0, masked=False)
+        expected = dict(zip(ids, attribution_scores(before, after).tolist(), strict=True))
+        folder = world["out"] / query.id / "unlearning"
+        scores = _scores(world["out"], query.id)
+        assert scores.keys() == expected.keys()
+        assert all(abs(scores[key] - expected[key]) < 1e-6 for key in expected), query.id
+        assert row["query_loss"] == pytest.approx(query_loss, abs=1e-6)
+        assert query_loss["after"] > query_loss["before"]  # the query was unlearned
+        assert max(abs(value) for value in expected.values()) > 0  # the training losses moved
+        ranking = json.loads((folder / "ranking.json").read_text())
+        assert [entry["rank"] for entry in ranking] == sorted(entry["rank"] for entry in ranking)
+        assert ranking[0]["id"] in row["top_tracks"]
+        for name in ("ranking.csv", "groups.csv", "groups.json", "top_tracks.md", "top_tracks.png", "delta.pt"):
+            assert (folder / name).is_file(), name
+    assert (world["out"] / "summary.md").read_text().count("\n") == 4
+
+
+def test_an_interrupted_run_resumes_to_the_same_scores(world, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(world["out"], out)
+    second = out / read_manifest(world["queries"])[1].id / "unlearning"
+    shard_path(second / "sweep", 1).unlink()  # as if stopped during the second query's sweep
+    for name in ("ranking.json", "ranking.csv"):
+        (second / name).unlink()
+    (out / "summary.json").unlink()
+    kept = {path: path.stat().st_mtime_ns for path in out.rglob("*.pt")}
+    _attribute(world, out)
+    changed = [path.name for path, mtime in kept.items() if path.stat().st_mtime_ns != mtime]
+    assert changed == []  # no delta recomputed, no written shard rewritten
+    assert shard_path(second / "sweep", 1).is_file()
+    for query in read_manifest(world["queries"]):
+        assert _scores(out, query.id) == _scores(world["out"], query.id)
+
+
+def test_two_ddp_processes_give_the_rankings_of_one(world, tmp_path):
+    _attribute(world, tmp_path / "ddp", "--trainer.strategy=ddp", "--trainer.devices=2")
+    for query in read_manifest(world["queries"]):
+        one, two = _scores(world["out"], query.id), _scores(tmp_path / "ddp", query.id)
+        assert one.keys() == two.keys()
+        assert all(abs(one[key] - two[key]) < 1e-6 for key in one), query.id
+
+
+def test_a_before_sweep_of_the_wrong_masking_is_refused(world, tmp_path):
+    with pytest.raises(AssertionError, match="masked"):
+        _attribute(world, tmp_path / "dual", "--model.init_args.masking=dual")
