@@ -1,14 +1,15 @@
 """`QueryDataModule`: the work of attributing a list of generated queries by unlearning (Wang et al. 2024, arXiv
 2406.09408; Choi et al. 2025, arXiv 2506.18312) in one ``train.py predict`` run: one step per (query, training-set
-shard) of each query's "after" sweep, query-major, only the shards not yet written under ``out_dir/<query id>/sweep``,
-spread over ranks by Lightning's distributed sampler. The training set is cut into the same fixed shards as a
-`SweepDataModule`, so the "before" sweep (``before_dir``) and every "after" sweep cover the same items."""
+shard) of each query's "after" sweep, query-major, only the shards not yet written under
+``<out_dir>/<query id>/unlearning/sweep``, spread over ranks by Lightning's distributed sampler. The training set
+is cut into the same fixed shards as a `SweepDataModule`, so the "before" sweep (``before_dir``) and every "after"
+sweep cover the same items."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.audio import AudioTextDataset
 from datamodules.manifest import ManifestItem, read_queries
@@ -24,13 +25,11 @@ def query_dir(out_dir: str | Path, query_id: str) -> Path:
 
 
 class QueryShardDataset(Dataset):
-    """One element per (query, shard) still to compute: the shard's element of `ShardDataset` plus ``query`` (its
-    index) and ``query_batch`` (the query item, collated as a batch of one); `NO_SHARD` entries give
-    ``{"shard": NO_SHARD}``."""
+    """One element per (query, shard) still to compute: the shard's element of `ShardDataset` plus ``query`` (the
+    query's index); `NO_SHARD` entries give ``{"shard": NO_SHARD}``."""
 
-    def __init__(self, shards: ShardDataset, queries: AudioTextDataset, work: list[tuple[int, int]]) -> None:
+    def __init__(self, shards: ShardDataset, work: list[tuple[int, int]]) -> None:
         self.shards = shards
-        self.queries = queries
         self.work = work
 
     def __len__(self) -> int:
@@ -38,10 +37,7 @@ class QueryShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         query, shard = self.work[index]
-        if shard == NO_SHARD:
-            return {"shard": NO_SHARD}
-        return {**self.shards.element(shard), "query": query,
-                "query_batch": default_collate([self.queries[query]])}
+        return {"shard": NO_SHARD} if shard == NO_SHARD else {**self.shards.element(shard), "query": query}
 
 
 class QueryDataModule(ShardedItemsDataModule):
@@ -101,8 +97,7 @@ class QueryDataModule(ShardedItemsDataModule):
         return [shard_path(self.sweep_dir_of(query), shard) for query, shard in self.missing_work()]
 
     def predict_dataloader(self) -> DataLoader:
-        """One (query, shard) per step, query-major so that the ranks work on the same query together and each
-        unlearns it once; at least one step per rank."""
+        """One (query, shard) per step, query-major so that the ranks work on the same query together and each loads
+        a query's unlearned weights once; at least one step per rank."""
         todo = self._pad_for_ranks(self.missing_work(), placeholder=(NO_SHARD, NO_SHARD))
-        shards = ShardDataset(self.item_set, self.shard_size, [])
-        return self._loader(QueryShardDataset(shards, self.query_set, todo))
+        return self._loader(QueryShardDataset(ShardDataset(self.item_set, self.shard_size, []), todo))

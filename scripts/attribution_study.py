@@ -252,7 +252,9 @@ def heatmap(cells: list[dict], path: Path) -> None:
     image = axes.imshow(grid.log10().numpy(), cmap="viridis_r", aspect="auto")
     for i, j in itertools.product(range(len(rows)), range(len(columns))):
         if not torch.isnan(grid[i, j]):
-            axes.text(j, i, f"{float(grid[i, j]):.1f}", ha="center", va="center", fontsize=7, color="white")
+            dark = float(grid[i, j].log10()) > float(grid.nan_to_num(1).log10().max()) / 2
+            axes.text(j, i, f"{float(grid[i, j]):.1f}", ha="center", va="center", fontsize=7,
+                      color="white" if dark else "black")
     axes.set_xticks(range(len(columns)), [f"lr {lr:g}\n{steps} st" for lr, steps in columns], fontsize=7)
     axes.set_yticks(range(len(rows)), [" / ".join(row) for row in rows], fontsize=7)
     axes.set_title("Self-influence rank R (1 = each unlearned track ranks itself first)", fontsize=9)
@@ -449,7 +451,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20, help="tracks removed in the counterfactual")
     parser.add_argument("--warm-start", default="checkpoints/toy/oracle")
     parser.add_argument("--counterfactual-artist", default="Kestrel Drive")
-    parser.add_argument("--counterfactual-queries", type=int, default=1)
+    parser.add_argument("--counterfactual-queries", type=int, default=2)
     parser.add_argument("--random-repeats", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--loss-draws", type=int, default=64)

@@ -26,6 +26,7 @@ from tests.conftest import REPO, TINY_SAMPLES
 
 GROUPS = "[cross_attention]"
 LR = 1e-4
+STEPS = 1
 SWEEP_DRAWS = 3
 UNLEARN_DRAWS = 2
 
@@ -41,7 +42,8 @@ def _cli(config: str, root: Path, *flags: str) -> None:
 def _attribute(world, out_dir: Path, *flags: str) -> None:
     _cli("attribute", world["root"], *world["model"], "--model.init_args.fisher_path", str(world["fisher"]),
          f"--model.init_args.parameter_groups={GROUPS}", f"--model.init_args.lr={LR}",
-         f"--model.init_args.draws={UNLEARN_DRAWS}", "--model.init_args.micro_batch_size=4",
+         f"--model.init_args.steps={STEPS}", f"--model.init_args.draws={UNLEARN_DRAWS}",
+         "--model.init_args.micro_batch_size=4",
          "--data.init_args.manifest", str(world["train"]), "--data.init_args.queries", str(world["queries"]),
          "--data.init_args.query_source=null", "--data.init_args.before_dir", str(world["before"]),
          "--data.init_args.out_dir", str(out_dir), "--data.init_args.shard_size=3", *flags)
@@ -81,7 +83,7 @@ def test_rankings_equal_unlearning_and_sweeping_by_hand(world, tiny_model_dir):
     for query, row in zip(read_manifest(world["queries"]), summary, strict=True):
         model = ToyTextToMusic.from_pretrained(tiny_model_dir).eval()
         names = model.parameter_names(model.select_parameters(["cross_attention"]))
-        ascent = FisherAscent(names, world["fisher"], lr=LR, draws=UNLEARN_DRAWS, masking="mixed")
+        ascent = FisherAscent(names, world["fisher"], lr=LR, steps=STEPS, draws=UNLEARN_DRAWS, masking="mixed")
         dataset = AudioTextDataset([query], 16000, TINY_SAMPLES)
         _, query_loss = ascent.unlearn(model, torch.utils.data.default_collate([dataset[0]]))
         after = sweep_losses(model, train_batch, SWEEP_DRAWS, seed=0, masked=False)

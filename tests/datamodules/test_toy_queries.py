@@ -1,0 +1,34 @@
+"""The toy queries: the toy model's "a piece by <artist>" generations with the prompted artist as ground truth,
+deterministic, reused when present, refused when made with other settings."""
+
+import pytest
+import soundfile as sf
+
+from datamodules.manifest import read_queries
+from datamodules.toy_corpus import ARTISTS
+from datamodules.toy_queries import ToyQueries
+from tests.conftest import TINY_SAMPLES
+
+
+def test_queries_name_their_artist_and_are_reused(tmp_path, tiny_model_dir):
+    source = ToyQueries(root=str(tmp_path / "queries"), model=str(tiny_model_dir), per_artist=2, num_artists=2,
+                        num_inference_steps=2)
+    source.prepare()
+    items = read_queries(source.manifest)  # ids usable as folder names, every file readable
+    artists = [style.name for style in ARTISTS[:2]]
+    assert [item.group for item in items] == [artists[0], artists[0], artists[1], artists[1]]
+    assert all(item.caption == f"a piece by {item.group}" for item in items)
+    audio = [sf.read(item.path, dtype="float32")[0] for item in items]
+    assert all(len(clip) == TINY_SAMPLES for clip in audio)
+    assert not (audio[0] == audio[1]).all()  # each piece its own seed
+    again = ToyQueries(root=str(tmp_path / "again"), model=str(tiny_model_dir), per_artist=2, num_artists=2,
+                       num_inference_steps=2)
+    again.prepare()
+    assert (sf.read(read_queries(again.manifest)[0].path, dtype="float32")[0] == audio[0]).all()  # deterministic
+
+    mtime = source.manifest.stat().st_mtime_ns
+    source.prepare()  # present: nothing rewritten
+    assert source.manifest.stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="per_artist"):
+        ToyQueries(root=str(tmp_path / "queries"), model=str(tiny_model_dir), per_artist=1, num_artists=2,
+                   num_inference_steps=2).prepare()
