@@ -54,7 +54,7 @@ from lightning_modules.attribution.similarity import (  # noqa: E402
 )
 from lightning_modules.attribution.sweep import set_weights, sweep_losses  # noqa: E402
 from lightning_modules.gradients import save_fisher, squared_gradients, weights_digest  # noqa: E402
-from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E402
+from lightning_modules.io import atomic_file, write_json_atomic, write_text_atomic  # noqa: E402
 from lightning_modules.metrics import ClapEmbedder  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
@@ -78,10 +78,8 @@ def cached(path: Path, compute):
     if path.is_file():
         return torch.load(path, weights_only=False)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        torch.save(value, tmp)
     return value
 
 
@@ -135,7 +133,8 @@ class ToyStudy:
         """Attribution scores `(n_train,)` of one query batch (one item), and its loss before / after unlearning."""
         names = self.model.parameter_names(self.model.select_parameters([groups]))
         ascent = FisherAscent(names, self.fisher_path, lr=lr, steps=steps, draws=unlearn_draws, masking=masking)
-        base = {name: value.clone() for name, value in self.model.state_dict().items() if name in set(names)}
+        state = self.model.state_dict()
+        base = {name: state[name].clone() for name in names}
         try:
             _, query_loss = ascent.unlearn(self.model, query)
             after = self.sweep(masked=ascent.measure_masked)

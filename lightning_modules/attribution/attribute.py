@@ -26,7 +26,7 @@ from torch import Tensor
 from datamodules.queries import query_dir
 from datamodules.sweep import RECIPE_FILE, open_sweep, read_sweep
 from lightning_modules.attribution.query import FisherAscent, Masking, write_delta
-from lightning_modules.attribution.scoring import attribution_scores, log_ranking, write_ranking
+from lightning_modules.attribution.scoring import attribution_scores, group_scores, log_ranking, write_ranking
 from lightning_modules.attribution.sweep import load_delta, set_weights, sweep_losses, sweep_recipe
 from lightning_modules.io import write_json_atomic, write_text_atomic
 from lightning_modules.models.base import Batch, TextToMusicModel
@@ -187,8 +187,9 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
             if after_ids != ids:
                 raise ValueError(f"The sweeps in {data.before_dir} and {folder / 'sweep'} cover other tracks; "
                                  "delete the query's folder and run again.")
-            rows = write_ranking(folder, ids, captions, groups, attribution_scores(before, after), self.top_k)
-            per_group = json.loads((folder / "groups.json").read_text())
+            scores = attribution_scores(before, after)
+            rows = write_ranking(folder, ids, captions, groups, scores, self.top_k)
+            per_group = group_scores(groups, scores)
             settings = json.loads((folder / "delta.json").read_text())
             summary.append({"query": query.id, "caption": query.caption, "group": query.group,
                             "query_loss": settings["query_loss"], "top_tracks": [row["id"] for row in rows[:5]],
