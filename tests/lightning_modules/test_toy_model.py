@@ -48,13 +48,23 @@ def test_cached_targets_replace_audio(tiny_model, tiny_batch):
     assert torch.equal(tiny_model.loss(cached, **inputs), tiny_model.loss(tiny_batch, **inputs))
 
 
+def relative_l2(audio: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((audio - reference).norm() / reference.norm()).item()
+
+
 def test_generate_shape_rate_and_seeds(tiny_model):
-    audio = tiny_model.generate(["a piece by aurora vale", "a piece by copper lanterns"], seed=[5, 6])
+    prompts = ["a piece by aurora vale", "a piece by copper lanterns"]
+    audio = tiny_model.generate(prompts, seed=[5, 6])
     assert audio.shape == (2, 1, tiny_model.num_samples) and torch.isfinite(audio).all()
     assert tiny_model.sample_rate == 16000
+    assert torch.equal(audio, tiny_model.generate(prompts, seed=[5, 6]))
+    # Per-prompt seeds fix the starting noise whatever the batch; the batch size changes only float rounding (BLAS and
+    # oneDNN pick their blocking by batch size), which sampling amplifies. Measured on this random tiny model: at most
+    # 0.043 relative L2 over 40 prompts alone against in a batch of 8, and at least 1.26 for another seed; the bound
+    # leaves about 2x margin on the first and 12x on the second.
     again = tiny_model.generate(["a piece by copper lanterns"], seed=[6])
-    assert torch.allclose(audio[1], again[0], atol=1e-4)  # per-prompt seeds: independent of the batch
-    assert not torch.allclose(audio[0], tiny_model.generate(["a piece by aurora vale"], seed=[7])[0], atol=1e-3)
+    assert relative_l2(again[0], audio[1]) < 0.1
+    assert relative_l2(tiny_model.generate(["a piece by copper lanterns"], seed=[7])[0], audio[1]) > 0.5
     with pytest.raises(ValueError, match="one seed per prompt"):
         tiny_model.generate(["a", "b"], seed=[1])
 
