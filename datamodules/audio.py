@@ -12,7 +12,7 @@ import torchaudio
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.manifest import ManifestItem
+from datamodules.manifest import ManifestItem, check_finite
 from datamodules.target_cache import TargetCache
 
 
@@ -25,17 +25,23 @@ def load_audio(item: ManifestItem, sample_rate: int, num_samples: int) -> tuple[
     """The item's audio as `(num_samples,)` float32 mono at `sample_rate` and its `(num_samples,)` validity mask.
 
     The clip starts at the item's offset; longer audio is cropped, shorter audio zero-padded (mask False there).
+
+    Raises:
+        ValueError: the file does not decode, or the clip holds a NaN or infinite sample (naming the file, the item
+            and the sample's position).
     """
     try:
         with sf.SoundFile(str(item.path)) as f:
             native_rate = f.samplerate
-            f.seek(min(f.frames, round(item.offset * native_rate)))
+            start = min(f.frames, round(item.offset * native_rate))
+            f.seek(start)
             wanted = -1 if item.duration is None else round(item.duration * native_rate)
             max_native = int(num_samples * native_rate / sample_rate) + 1
             frames = max_native if wanted < 0 else min(wanted, max_native)
             data = f.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise ValueError(f"Cannot decode {item.path} (item {item.id!r}): {err}") from err
+    check_finite(data, start, native_rate, item)
     audio = torch.from_numpy(data).mean(dim=1)
     if native_rate != sample_rate:
         audio = _resampler(native_rate, sample_rate)(audio)

@@ -11,12 +11,14 @@ are explicitly skipped.
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from datamodules.manifest import ManifestItem, check_audio_files, write_manifest
+from datamodules.manifest import ManifestItem, check_audio_files, read_utf8, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,10 @@ def manifest_from_captions(
 
     Raises:
         FileNotFoundError: the table or the folder does not exist, or rows have no audio file.
-        ValueError: a column is missing, a caption is empty, an id repeats, a clip is empty, or a file does not
-            decode (each message names the row or file).
+        ValueError: the table is not UTF-8 (a byte order mark is fine), a column is missing, a row has more or fewer
+            cells than the header, an id or caption is empty or blank, a time is not a finite number >= 0, an id
+            repeats, a clip is empty, or a file does not decode or holds non-finite samples (each message names the
+            row or file).
     """
     table = Path(captions_csv)
     if not table.is_file():
@@ -82,23 +86,30 @@ def manifest_from_captions(
     if end_column and not offset_column:
         raise ValueError("end_column needs offset_column: the clip's end is only meaningful with its start.")
     files = index_audio(Path(audio_dir), extensions)
-    with table.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c for c in (id_column, caption_column, group_column, offset_column, end_column) if c]
-        absent = [c for c in columns if c not in (reader.fieldnames or [])]
-        if absent:
-            raise ValueError(f"{table} has no column(s) {absent}; its columns: {reader.fieldnames}.")
-        rows = [(reader.line_num, row) for row in reader]
+    reader = csv.DictReader(io.StringIO(read_utf8(table), newline=""))
+    columns = [c for c in (id_column, caption_column, group_column, offset_column, end_column) if c]
+    absent = [c for c in columns if c not in (reader.fieldnames or [])]
+    if absent:
+        raise ValueError(f"{table} has no column(s) {absent}; its columns: {reader.fieldnames}.")
+    rows = [(reader.line_num, row) for row in reader]
     items, missing, seen = [], [], {}
     for line, row in rows:
         where = f"{table}, line {line}"
+        if None in row:
+            raise ValueError(f"{where}: the row has more cells than the header has columns (quote cells that hold "
+                             "a comma).")
+        short = [c for c in columns if row[c] is None]
+        if short:
+            raise ValueError(f"{where}: the row has fewer cells than the header; no value for column(s) {short}.")
         item_id = row[id_column].strip()
+        if not item_id:
+            raise ValueError(f"{where}: the id ({id_column}) is empty.")
         if item_id in seen:
             raise ValueError(f"{where}: id {item_id!r} repeats line {seen[item_id]}; ids must be unique.")
         seen[item_id] = line
         caption = row[caption_column].strip()
         if not caption:
-            raise ValueError(f"{where}: the caption of {item_id!r} is empty.")
+            raise ValueError(f"{where}: the caption of {item_id!r} is empty or only whitespace.")
         if item_id not in files:
             missing.append(item_id)
             continue
@@ -130,6 +141,8 @@ def _seconds(row: dict, column: str, where: str) -> float:
         value = float(row[column])
     except ValueError as err:
         raise ValueError(f"{where}: {column} must be a number of seconds, got {row[column]!r}.") from err
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {column} must be a finite number of seconds, got {row[column]!r}.")
     if value < 0:
         raise ValueError(f"{where}: {column} must be >= 0, got {value}.")
     return value

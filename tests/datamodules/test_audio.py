@@ -1,5 +1,6 @@
 """Audio loading (crop, pad, downmix, resample, offset and duration) and the audio-text dataset."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,26 @@ def test_dataset_items_and_default_collate(tmp_path):
     assert batch["mask"].shape == (2, 2000) and batch["mask"].dtype == torch.bool
     assert batch["mask"].sum(dim=1).tolist() == [1000, 2000]
     torch.testing.assert_close(batch["audio"][1], torch.full((2000,), 0.2))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_sample_is_refused_naming_file_item_and_position(tmp_path, value):
+    data = np.zeros((16000, 2), dtype=np.float32)
+    data[6000, 1] = value
+    item = wav(tmp_path / "bad.wav", data)
+
+    with pytest.raises(ValueError, match=rf"{re.escape(str(item.path))} \(item 'bad'\) holds a non-finite sample "
+                                         rf"\({value}\) at frame 6000 \(0\.375 s\), channel 1"):
+        load_audio(item, sample_rate=16000, num_samples=8000)
+
+
+def test_the_position_of_a_non_finite_sample_counts_from_the_start_of_the_file(tmp_path):
+    data = np.zeros(16000, dtype=np.float32)
+    data[5000] = np.nan
+    item = wav(tmp_path / "bad.wav", data)
+
+    with pytest.raises(ValueError, match=r"at frame 5000 \(0\.312 s\), channel 0"):
+        load_audio(ManifestItem(item.id, item.path, item.caption, offset=0.25), sample_rate=16000, num_samples=8000)
+    # outside the clip it is never read
+    audio, mask = load_audio(ManifestItem(item.id, item.path, item.caption, offset=0.5), 16000, 8000)
+    assert mask.all() and torch.isfinite(audio).all()

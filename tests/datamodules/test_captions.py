@@ -75,3 +75,54 @@ def test_a_missing_column_is_named(folder):
     table = _table(folder / "caps.csv", [("abc", 0, 1, "", "x", "")])
     with pytest.raises(ValueError, match=r"no column\(s\) \['artist'\]"):
         manifest_from_captions(table, folder / "audio", folder / "m.jsonl", group_column="artist")
+
+
+@pytest.mark.parametrize(("start", "end", "column"), [("nan", "1", "start_s"), ("0", "inf", "end_s"),
+                                                      ("-inf", "1", "start_s"), ("0", "NaN", "end_s")])
+def test_a_non_finite_time_is_refused_naming_file_line_and_column(folder, start, end, column):
+    table = _table(folder / "caps.csv", [("def", 0, 1, "", "fine", ""), ("abc", start, end, "", "calm", "")])
+    out = folder / "m.jsonl"
+
+    with pytest.raises(ValueError, match=rf"caps\.csv, line 3: {column} must be a finite number of seconds, "
+                                         rf"got '{start if column == 'start_s' else end}'"):
+        manifest_from_captions(table, folder / "audio", out, offset_column="start_s", end_column="end_s")
+    assert not out.exists()
+
+
+HEADER = "ytid,start_s,end_s,aspect_list,caption,author_id"
+TABLE_ROWS = ["abc,0.5,1.5,[],calm piano,4", 'def,0,1,[],"fast, loud drums",7']
+
+
+@pytest.mark.parametrize(("bom", "newline"), [("", "\n"), ("", "\r\n"), ("\ufeff", "\n"), ("\ufeff", "\r\n")])
+def test_bom_and_line_endings_give_the_same_manifest(folder, bom, newline):
+    table = folder / "caps.csv"
+    table.write_bytes((bom + newline.join([HEADER, *TABLE_ROWS]) + newline).encode())
+
+    items = manifest_from_captions(table, folder / "audio", folder / "m.jsonl", group_column="author_id",
+                                   offset_column="start_s", end_column="end_s")
+
+    assert [(i.id, i.caption, i.group, i.offset, i.duration) for i in items] == [
+        ("abc", "calm piano", "4", 0.5, 1.0), ("def", "fast, loud drums", "7", 0.0, 1.0)]
+    assert read_manifest(folder / "m.jsonl") == items
+
+
+def test_a_table_that_is_not_utf8_names_the_line(folder):
+    table = folder / "caps.csv"
+    table.write_bytes("\n".join([HEADER, TABLE_ROWS[0], "def,0,1,[],caf\xe9 music,7"]).encode("latin-1"))
+
+    with pytest.raises(ValueError, match=r"caps\.csv, line 3: not UTF-8 .*save the file as UTF-8"):
+        manifest_from_captions(table, folder / "audio", folder / "m.jsonl")
+
+
+@pytest.mark.parametrize(("row", "match"), [
+    ("abc,0,1,[],calm piano,4,extra", r"line 2: the row has more cells than the header"),
+    ("abc,0,1", r"line 2: the row has fewer cells than the header; no value for column\(s\) \['caption'\]"),
+    (",0,1,[],calm piano,4", r"line 2: the id \(ytid\) is empty"),
+    ("abc,0,1,[],\t ,4", r"line 2: the caption of 'abc' is empty or only whitespace"),
+])
+def test_malformed_rows_are_named(folder, row, match):
+    table = folder / "caps.csv"
+    table.write_text(f"{HEADER}\n{row}\n")
+
+    with pytest.raises(ValueError, match=match):
+        manifest_from_captions(table, folder / "audio", folder / "m.jsonl")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from datamodules import manifest as manifest_module
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest, write_manifest
 
 
@@ -188,3 +189,153 @@ def test_offset_past_the_end_of_the_file_is_refused(tmp_path):
 def test_written_manifest_is_readable_by_others(tmp_path):
     write_manifest([ManifestItem("a", tmp_path / "a.wav", "c")], tmp_path / "m.jsonl")
     assert (tmp_path / "m.jsonl").stat().st_mode & 0o044
+
+
+def write_float_wav(path: Path, data: np.ndarray, subtype: str = "FLOAT", sample_rate: int = 16000) -> Path:
+    """`data` (frames,) or (frames, channels) as a float WAV, NaN and infinities kept."""
+    sf.write(path, data, sample_rate, subtype=subtype)
+    return path
+
+
+@pytest.mark.parametrize(("subtype", "value"), [("FLOAT", np.nan), ("FLOAT", np.inf), ("DOUBLE", -np.inf)])
+def test_check_audio_files_names_the_first_non_finite_sample(tmp_path, subtype, value):
+    data = np.zeros((16000, 2))
+    data[12000, 0] = value  # a later bad sample is not the one named
+    data[8000, 1] = value
+    bad = write_float_wav(tmp_path / "bad.wav", data, subtype)
+    good = write_float_wav(tmp_path / "good.wav", np.zeros(1600))
+
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))} \(item 'b' of train\.jsonl\) holds a non-finite "
+                                         rf"sample \({value}\) at frame 8000 \(0\.500 s\), channel 1"):
+        check_audio_files([ManifestItem("ok", good, "c"), ManifestItem("b", bad, "c")], "train.jsonl")
+
+
+def test_check_audio_files_reads_in_blocks_and_names_the_frame_in_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module, "CHECK_BLOCK_FRAMES", 1000)
+    data = np.zeros(16000, dtype=np.float32)
+    data[2500] = np.nan  # in the third block
+    bad = write_float_wav(tmp_path / "bad.wav", data)
+
+    with pytest.raises(ValueError, match=r"at frame 2500 \(0\.156 s\), channel 0"):
+        check_audio_files([ManifestItem("b", bad, "c")], "x")
+    with pytest.raises(ValueError, match=r"at frame 2500 "):  # the clip starts at 0.1 s: frames count from the file
+        check_audio_files([ManifestItem("b", bad, "c", offset=0.1)], "x")
+
+
+def test_check_audio_files_looks_only_at_the_clip(tmp_path):
+    data = np.zeros(16000, dtype=np.float32)
+    data[[100, 9000]] = np.nan  # before the clip and after it
+    path = write_float_wav(tmp_path / "partly.wav", data)
+
+    check_audio_files([ManifestItem("clip", path, "c", offset=0.25, duration=0.25)], "x")  # frames 4000-7999: fine
+    with pytest.raises(ValueError, match="at frame 9000"):
+        check_audio_files([ManifestItem("rest", path, "c", offset=0.25)], "x")  # to the end of the file
+
+
+def test_only_float_files_are_read_block_by_block(tmp_path, monkeypatch):
+    pcm = write_wav(tmp_path / "pcm.wav")  # PCM_16: cannot hold NaN
+    assert sf.info(str(pcm)).subtype == "PCM_16"
+    floats = write_float_wav(tmp_path / "float.wav", np.zeros(1600))
+
+    def no_blocks(*args, **kwargs):
+        raise AssertionError("read block by block")
+
+    monkeypatch.setattr(sf.SoundFile, "blocks", no_blocks)
+    check_audio_files([ManifestItem("p", pcm, "c")], "x")
+    with pytest.raises(AssertionError, match="read block by block"):
+        check_audio_files([ManifestItem("f", floats, "c")], "x")
+
+
+def test_a_truncated_flac_or_wav_is_refused(tmp_path):
+    signal = 0.4 * np.sin(np.arange(32000) / 10)
+    for name in ("whole.flac", "whole.wav"):
+        sf.write(tmp_path / name, signal, 16000, subtype="PCM_16")
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut{Path(name).suffix}").write_bytes(data[: len(data) // 2])
+    cut_flac, cut_wav = tmp_path / "cut.flac", tmp_path / "cut.wav"
+    assert sf.info(str(cut_flac)).frames == 32000  # the FLAC header still states 2 s
+
+    with pytest.raises(ValueError, match=rf"Cannot decode {re.escape(str(cut_flac))} \(item 'f' of x\): .*corrupt or "
+                                         "truncated"):
+        check_audio_files([ManifestItem("f", cut_flac, "c")], "x")
+    check_audio_files([ManifestItem("f", cut_flac, "c", duration=0.5)], "x")  # the clip's 0.5 s are intact
+    assert sf.info(str(cut_wav)).frames == 15989  # libsndfile: the frames present ((32022 - 44) / 2)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(cut_wav))} \(item 'w' of x\) is truncated: its header "
+                                         "declares 64000 bytes of samples, but 31978 follow it"):
+        check_audio_files([ManifestItem("w", cut_wav, "c")], "x")
+    check_audio_files([ManifestItem("w", tmp_path / "whole.wav", "c")], "x")  # the whole file passes
+
+
+ROWS = [{"id": "a", "path": "a.wav", "caption": "a calm piece", "group": "g", "offset": 0.5},
+        {"id": "b", "path": "b.wav", "caption": "fast, loud"}]
+CSV_TEXT = 'id,path,caption,group,offset\na,a.wav,a calm piece,g,0.5\nb,b.wav,"fast, loud",,\n'
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize(("bom", "newline"), [("\ufeff", "\n"), ("", "\r\n"), ("\ufeff", "\r\n")])
+def test_a_byte_order_mark_and_crlf_give_the_same_items(tmp_path, suffix, bom, newline):
+    text = CSV_TEXT if suffix == ".csv" else "".join(json.dumps(row) + "\n" for row in ROWS)
+    plain = tmp_path / f"plain{suffix}"
+    plain.write_bytes(text.encode())
+    odd = tmp_path / f"odd{suffix}"
+    odd.write_bytes((bom + text.replace("\n", newline)).encode())
+
+    items = read_manifest(odd)
+
+    assert items == read_manifest(plain)
+    assert [(i.id, i.caption, i.group, i.offset) for i in items] == [("a", "a calm piece", "g", 0.5),
+                                                                       ("b", "fast, loud", "", 0.0)]
+
+
+@pytest.mark.parametrize(("suffix", "text", "line"), [
+    (".jsonl", '{"id": "a", "path": "a.wav", "caption": "c"}\n{"id": "b", "path": "b.wav", "caption": "caf\xe9"}\n',
+     2),
+    (".csv", "id,path,caption\r\na,a.wav,c\r\nb,b.wav,caf\xe9\r\n", 3),
+])
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path, suffix, text, line):
+    manifest = tmp_path / f"m{suffix}"
+    manifest.write_bytes(text.encode("latin-1"))
+
+    with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))}, line {line}: not UTF-8 \(byte b'\\xe9'.*"
+                                         "save the file as UTF-8"):
+        read_manifest(manifest)
+
+
+def test_whitespace_only_caption_is_refused_in_jsonl_and_csv(tmp_path):
+    jsonl = write_jsonl(tmp_path / "m.jsonl", [GOOD, {"id": "b", "path": "b.wav", "caption": " \t "}])
+    csv_manifest = tmp_path / "m.csv"
+    csv_manifest.write_text("id,path,caption\na,a.wav,c\nb,b.wav,   \n")
+
+    for manifest in (jsonl, csv_manifest):
+        with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))}, line \d: key\(s\) \['caption'\] hold only "
+                                             "whitespace"):
+            read_manifest(manifest)
+
+
+@pytest.mark.parametrize(("literal", "key"), [("NaN", "offset"), ("Infinity", "offset"), ("-Infinity", "duration")])
+def test_json_nan_and_infinity_literals_are_refused(tmp_path, literal, key):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(GOOD) + f'\n{{"id": "b", "path": "b.wav", "caption": "c", "{key}": {literal}}}\n')
+
+    with pytest.raises(ValueError, match=rf"m\.jsonl, line 2: `{key}` must be finite, got -?(nan|inf)"):
+        read_manifest(manifest)
+
+
+def test_csv_nan_offset_is_refused(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path,caption,offset\na,a.wav,c,0\nb,b.wav,c,nan\n")
+    with pytest.raises(ValueError, match=r"m\.csv, line 3: `offset` must be finite, got 'nan'"):
+        read_manifest(manifest)
+
+
+def test_a_boolean_time_is_refused(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{**GOOD, "offset": True}])
+    with pytest.raises(ValueError, match=r"line 1: `offset` must be a number of seconds, got True"):
+        read_manifest(manifest)
+
+
+def test_json_lines_split_only_at_newlines(tmp_path):
+    manifest = tmp_path / "m.jsonl"  # U+2028 and U+0085 are legal inside JSON strings; str.splitlines splits there
+    manifest.write_text('{"id": "a", "path": "a.wav", "caption": "one\u2028two\x85three"}\n', encoding="utf-8")
+
+    assert [item.caption for item in read_manifest(manifest)] == ["one\u2028two\x85three"]
