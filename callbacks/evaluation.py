@@ -12,7 +12,6 @@ study on MusicGen and the evaluation of unlearning against an oracle (see ../sha
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -28,7 +27,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from callbacks.measuring import fixed_losses
 from callbacks.report import describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
-from lightning_modules.io import cache_key, default_cache_dir, write_json_atomic, write_text_atomic
+from lightning_modules.io import (
+    CorruptFileError,
+    cache_key,
+    default_cache_dir,
+    read_json_verified,
+    reusable,
+    write_json_atomic,
+    write_json_verified,
+    write_text_atomic,
+)
 from lightning_modules.metrics import (
     AudioEmbedder,
     AudioTagger,
@@ -120,7 +128,11 @@ class UnlearningEvaluation(Callback):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.columns: dict[str, Results] = {}
         self.history: list[dict[str, Any]] = []
-        self.timing: dict[str, float] = {}
+        self.timing: dict[str, Any] = {}
+        self.items_per_step: dict[str, int] = {}  # training items per optimizer step over all processes, per set
+        # training time and first step of the fit, carried through checkpoints so a resumed fit reports its whole cost
+        self._clock: dict[str, float] = {"start": time.perf_counter(), "evaluating": 0.0, "carried": 0.0,
+                                         "start_step": 0}
         self.metrics: dict[str, dict[str, Any]] = {}
         self._references_ready = False
 
@@ -163,7 +175,7 @@ class UnlearningEvaluation(Callback):
             fad = self.metrics[split]["fad"].to(device)
             key = reference_key(self.fad_embedder, sample_rate, describe_items(dataset.items, dataset.num_samples))
             path = self.cache_dir / "fad_reference" / f"{key}.pt"
-            if trainer.strategy.broadcast(path.is_file()):
+            if trainer.strategy.broadcast(reusable(path, fad.load_reference)):  # rank 0 verified it
                 fad.load_reference(path)
                 log.info("FAD reference of the %s set read from %s", split, path)
             else:
@@ -210,12 +222,9 @@ class UnlearningEvaluation(Callback):
         return results
 
     def _losses(self, trainer: L.Trainer, model: TextToMusicModel, dataset: Any) -> Tensor:
-        """Per-item losses at fixed timesteps and noise, gathered from all processes `(items,)`."""
-        losses = fixed_losses(trainer, model, dataset, self.seed, self.batch_size)
-        if not torch.isfinite(losses).all():
-            raise ValueError(f"The model's loss is not finite on {int((~torch.isfinite(losses)).sum())} item(s) of "
-                             f"the {dataset.split or 'evaluation'} set; the model has diverged.")
-        return losses
+        """Per-item losses at fixed timesteps and noise, gathered from all processes `(items,)`; a NaN or infinite one
+        raises `NonFiniteLossError` naming the items, before any result is recorded or written."""
+        return fixed_losses(trainer, model, dataset, self.seed, self.batch_size)
 
     def prompt_indices(self, dataset: Any) -> list[int]:
         """The evaluation items whose captions are generated from: `num_prompts` evenly spaced ones."""
@@ -282,14 +291,14 @@ class UnlearningEvaluation(Callback):
         """Results of the model saved in `folder` (same backend as `model`), cached by its weights and the settings."""
         key = cache_key(describe_model(folder), self.settings(trainer, model))
         path = self.cache_dir / "evaluation" / f"{key}.json"
-        if trainer.strategy.broadcast(path.is_file()):
+        if trainer.strategy.broadcast(reusable(path, read_cached_results)):  # rank 0 verified it
             log.info("Results of %s read from the cache %s (delete it to measure again)", folder, path)
-            return json.loads(path.read_text())["results"]
+            return read_cached_results(path)
         reference = type(model).from_pretrained(folder).to(trainer.strategy.root_device)
         results = self.evaluate(trainer, reference)
         del reference
         if trainer.is_global_zero:
-            write_json_atomic(path, {"model": str(folder), "results": results})
+            write_json_verified(path, {"model": str(folder), "results": results})
         return results
 
     def settings(self, trainer: L.Trainer, model: TextToMusicModel) -> dict[str, Any]:
@@ -318,7 +327,23 @@ class UnlearningEvaluation(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "before" not in self.columns:  # a resumed run keeps the "before" of its start, restored from the checkpoint
             self._record(trainer, "before", self.evaluate(trainer, pl_module.model))
-        self._clock = {"start": time.perf_counter(), "evaluating": 0.0, "start_step": trainer.global_step}
+            self._clock["carried"] = 0.0
+            self._clock["start_step"] = trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # here, not in on_fit_start: a resumed fit has restored its step count and this callback's state by now
+        self._clock.update(start=time.perf_counter(), evaluating=0.0)
+
+    def _train_seconds(self) -> float:
+        """Seconds of training of this fit so far, earlier segments of a resumed fit included, evaluations excluded."""
+        return self._clock["carried"] + time.perf_counter() - self._clock["start"] - self._clock["evaluating"]
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+                             ) -> None:
+        if not self.items_per_step:  # what one optimizer step saw: it grows with the device count (README, Scale)
+            sets = batch if all(isinstance(value, dict) for value in batch.values()) else {"train": batch}
+            scale = trainer.world_size * trainer.accumulate_grad_batches
+            self.items_per_step = {name: len(items["id"]) * scale for name, items in sets.items()}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -329,8 +354,8 @@ class UnlearningEvaluation(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # what unlearning cost: this fit's time after the "before" evaluation, less the evaluations during training
-        self.timing = {"train_seconds": time.perf_counter() - self._clock["start"] - self._clock["evaluating"],
-                       "steps": trainer.global_step - self._clock["start_step"]}
+        self.timing = {"train_seconds": self._train_seconds(), "steps": trainer.global_step - self._clock["start_step"],
+                       "processes": trainer.world_size, "items_per_step": self.items_per_step}
         last = self.history[-1] if self.history else {}
         evaluated_now = last.get("step") == trainer.global_step and last.get("column") == "step"
         self._record(trainer, "after", last["results"] if evaluated_now else self.evaluate(trainer, pl_module.model))
@@ -359,6 +384,10 @@ class UnlearningEvaluation(Callback):
         if not trainer.is_global_zero:
             return
         table = markdown_table(columns, column)
+        if column == "after" and self.items_per_step:
+            sizes = " + ".join(f"{count} {name}" for name, count in self.items_per_step.items())
+            table += (f"\n\nTrained {self.timing['steps']} steps on {trainer.world_size} process(es), {sizes} items "
+                      "per optimizer step (it follows the device count unless the data sets a global_batch_size).")
         log.info("Unlearning evaluation (%s):\n%s", type(pl_module).__name__, table)
         write_json_atomic(folder / "results.json", {
             "columns": columns, "gap_to_oracle": gap_to_oracle(columns, column), "history": self.history,
@@ -370,11 +399,25 @@ class UnlearningEvaluation(Callback):
 
     # ------------------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
-        return {"columns": self.columns, "history": self.history}
+        return {"columns": self.columns, "history": self.history,
+                "clock": {"carried": self._train_seconds(), "start_step": self._clock["start_step"]}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.columns = {k: v for k, v in state_dict["columns"].items() if k == "before"}
         self.history = state_dict["history"]
+        self._clock.update(state_dict.get("clock", {}))
+
+
+_CACHED_RESULTS = "cached evaluation results"
+_MEASURE_AGAIN = "delete it: the evaluation measures the model again and rewrites it"
+
+
+def read_cached_results(path: Path) -> Results:
+    """The results `evaluate_pretrained` cached in `path`, verified (digest, a JSON object with ``results``)."""
+    saved = read_json_verified(path, _CACHED_RESULTS, _MEASURE_AGAIN)
+    if not isinstance(saved, dict) or not isinstance(saved.get("results"), dict):
+        raise CorruptFileError(path, _CACHED_RESULTS, "does not hold a JSON object with 'results'", _MEASURE_AGAIN)
+    return saved["results"]
 
 
 class _Indexed(Dataset):

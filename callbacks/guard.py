@@ -2,15 +2,16 @@
 set (Thudi et al., 2022) has no floor: past some step the retain loss explodes or a loss turns NaN, and every later
 step only destroys more. The guard measures the retain loss at timesteps and noise fixed per item (as
 `UnlearningEvaluation` does) at the start and every few optimizer steps, keeps the trainable weights of the last
-check that passed, and when the retain loss rises past a multiple of its start or the training loss is not finite, it
-puts those weights back, stops training and writes ``guard.json`` into the run's log dir.
+check that passed, and when the retain loss rises past a multiple of its start it puts those weights back, stops
+training and writes ``guard.json`` into the run's log dir. A loss that is not finite makes the training step (or the
+guard's own measurement) raise `NonFiniteLossError`; the guard then puts the weights back and writes ``guard.json``
+too, and the error ends the run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,14 @@ from torch import Tensor
 from callbacks.evaluation import UnlearningEvaluation
 from callbacks.measuring import fixed_losses
 from lightning_modules.io import write_json_atomic
-from lightning_modules.passes import measuring
+from lightning_modules.passes import NonFiniteLossError, measuring
 
 log = logging.getLogger(__name__)
 
 
 class UnlearningGuard(Callback):
-    """Stops training when the retain loss runs away or the training loss is not finite, restoring the trainable
-    weights of the last check that passed.
+    """Stops training when the retain loss runs away, restoring the trainable weights of the last check that passed;
+    restores them too when a loss is not finite, and lets that error end the run.
 
     The retain loss is the mean per-item loss of the first `num_items` items of the DataModule's
     ``eval_datasets()["retain"]`` at timesteps and noise fixed by item id and `seed`, measured without gradient, in
@@ -37,8 +38,13 @@ class UnlearningGuard(Callback):
     without the guard) and sharded over processes, so every process gets the same number and takes the same decision.
     It is measured when training starts (after a resumed checkpoint is restored), which also snapshots the trainable
     parameters (``pl_module.trainable``) to CPU, and every `check_every_n_steps` optimizer steps: a ratio to the start
-    of at most `max_retain_ratio` replaces the snapshot, a higher or non-finite one trips the guard. A non-finite
-    training loss on any process trips it at once, whatever the step.
+    of at most `max_retain_ratio` replaces the snapshot, a higher one trips the guard.
+
+    A NaN or infinite loss raises `NonFiniteLossError` where it is computed (the training step, before the optimizer
+    step; the guard's retain measurement), at any step. Lightning then calls `on_exception`: the guard copies the
+    snapshot back, records `stopped` (its ``reason`` is the error's message, naming the items) and writes
+    ``guard.json``; the error still propagates, so the run exits with it and no checkpoint or saved model is written
+    after it (Lightning saves none on an exception). The weights in memory are those of ``restored_step``.
 
     A trip at optimizer step N copies the snapshot back into the parameters in place, sets ``trainer.should_stop``,
     records `stopped`, logs a warning and writes ``guard.json``. What then holds (Lightning 2.6 loops):
@@ -89,6 +95,7 @@ class UnlearningGuard(Callback):
         self._snapshot_step = 0
         self._snapshot_loss = math.nan
         self._last_check_step = -1
+        self._folder = Path()
 
     # ----------------------------------------------------------------------------------------------------- set-up
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -137,6 +144,8 @@ class UnlearningGuard(Callback):
 
     # ----------------------------------------------------------------------------------------------------- hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on every rank (log_dir is a collective under DDP), for on_exception, which only the failing ranks reach
+        self._folder = Path(trainer.log_dir or trainer.default_root_dir)
         loss = self.retain_loss(trainer, pl_module)
         if self.start_retain_loss is None:  # a resumed run keeps the reference of its start, from the checkpoint
             if not (math.isfinite(loss) and loss > 0):
@@ -150,12 +159,6 @@ class UnlearningGuard(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        local_bad = isinstance(loss, Tensor) and not bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(local_bad, all=False):
-            value = loss.detach().float().cpu().tolist() if local_bad else None
-            self._trip(trainer, pl_module, f"the training loss is not finite ({value} on at least one process)", None)
-            return
         if step == self._last_check_step or step % self.check_every_n_steps:
             return  # not an optimizer step that is due (or already checked, with gradient accumulation)
         self._last_check_step = step
@@ -169,7 +172,20 @@ class UnlearningGuard(Callback):
                       f"(max_retain_ratio {self.max_retain_ratio})")
             self._trip(trainer, pl_module, reason, retain)
 
-    def _trip(self, trainer: L.Trainer, pl_module: L.LightningModule, reason: str, retain: float | None) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """On a `NonFiniteLossError` during training, restore the last good weights and write ``guard.json``; the
+        error propagates (Lightning re-raises it after the callbacks). Any other error is left alone."""
+        if not isinstance(exception, NonFiniteLossError) or not self._snapshot:
+            return  # not a non-finite loss, or before the start's measurement: no weights of a good check to restore
+        self._restore(trainer, pl_module, f"a loss is not finite: {exception}", None)
+        # only the processes that raised get here: no collective, and each of them writes (the same file, atomically)
+        log.warning("UnlearningGuard: a loss is not finite at step %d; restored the weights of step %d (retain loss "
+                    "%.4g) and the run ends with the error.", trainer.global_step, self._snapshot_step,
+                    self._snapshot_loss)
+        write_json_atomic(self._folder / "guard.json", self.stopped)
+
+    def _restore(self, trainer: L.Trainer, pl_module: L.LightningModule, reason: str, retain: float | None) -> None:
+        """Copy the snapshot back into the trainable parameters, stop training and record why in `stopped`."""
         with torch.no_grad():
             for param, saved in zip(pl_module.trainable, self._snapshot, strict=True):
                 param.data.copy_(saved)
@@ -177,6 +193,9 @@ class UnlearningGuard(Callback):
         self.stopped = {"step": trainer.global_step, "reason": reason, "retain_loss": retain,
                         "start_retain_loss": self.start_retain_loss, "restored_step": self._snapshot_step,
                         "restored_retain_loss": self._snapshot_loss}
+
+    def _trip(self, trainer: L.Trainer, pl_module: L.LightningModule, reason: str, retain: float | None) -> None:
+        self._restore(trainer, pl_module, reason, retain)
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a collective under DDP
         if not trainer.is_global_zero:
             return

@@ -9,19 +9,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from datamodules.sweep import NO_SHARD, shard_path
-from lightning_modules.io import atomic_file
+from datamodules.sweep import NO_SHARD, write_shard
 
 log = logging.getLogger(__name__)
 
 
 class SweepWriter(BasePredictionWriter):
-    """Writes each prediction ``{"shard", "id", "loss"}`` as ``shard-NNNNN.pt`` into the DataModule's ``sweep_dir``, or
-    into the prediction's own ``sweep_dir`` (one sweep per query in `QueryAttribution`); every rank writes its own
-    shards, and at the end every shard the DataModule lists (``missing_files()``) must be there. The module checks and
+    """Writes each prediction ``{"shard", "id", "loss"}`` as ``shard-NNNNN.pt`` (`datamodules.sweep.write_shard`, with
+    its digest) into the DataModule's ``sweep_dir``, or into the prediction's own ``sweep_dir`` (one sweep per query in
+    `QueryAttribution`); every rank writes its own shards, and at the end every shard the DataModule lists
+    (``missing_files()``: missing or failing verification) must be there. The module checks and
     records each sweep's recipe before computing it."""
 
     def __init__(self) -> None:
@@ -40,8 +39,7 @@ class SweepWriter(BasePredictionWriter):
         if prediction["shard"] == NO_SHARD:
             return
         folder = prediction["sweep_dir"] if "sweep_dir" in prediction else trainer.datamodule.sweep_dir
-        with atomic_file(shard_path(folder, prediction["shard"])) as tmp:
-            torch.save({"id": list(prediction["id"]), "loss": prediction["loss"].detach().cpu().float()}, tmp)
+        write_shard(folder, prediction["shard"], prediction["id"], prediction["loss"])
         self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.audio import AudioTextDataset
 from datamodules.manifest import ManifestItem, read_queries
 from datamodules.source import DataSource
-from datamodules.sweep import NO_SHARD, ShardDataset, ShardedItemsDataModule, shard_path
+from datamodules.sweep import NO_SHARD, ShardDataset, ShardedItemsDataModule, shard_done, shard_path
 from lightning_modules.attribution.scoring import UNLEARNING
 
 
@@ -89,9 +89,10 @@ class QueryDataModule(ShardedItemsDataModule):
         return query_dir(self.out_dir, self._queries[query].id) / "sweep"
 
     def missing_work(self) -> list[tuple[int, int]]:
-        """The (query index, shard index) pairs without a shard file yet, query-major."""
+        """The (query index, shard index) pairs without a good shard file yet (missing, or failing verification),
+        query-major."""
         return [(query, shard) for query in range(len(self._queries)) for shard in range(self.num_shards)
-                if not shard_path(self.sweep_dir_of(query), shard).is_file()]
+                if not shard_done(self.sweep_dir_of(query), shard)]
 
     def missing_files(self) -> list[Path]:
         return [shard_path(self.sweep_dir_of(query), shard) for query, shard in self.missing_work()]

@@ -2,12 +2,13 @@
 after Wang et al. 2024, arXiv 2406.09408), sorted by id and cut into fixed shards, one shard per ``predict`` step,
 only the shards not yet written; with the sweep folder's layout (`shard_path`, `RECIPE_FILE`) and `read_sweep`, which
 assembles a finished sweep. Shards do not depend on the number of processes, so a sweep interrupted on 8 GPUs can be
-resumed on 1 and ends with the same files."""
+resumed on 1 and ends with the same files. Shards and the recipe carry a digest (`lightning_modules.io`): a shard that
+fails verification counts as not written and is computed again; a bad recipe is an error naming it."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -21,15 +22,81 @@ from datamodules.audio import AudioTextDataset
 from datamodules.base import ManifestDataModule
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
 from datamodules.source import DataSource
-from lightning_modules.io import write_json_atomic
+from lightning_modules.io import (
+    CorruptFileError,
+    StrListField,
+    TensorField,
+    load_verified,
+    read_json_verified,
+    save_verified,
+    write_json_verified,
+)
+
+log = logging.getLogger(__name__)
 
 RECIPE_FILE = "sweep.json"
+SHARD = "loss sweep shard"
+SHARD_STRUCTURE = {"id": StrListField(), "loss": TensorField(ndim=2, dtype=torch.float32, finite=True)}
 NO_SHARD = -1  # the index of a placeholder step: ranks with nothing left to compute still run the pass's hooks
 
 
 def shard_path(sweep_dir: str | os.PathLike, index: int) -> Path:
     """The file of shard `index` in `sweep_dir`."""
     return Path(sweep_dir) / f"shard-{index:05d}.pt"
+
+
+def _rerun(sweep_dir: str | os.PathLike) -> str:
+    return f"run the command that wrote the sweep {sweep_dir} again: it recomputes missing and bad shards"
+
+
+def write_shard(sweep_dir: str | os.PathLike, index: int, ids: Sequence[str], loss: Tensor) -> None:
+    """Write shard `index` of `sweep_dir`: its item `ids` and their losses `(items, draws)` (float32), with its
+    digest, atomically."""
+    save_verified({"id": list(ids), "loss": loss.detach().cpu().float()}, shard_path(sweep_dir, index))
+
+
+def read_shard(sweep_dir: str | os.PathLike, index: int) -> tuple[list[str], Tensor]:
+    """The ids and losses `(items, draws)` of shard `index`, verified (digest, structure, finite losses).
+
+    Raises:
+        FileNotFoundError: the shard was not written.
+        CorruptFileError: it fails verification; the message names the file.
+    """
+    path = shard_path(sweep_dir, index)
+    shard = load_verified(path, SHARD, _rerun(sweep_dir), SHARD_STRUCTURE)
+    if len(shard["loss"]) != len(shard["id"]):
+        raise CorruptFileError(path, SHARD, f"holds {len(shard['id'])} ids but {len(shard['loss'])} rows of losses",
+                               _rerun(sweep_dir))
+    return shard["id"], shard["loss"]
+
+
+def shard_done(sweep_dir: str | os.PathLike, index: int) -> bool:
+    """Whether shard `index` of `sweep_dir` is written and passes verification; a bad one is logged with a warning
+    (it is computed again)."""
+    if not shard_path(sweep_dir, index).is_file():
+        return False
+    try:
+        read_shard(sweep_dir, index)
+    except CorruptFileError as error:
+        log.warning("Computing the shard again: %s", error)
+        return False
+    return True
+
+
+def read_recipe(sweep_dir: str | os.PathLike) -> dict:
+    """The recipe (``sweep.json``) of the sweep in `sweep_dir`, verified.
+
+    Raises:
+        FileNotFoundError: there is none.
+        CorruptFileError: it fails verification (or is not a JSON object); the message names it.
+    """
+    path = Path(sweep_dir) / RECIPE_FILE
+    remedy = (f"what the sweep's shards measured is unknown: delete the folder {sweep_dir} and run the sweep again "
+              "(or give another folder)")
+    recipe = read_json_verified(path, "loss sweep recipe", remedy)
+    if not isinstance(recipe, dict):
+        raise CorruptFileError(path, "loss sweep recipe", f"holds {type(recipe).__name__}, not a JSON object", remedy)
+    return recipe
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -39,17 +106,18 @@ def ids_digest(ids: Sequence[str]) -> str:
 
 def open_sweep(sweep_dir: str | os.PathLike, recipe: dict, write: bool) -> None:
     """Check that `sweep_dir` holds a sweep with this `recipe` (what its losses depend on), or none yet; with `write`,
-    record the recipe in a new folder (``sweep.json``, atomically). Called before any shard is computed, so a sweep is
-    never continued with another model, weights, draws or items.
+    record the recipe in a new folder (``sweep.json`` with its digest, atomically). Called before any shard is computed,
+    so a sweep is never continued with another model, weights, draws or items.
 
     Raises:
         ValueError: the folder holds a sweep with another recipe (the message names the differing keys), or shard
             files without a recipe.
+        CorruptFileError: the recipe fails verification.
     """
     folder = Path(sweep_dir)
     path = folder / RECIPE_FILE
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_recipe(folder)
         differs = sorted(key for key in recipe.keys() | saved.keys() if saved.get(key) != recipe.get(key))
         if differs:
             raise ValueError(f"{folder} holds a sweep with other {', '.join(differs)} than this run's "
@@ -60,7 +128,7 @@ def open_sweep(sweep_dir: str | os.PathLike, recipe: dict, write: bool) -> None:
         raise ValueError(f"{folder} holds shard files but no {RECIPE_FILE}, so what they measured is unknown; delete "
                          "them or give another folder.")
     elif write:
-        write_json_atomic(path, recipe)
+        write_json_verified(path, recipe)
 
 
 def read_sweep(sweep_dir: str | os.PathLike) -> tuple[list[str], Tensor]:
@@ -68,6 +136,7 @@ def read_sweep(sweep_dir: str | os.PathLike) -> tuple[list[str], Tensor]:
 
     Raises:
         FileNotFoundError: `sweep_dir` holds no sweep recipe, or a shard is missing (re-run the sweep to finish it).
+        CorruptFileError: the recipe or a shard fails verification (the message names the file).
         ValueError: the shards do not hold the items the recipe names.
     """
     folder = Path(sweep_dir)
@@ -76,7 +145,7 @@ def read_sweep(sweep_dir: str | os.PathLike) -> tuple[list[str], Tensor]:
         raise FileNotFoundError(f"{recipe_path} not found: {folder} holds no loss sweep. Run one first: "
                                 "`python train.py predict --config configs/attribution/sweep.yaml "
                                 f"--data.init_args.sweep_dir {folder}`.")
-    recipe = json.loads(recipe_path.read_text())
+    recipe = read_recipe(folder)
     num_shards = math.ceil(recipe["num_items"] / recipe["shard_size"])
     missing = [index for index in range(num_shards) if not shard_path(folder, index).is_file()]
     if missing:
@@ -86,9 +155,9 @@ def read_sweep(sweep_dir: str | os.PathLike) -> tuple[list[str], Tensor]:
     ids: list[str] = []
     losses = []
     for index in range(num_shards):
-        shard = torch.load(shard_path(folder, index), map_location="cpu", weights_only=True)
-        ids.extend(shard["id"])
-        losses.append(shard["loss"])
+        shard_ids, shard_losses = read_shard(folder, index)
+        ids.extend(shard_ids)
+        losses.append(shard_losses)
     if ids != sorted(ids) or len(ids) != recipe["num_items"] or ids_digest(ids) != recipe["ids"]:
         raise ValueError(f"The shards in {folder} do not hold the items its {RECIPE_FILE} names; delete the folder "
                          "and run the sweep again.")
@@ -209,8 +278,8 @@ class SweepDataModule(ShardedItemsDataModule):
         self.sweep_dir = sweep_dir
 
     def missing_shards(self) -> list[int]:
-        """The indices of the shards without a file in `sweep_dir`, in order."""
-        return [index for index in range(self.num_shards) if not shard_path(self.sweep_dir, index).is_file()]
+        """The indices of the shards without a good file in `sweep_dir` (missing, or failing verification), in order."""
+        return [index for index in range(self.num_shards) if not shard_done(self.sweep_dir, index)]
 
     def missing_files(self) -> list[Path]:
         return [shard_path(self.sweep_dir, index) for index in self.missing_shards()]

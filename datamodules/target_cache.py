@@ -3,22 +3,30 @@ so a dataset is encoded once and every later unlearning or attribution pass skip
 
 Files live under ``<root>/<targets key>/``: the key (`TextToMusicModel.targets_key`) names the backend, its audio format
 and a digest of its encoder's weights, so a model only ever reads targets it would have computed itself. Each file
-holds the item's targets and the number of real (unpadded) samples, written atomically; an interrupted encoding pass
-resumes where it stopped.
+holds the item's targets and the number of real (unpadded) samples, written atomically with its digest
+(`lightning_modules.io.save_verified`); an interrupted encoding pass resumes where it stopped, and encodes again any
+file that fails verification (changed, truncated, or written before files carried a digest).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from lightning_modules.io import atomic_file
+from lightning_modules.io import CorruptFileError, TensorField, load_verified, save_verified
+
+log = logging.getLogger(__name__)
+
+WHAT = "cached targets of one item"
+REMEDY = ("run the encoding pass again (`python train.py predict --config configs/encode.yaml ...` with the same "
+          "model, data and cache_dir): it encodes every missing or bad item again")
+STRUCTURE = {"id": str, "targets": TensorField(finite=True), "num_valid": int}
 
 
 class TargetCache:
@@ -44,26 +52,42 @@ class TargetCache:
         return self.path(item_id).is_file()
 
     def missing(self, ids: Sequence[str]) -> list[str]:
-        """The ids of `ids` without a cached file, in order."""
+        """The ids of `ids` without a cached file, in order (files are verified when loaded, see `to_encode`)."""
         return [item_id for item_id in ids if item_id not in self]
+
+    def to_encode(self, ids: Sequence[str]) -> list[str]:
+        """The ids of `ids` without a good cached file, in order: missing, or failing verification (each such file
+        is logged with a warning and encoded again)."""
+        todo = []
+        for item_id in ids:
+            if item_id not in self:
+                todo.append(item_id)
+                continue
+            try:
+                self.load(item_id)
+            except CorruptFileError as error:
+                log.warning("Encoding again: %s", error)
+                todo.append(item_id)
+        return todo
 
     def save(self, item_id: str, targets: Tensor, num_valid: int) -> None:
         """Write one item's `targets` (any shape, stored on the CPU) and its number of real samples atomically."""
-        with atomic_file(self.path(item_id)) as tmp:
-            torch.save({"id": item_id, "targets": targets.detach().cpu().clone(), "num_valid": int(num_valid)}, tmp)
+        save_verified({"id": item_id, "targets": targets.detach().cpu().clone(), "num_valid": int(num_valid)},
+                      self.path(item_id))
 
     def load(self, item_id: str) -> tuple[Tensor, int]:
         """The item's targets and number of real samples.
 
         Raises:
             FileNotFoundError: the item was never encoded for this model.
-            ValueError: the file belongs to another id (a digest collision or a copied file).
+            CorruptFileError: the file fails verification (digest, structure, finiteness) or belongs to another id (a
+                digest collision or a copied file); the message names it.
         """
         path = self.path(item_id)
         if not path.is_file():
             raise FileNotFoundError(f"Item {item_id!r} has no cached targets in {self.folder}; run the encoding pass "
                                     "(`python train.py predict --config configs/encode.yaml ...`) first.")
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = load_verified(path, WHAT, REMEDY, STRUCTURE)
         if record["id"] != item_id:
-            raise ValueError(f"{path} holds item {record['id']!r}, not {item_id!r}; delete it and encode again.")
+            raise CorruptFileError(path, WHAT, f"holds item {record['id']!r}, not {item_id!r}", REMEDY)
         return record["targets"], record["num_valid"]

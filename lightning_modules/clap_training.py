@@ -18,6 +18,7 @@ from torch import Tensor
 
 from datamodules.manifest import read_manifest
 from lightning_modules.models.toy_clap import build_tokenizer, build_toy_clap
+from lightning_modules.passes import check_finite_terms
 
 
 class ClapTraining(L.LightningModule):
@@ -91,11 +92,15 @@ class ClapTraining(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self._loss({**batch, "audio": self.augment(batch["audio"])})
+        check_finite_terms({"loss": loss}, {"batch": list(batch["id"])},
+                           f"{type(self).__name__} contrastive training loss at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["id"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), batch_size=len(batch["id"]), sync_dist=True)
+        loss = self._loss(batch)
+        check_finite_terms({"loss": loss}, {"batch": list(batch["id"])}, f"{type(self).__name__} validation loss")
+        self.log("val/loss", loss, batch_size=len(batch["id"]), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.clap.parameters())

@@ -17,13 +17,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.io import atomic_file
+from lightning_modules.io import TensorMapField, load_verified, save_verified
 from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.passes import NON_FINITE_ADVICE, NonFiniteLossError, check_finite, listed_ids
 
 
 def item(batch: Batch, index: int) -> Batch:
     """The `index`-th item of a collated batch, as a batch of one."""
     return {key: value[index : index + 1] for key, value in batch.items()}  # type: ignore[return-value]
+
+
+def check_finite_sums(sums: Sequence[Tensor], ids: Sequence[str], what: str) -> None:
+    """Raise `NonFiniteLossError` when gradient `sums` turned NaN or infinite while adding the items `ids` (whose
+    losses were finite: a gradient overflowed). One device sync."""
+    if bool(torch.stack([torch.isfinite(value).all() for value in sums]).all()):
+        return
+    raise NonFiniteLossError(f"The {what} turned non-finite (NaN or infinite) while adding the gradients of the items "
+                             f"{listed_ids(list(ids))}, whose losses are finite; {NON_FINITE_ADVICE}.", ids)
 
 
 def loss_gradient(model: TextToMusicModel, parameters: Sequence[nn.Parameter], batches: Iterable[Batch], *,
@@ -33,8 +43,10 @@ def loss_gradient(model: TextToMusicModel, parameters: Sequence[nn.Parameter], b
     count = 0
     for batch in batches:
         losses = model.loss(batch, **model.fixed_loss_inputs(batch["id"], seed))
+        check_finite(losses, batch["id"], "per-item loss of the gradient pass")
         for acc, grad in zip(total, torch.autograd.grad(losses.sum(), parameters), strict=True):
             acc += grad.float()
+        check_finite_sums(total, batch["id"], "summed loss gradient")
         count += len(batch["id"])
     return total, count
 
@@ -51,13 +63,19 @@ def squared_gradients(model: TextToMusicModel, parameters: Sequence[nn.Parameter
     total = [torch.zeros_like(param, dtype=torch.float32) for param in parameters]
     count = 0
     for batch in batches:
+        losses = []  # checked once per batch: no device sync per item
         for index in range(len(batch["id"])):
             one = item(batch, index)
             for draw in range(draws):
                 loss = model.loss(one, **model.fixed_loss_inputs(one["id"], seed + draw)).sum()
+                losses.append(loss.detach())
                 for acc, grad in zip(total, torch.autograd.grad(loss, parameters), strict=True):
                     acc.addcmul_(grad.float(), grad.float(), value=1 / draws)
             count += 1
+        if losses:
+            check_finite(torch.stack(losses).view(-1, draws), batch["id"], f"per-item loss (at {draws} draw(s)) of "
+                         "the squared-gradient (Fisher) pass")
+            check_finite_sums(total, batch["id"], "sum of squared gradients (Fisher)")
     return total, count
 
 
@@ -72,22 +90,44 @@ def saliency_mask(gradient: Sequence[Tensor], fraction: float) -> list[Tensor]:
     return [grad.abs() >= threshold for grad in gradient]
 
 
+FISHER = "diagonal Fisher information"
+FISHER_REMEDY = ("delete it and compute it again with the command that wrote it: `python train.py predict --config "
+                 "configs/attribution/fisher.yaml` (model.init_args.fisher_path), or the EWC unlearning run that "
+                 "cached it")
+FISHER_STRUCTURE = {"fisher": TensorMapField(finite=True), "info": dict}
+
+
 def save_fisher(path: str | os.PathLike, fisher: dict[str, Tensor], **info: Any) -> None:
-    """Write a diagonal Fisher (parameter name -> tensor) and what it was computed from (`info`), atomically."""
-    with atomic_file(path) as tmp:
-        torch.save({"fisher": {name: value.detach().cpu() for name, value in fisher.items()}, "info": info}, tmp)
+    """Write a diagonal Fisher (parameter name -> tensor) and what it was computed from (`info`), atomically with
+    its digest."""
+    save_verified({"fisher": {name: value.detach().cpu() for name, value in fisher.items()}, "info": info}, path)
+
+
+def read_fisher_file(path: str | os.PathLike, remedy: str = FISHER_REMEDY) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The Fisher and the info `save_fisher` wrote to `path`, verified: digest, structure and finite values.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        CorruptFileError: it fails verification; the message names it and `remedy`.
+    """
+    saved = load_verified(path, FISHER, remedy, FISHER_STRUCTURE)
+    return saved["fisher"], saved["info"]
 
 
 def load_fisher(path: str | os.PathLike, **expected: Any) -> dict[str, Tensor]:
-    """Read what `save_fisher` wrote, checking it was computed from what `expected` names (e.g. a key of the weights
-    and items); raises ValueError naming the file and what differs."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    info = saved.get("info", {})
+    """Read what `save_fisher` wrote (verified, `read_fisher_file`), checking it was computed from what `expected`
+    names (e.g. a key of the weights and items); raises ValueError naming the file and what differs."""
+    fisher, info = read_fisher_file(path)
+    check_fisher_recipe(path, info, **expected)
+    return fisher
+
+
+def check_fisher_recipe(path: str | os.PathLike, info: dict[str, Any], **expected: Any) -> None:
+    """Raise a ValueError naming `path` and the keys of `expected` whose values differ from the Fisher's `info`."""
     differs = sorted(key for key, value in expected.items() if info.get(key) != value)
     if differs:
         raise ValueError(f"The Fisher information in {path} was computed for other {', '.join(differs)} than this "
                          "run's; delete the file to recompute it, or give another path.")
-    return saved["fisher"]
 
 
 def weights_digest(named: Iterable[tuple[str, Tensor]]) -> str:

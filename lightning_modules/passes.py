@@ -1,17 +1,78 @@
 """Passes over data inside a training run: `measuring`, the context that leaves the run as it found it, and
 `sharded_batches`, a whole dataset split over processes: each takes every `world_size`-th item (no padding, no
-duplicates), so per-item results can be gathered and sums reduced without double counting."""
+duplicates), so per-item results can be gathered and sums reduced without double counting. `check_finite` and
+`check_finite_terms` are every pass's guard against a loss that is NaN or infinite: they raise `NonFiniteLossError`
+naming the items, before the pass writes anything."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+SHOWN_IDS = 10  # item ids a non-finite-loss error lists before it counts the rest
+NON_FINITE_ADVICE = ("check those items' input audio and cached targets (a NaN or infinite sample, a stale or corrupt "
+                     "target cache), the learning rate (a diverging model) and the precision (a bf16 / fp16 overflow)")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A pass met a loss that is NaN or infinite; `ids` are the items it names. A `FloatingPointError` (a numeric
+    failure, not a bad argument: the cause may be the data, the learning rate or the precision) of its own class, so
+    that `UnlearningGuard` and callers can tell it from any other error."""
+
+    def __init__(self, message: str, ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.ids = list(ids)
+
+
+def listed_ids(ids: Sequence[str]) -> str:
+    """`ids` for a message: the first `SHOWN_IDS`, then how many more."""
+    shown = [str(item_id) for item_id in ids[:SHOWN_IDS]]
+    return f"{shown}" + (f" and {len(ids) - len(shown)} more" if len(ids) > len(shown) else "")
+
+
+def check_finite(losses: Tensor, ids: Sequence[str], what: str) -> None:
+    """Raise `NonFiniteLossError` naming the items whose loss is not finite.
+
+    Args:
+        losses: `(items, ...)` per-item losses (e.g. `(items,)` or `(items, draws)`); row i is item ``ids[i]``.
+        ids: the items' ids.
+        what: the pass and its loss, for the message (e.g. "LossSweep per-item loss").
+
+    Costs one device sync (the all-finite test) where `losses` live on an accelerator; the rest runs on failure only.
+    """
+    if losses.dim() == 0 or losses.shape[0] != len(ids):
+        raise ValueError(f"check_finite needs one row of losses per id, got losses of shape {tuple(losses.shape)} "
+                         f"for {len(ids)} id(s) ({what}).")
+    if not ids:
+        return
+    finite = torch.isfinite(losses.detach()).reshape(len(ids), -1).all(dim=1)
+    if bool(finite.all()):
+        return
+    rows = (~finite).nonzero().flatten().tolist()
+    bad = [ids[row] for row in rows]
+    values = losses.detach().reshape(len(ids), -1)[rows[:3]].float().cpu().tolist()
+    raise NonFiniteLossError(f"The {what} is not finite (NaN or infinite) for {len(bad)} of {len(ids)} item(s): "
+                             f"{listed_ids(bad)} (e.g. {values}); {NON_FINITE_ADVICE}.", bad)
+
+
+def check_finite_terms(terms: Mapping[str, Tensor], ids: Mapping[str, Sequence[str]], what: str) -> None:
+    """Raise `NonFiniteLossError` when a loss term of a whole batch is not finite, naming the terms and the batch's
+    items, by role (e.g. ``{"forget": [...], "retain": [...]}``): a term averaged over a batch does not tell which
+    item made it non-finite. One device sync for all the terms together."""
+    finite = torch.stack([torch.isfinite(value.detach()).all() for value in terms.values()])
+    if bool(finite.all()):
+        return
+    bad = {name: value.detach().float().cpu().tolist() for (name, value), ok in zip(terms.items(), finite.tolist(),
+                                                                                    strict=True) if not ok}
+    roles = "; ".join(f"{role}: {listed_ids(list(role_ids))}" for role, role_ids in ids.items())
+    raise NonFiniteLossError(f"The {what} is not finite (NaN or infinite): {bad} on the batch of items ({roles}); "
+                             f"{NON_FINITE_ADVICE}.", [item_id for role_ids in ids.values() for item_id in role_ids])
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lightning_modules.models.base import TextToMusicModel
 from lightning_modules.module import TextToMusicModule
+from lightning_modules.passes import check_finite
 
 
 class TextToMusicTraining(TextToMusicModule):
@@ -46,6 +47,9 @@ class TextToMusicTraining(TextToMusicModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         dropped = torch.rand(len(batch["caption"])) < self.caption_dropout
         captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["caption"], strict=True)]
-        loss = self.model.loss({**batch, "caption": captions}, reduction="mean")
+        losses = self.model.loss({**batch, "caption": captions})
+        # before the optimizer step: a NaN loss would fill the weights with NaN
+        check_finite(losses, batch["id"], f"{type(self).__name__} training loss at step {self.global_step}")
+        loss = losses.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(captions))
         return loss

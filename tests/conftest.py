@@ -99,3 +99,17 @@ def write_config(tmp_path: Path, corpus: ToyCorpus, model_dir: Path, clap_dir: P
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def poison_loss(monkeypatch: pytest.MonkeyPatch, bad_ids: set[str]) -> None:
+    """Make `ToyTextToMusic.loss` NaN for the items `bad_ids` (as a bad cached target or a diverging model would),
+    whichever pass calls it; every other item's loss, and the mean reduction, are as before."""
+    original = ToyTextToMusic.loss
+
+    def poisoned(self: ToyTextToMusic, batch: dict, *, reduction: str = "none", **kwargs: object) -> torch.Tensor:
+        losses = original(self, batch, **kwargs)
+        bad = torch.tensor([item_id in bad_ids for item_id in batch["id"]], device=losses.device)
+        losses = torch.where(bad, torch.full_like(losses, float("nan")), losses)
+        return losses.mean() if reduction == "mean" else losses
+
+    monkeypatch.setattr(ToyTextToMusic, "loss", poisoned)

@@ -12,7 +12,6 @@ of the "after" sweeps; at the end rank 0 scores every query.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,17 +23,32 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from datamodules.queries import query_dir
-from datamodules.sweep import RECIPE_FILE, open_sweep, read_sweep
-from lightning_modules.attribution.query import FisherAscent, Masking, write_delta
+from datamodules.sweep import RECIPE_FILE, open_sweep, read_recipe, read_sweep
+from lightning_modules.attribution.query import (
+    FisherAscent,
+    Masking,
+    read_delta,
+    read_delta_settings,
+    write_delta,
+)
 from lightning_modules.attribution.scoring import attribution_scores, group_scores, log_ranking, write_ranking
 from lightning_modules.attribution.sweep import load_delta, set_weights, sweep_losses, sweep_recipe
-from lightning_modules.io import write_json_atomic, write_text_atomic
+from lightning_modules.io import CorruptFileError, write_json_atomic, write_text_atomic
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+
+
+def _settings_verified(delta: Path) -> bool:
+    """Whether the settings beside `delta` exist and pass verification."""
+    try:
+        read_delta_settings(delta)
+    except (FileNotFoundError, CorruptFileError):
+        return False
+    return True
 
 
 class QueryAttribution(ModelAudioFormat, L.LightningModule):
@@ -81,7 +95,7 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
             raise FileNotFoundError(f"No 'before' sweep at {data.before_dir} ({before} is missing). Run it first: "
                                     "`python train.py predict --config configs/attribution/sweep.yaml "
                                     f"--data.init_args.sweep_dir {data.before_dir}`.")
-        self.sweep = json.loads(before.read_text())
+        self.sweep = read_recipe(data.before_dir)
         expected = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.ascent.measure_masked),
                     **data.recipe()}
         differs = sorted(key for key in expected if key != "shard_size" and expected[key] != self.sweep.get(key))
@@ -96,11 +110,15 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         self.current = None
 
     def on_predict_start(self) -> None:
-        """Unlearn every query that still has shards to measure and no delta yet, query i on rank i mod world
-        size, each from the original weights; then every rank can load any query's delta."""
+        """Unlearn every query that still has shards to measure or a bad delta.json, and no good delta yet, query i
+        on rank i mod world size, each from the original weights; then every rank can load any query's delta."""
         data = self.trainer.datamodule
-        pending = sorted({query for query, _ in data.missing_work()})
         queries = data.query_items()
+        # the rankings read each query's delta.json: a bad one is rewritten even when the query's shards are done
+        pending = sorted({query for query, _ in data.missing_work()}
+                         | {query for query, item in enumerate(queries)
+                            if not _settings_verified(query_dir(data.out_dir, item.id) / "delta.pt")})
+        self.trainer.strategy.barrier("query_deltas_listed")  # every rank splits the same list before any writes
         rank, world = self.trainer.global_rank, self.trainer.world_size
         for query in pending[rank::world]:
             folder = query_dir(data.out_dir, queries[query].id)
@@ -122,11 +140,17 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         return settings if query_loss is None else {**settings, "query_loss": query_loss}
 
     def _delta_matches(self, folder: Path) -> bool:
-        """Whether `folder` holds a delta of this run's settings (reused); a delta of other settings is refused."""
+        """Whether `folder` holds a delta of this run's settings (reused); a delta of other settings is refused, one
+        that fails verification is logged with a warning and computed again."""
         path = folder / "delta.json"
         if not (folder / "delta.pt").is_file() or not path.is_file():
             return False
-        saved = json.loads(path.read_text())
+        try:
+            read_delta(folder / "delta.pt")
+            saved = read_delta_settings(folder / "delta.pt")
+        except CorruptFileError as error:
+            log.warning("Unlearning the query again: %s", error)
+            return False
         expected = self.settings(folder.parent.name)
         differs = sorted(key for key in expected if saved.get(key) != expected[key])
         if differs:
@@ -190,7 +214,7 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
             scores = attribution_scores(before, after)
             rows = write_ranking(folder, ids, captions, groups, scores, self.top_k)
             per_group = group_scores(groups, scores)
-            settings = json.loads((folder / "delta.json").read_text())
+            settings = read_delta_settings(folder / "delta.pt")
             summary.append({"query": query.id, "caption": query.caption, "group": query.group,
                             "query_loss": settings["query_loss"], "top_tracks": [row["id"] for row in rows[:5]],
                             "top_group": per_group[0]["group"] if per_group else ""})

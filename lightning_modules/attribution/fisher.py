@@ -8,8 +8,9 @@ It runs as ``train.py predict`` (``configs/attribution/fisher.yaml``) over a Dat
 across ranks by Lightning's distributed sampler (which pads nothing in prediction; ids are still tracked so no item
 counts twice). Predict runs without gradients (``torch.inference_mode`` unless ``trainer.inference_mode: false``);
 each step re-enables them locally. The result is written atomically with its recipe (weights digest, parameter
-groups, draws, seed, digest of the item ids) and the item count N; a later run with the same recipe skips the pass,
-one with another recipe raises.
+groups, draws, seed, digest of the item ids) and the item count N, with its digest; a later run with the same recipe
+skips the pass, one with another recipe raises, and a file that fails verification (changed, truncated, NaN) is
+computed again with a warning naming it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_modules.gradients import load_fisher, save_fisher, squared_gradients, weights_digest
-from lightning_modules.io import cache_key
+from lightning_modules.gradients import (
+    check_fisher_recipe,
+    read_fisher_file,
+    save_fisher,
+    squared_gradients,
+    weights_digest,
+)
+from lightning_modules.io import CorruptFileError, cache_key
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
+from lightning_modules.passes import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +45,14 @@ def read_fisher(path: str | Path, **expected: Any) -> tuple[dict[str, Tensor], d
 
     Raises:
         FileNotFoundError: `path` does not exist.
+        CorruptFileError: the file fails verification (digest, structure, finite values), whatever its recipe.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No Fisher information at {path}; compute it first with `python train.py predict "
                                 "--config configs/attribution/fisher.yaml` (model.init_args.fisher_path).")
-    fisher = load_fisher(path, **expected)
-    info = torch.load(path, map_location="cpu", weights_only=True).get("info", {})
+    fisher, info = read_fisher_file(path)
+    check_fisher_recipe(path, info, **expected)
     return fisher, info
 
 
@@ -93,15 +102,28 @@ class FisherEstimation(ModelAudioFormat, L.LightningModule):
                             "datamodules.items.ItemsDataModule over the training manifest).")
         self.ids = {item.id for item in datamodule.all_items()}
         self.recipe = self.make_recipe(sorted(self.ids))
-        self.reused = self.fisher_path.exists()
-        if self.reused:
-            fisher, _ = read_fisher(self.fisher_path, **self.recipe)
+        saved = self._saved()
+        self.reused = saved is not None
+        if saved is not None:
+            fisher, info = saved
+            check_fisher_recipe(self.fisher_path, info, **self.recipe)
             missing = [name for name in self.names if name not in fisher]
             if missing:
                 raise ValueError(f"The Fisher information in {self.fisher_path} has no entry for {missing[:5]}; "
                                  "delete it to recompute it for this run's parameter groups.")
             self.trainer.limit_predict_batches = 0  # the prediction loop then loads no data and runs no step
             log.info("Fisher information %s matches this run; the pass is skipped.", self.fisher_path)
+
+    def _saved(self) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+        """The Fisher file's content, or None when there is none or it fails verification (this pass, the one that
+        writes it, then computes it again; a warning names the file)."""
+        if not self.fisher_path.exists():
+            return None
+        try:
+            return read_fisher_file(self.fisher_path)
+        except CorruptFileError as error:
+            log.warning("Computing the Fisher information again: %s", error)
+            return None
 
     def on_predict_start(self) -> None:
         self._sums = [torch.zeros_like(param, dtype=torch.float32) for param in self.selected]
@@ -135,6 +157,13 @@ class FisherEstimation(ModelAudioFormat, L.LightningModule):
                                "was measured twice or never; check the predict sampler.")
         fisher = {name: strategy.reduce(value, reduce_op="sum") / count
                   for name, value in zip(self.names, self._sums, strict=True)}
+        bad = [name for name, value in fisher.items() if not bool(torch.isfinite(value).all())]
+        if bad:  # each batch was checked (squared_gradients); this catches what the reduction across ranks adds
+            raise NonFiniteLossError(f"The Fisher information of {count} items is not finite (NaN or infinite) in "
+                                     f"{len(bad)} parameter(s) (e.g. {bad[:5]}); nothing was written to "
+                                     f"{self.fisher_path}. Every item's loss and gradient was finite: the sum over "
+                                     "items overflowed or the reduction across processes failed; check the precision "
+                                     "and the processes' logs.", sorted(self._seen))
         if self.trainer.is_global_zero:
             save_fisher(self.fisher_path, fisher, **self.recipe, count=count, names=self.names,
                         model=type(self.model).__name__)

@@ -26,10 +26,17 @@ from torch import Tensor, nn
 
 from lightning_modules.attribution.fisher import read_fisher
 from lightning_modules.gradients import weights_digest
-from lightning_modules.io import atomic_file, write_json_atomic
+from lightning_modules.io import (
+    CorruptFileError,
+    TensorMapField,
+    load_verified,
+    read_json_verified,
+    save_verified,
+    write_json_verified,
+)
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
-from lightning_modules.passes import measuring
+from lightning_modules.passes import check_finite, measuring
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +111,17 @@ class FisherAscent:
         """``mean_d grad mean_q L(q; draw d)`` over `params` at the draws of step `step` (one backward per draw, so
         memory does not grow with `draws`), and the mean loss at those draws."""
         total = [torch.zeros_like(param, dtype=torch.float32) for param in params]
-        loss_sum = 0.0
+        means = []
         for draw in range(self.draws):
             fixed = model.fixed_loss_inputs(list(batch["id"]), self.seed + step * self.draws + draw)
-            loss = model.loss(batch, **fixed, reduction="mean")
+            losses = model.loss(batch, **fixed)
+            # the sync this costs replaces the one float(loss) took per draw: the means are read once, below
+            check_finite(losses, list(batch["id"]), f"query loss at ascent step {step}, draw {draw}")
+            loss = losses.mean()
             for acc, grad in zip(total, torch.autograd.grad(loss, params), strict=True):
                 acc += grad.float() / self.draws
-            loss_sum += float(loss.detach()) / self.draws
-        return total, loss_sum
+            means.append(loss.detach())
+        return total, sum(float(mean) / self.draws for mean in means)
 
     def unlearn(self, model: TextToMusicModel, batch: Batch, reduce: Callable[[Tensor], Tensor] | None = None
                 ) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -148,8 +158,12 @@ class FisherAscent:
                             grad = reduce(grad) if reduce is not None else grad
                             param.add_((self.lr * grad / denominator).to(param.dtype))
                 with torch.no_grad():  # at the first step's draws, as the loss before
-                    after = sum(float(model.loss(batch, **model.fixed_loss_inputs(list(batch["id"]), self.seed + d),
-                                                 reduction="mean")) for d in range(self.draws)) / self.draws
+                    after_losses = torch.stack([model.loss(batch, **model.fixed_loss_inputs(list(batch["id"]),
+                                                                                            self.seed + d))
+                                                for d in range(self.draws)], dim=1)  # (queries, draws)
+                check_finite(after_losses, list(batch["id"]), f"query loss after {self.steps} ascent step(s) at lr "
+                             f"{self.lr} (also check the Fisher file {self.fisher_path})")
+                after = sum(float(mean) for mean in after_losses.mean(dim=0)) / self.draws
         finally:
             for param, flag in zip(params, flags, strict=True):
                 param.requires_grad_(flag)
@@ -159,11 +173,37 @@ class FisherAscent:
 
 def write_delta(path: str | Path, delta: dict[str, Tensor], settings: dict[str, Any]) -> None:
     """Write changed parameters to `path` (``torch.save`` of name -> tensor, what the "after" sweep loads as
-    ``pretrained_delta``) and `settings` to `path` with suffix ``.json``, each atomically."""
+    ``pretrained_delta``, `lightning_modules.attribution.sweep.load_delta`) and `settings` to `path` with suffix
+    ``.json``, each atomically with its digest (`lightning_modules.io.save_verified`)."""
     path = Path(path)
-    with atomic_file(path) as tmp:
-        torch.save(delta, tmp)
-    write_json_atomic(path.with_suffix(".json"), settings)
+    save_verified({name: value.detach().cpu() for name, value in delta.items()}, path)
+    write_json_verified(path.with_suffix(".json"), settings)
+
+
+DELTA = "query unlearning delta"
+DELTA_REMEDY = ("unlearn the query again to rewrite it: `python train.py predict --config configs/attribution/"
+                "attribute.yaml` (the same run) recomputes a bad delta, or `python train.py fit --config "
+                "configs/attribution/unlearn.yaml` for a delta_path written by hand")
+
+
+def read_delta(path: str | Path) -> dict[str, Tensor]:
+    """The changed parameters `write_delta` wrote to `path`, verified (digest, name -> finite tensor).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        CorruptFileError: it fails verification; the message names it and how to rewrite it.
+    """
+    return load_verified(path, DELTA, DELTA_REMEDY, TensorMapField(finite=True))
+
+
+def read_delta_settings(path: str | Path) -> dict[str, Any]:
+    """The settings `write_delta` wrote beside the delta `path` (``<path>.json``), verified."""
+    json_path = Path(path).with_suffix(".json")
+    settings = read_json_verified(json_path, f"settings of a {DELTA}", DELTA_REMEDY)
+    if not isinstance(settings, dict):
+        raise CorruptFileError(json_path, f"settings of a {DELTA}", f"holds {type(settings).__name__}, not a JSON "
+                               "object", DELTA_REMEDY)
+    return settings
 
 
 class QueryUnlearning(ModelAudioFormat, L.LightningModule):

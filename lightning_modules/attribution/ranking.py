@@ -25,7 +25,14 @@ from torch import Tensor
 
 from lightning_modules.attribution.scoring import UNLEARNING, log_ranking, write_ranking
 from lightning_modules.attribution.similarity import Features, SimilarityBaseline, cosine_scores
-from lightning_modules.io import atomic_file, check_folder_name
+from lightning_modules.io import (
+    CorruptFileError,
+    StrListField,
+    TensorField,
+    check_folder_name,
+    load_verified,
+    save_verified,
+)
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
 
@@ -33,9 +40,20 @@ log = logging.getLogger(__name__)
 
 
 
+SCORES_STRUCTURE = {"ids": StrListField(), "query_ids": StrListField(),
+                    "scores": TensorField(ndim=2, dtype=torch.float32, finite=True)}
+
+
 def scores_path(out_dir: str | os.PathLike, name: str) -> Path:
     """The file of a pass's whole score matrix: ``<out_dir>/scores_<name>.pt``."""
     return Path(out_dir) / f"scores_{name}.pt"
+
+
+def write_scores(out_dir: str | os.PathLike, name: str, ids: list[str], query_ids: list[str], scores: Tensor,
+                 baseline: str) -> None:
+    """Write the score matrix `(n_queries, n_train)` of the pass `name` (`read_scores`), atomically with its digest."""
+    save_verified({"ids": list(ids), "query_ids": list(query_ids), "scores": scores.detach().float().cpu(),
+                   "name": name, "baseline": baseline}, scores_path(out_dir, name))
 
 
 def read_scores(out_dir: str | os.PathLike, name: str) -> tuple[list[str], list[str], Tensor]:
@@ -44,13 +62,20 @@ def read_scores(out_dir: str | os.PathLike, name: str) -> tuple[list[str], list[
 
     Raises:
         FileNotFoundError: no such pass was run into `out_dir`.
+        CorruptFileError: the file fails verification (digest, structure, shape, finite scores); the message names it.
     """
     path = scores_path(out_dir, name)
+    command = (f"`python train.py predict --config configs/attribution/similarity_<baseline>.yaml "
+               f"--model.init_args.out_dir {out_dir} --model.init_args.name {name}`")
     if not path.is_file():
-        raise FileNotFoundError(f"No similarity scores at {path}; run the pass first: `python train.py predict "
-                                f"--config configs/attribution/similarity_<baseline>.yaml --model.init_args.out_dir "
-                                f"{out_dir} --model.init_args.name {name}`.")
-    record = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"No similarity scores at {path}; run the pass first: {command}.")
+    remedy = f"run the pass again to rewrite it: {command}"
+    record = load_verified(path, "similarity score matrix", remedy, SCORES_STRUCTURE)
+    expected = (len(record["query_ids"]), len(record["ids"]))
+    if tuple(record["scores"].shape) != expected:
+        raise CorruptFileError(path, "similarity score matrix", f"holds scores of shape "
+                               f"{tuple(record['scores'].shape)} for {expected[0]} queries and {expected[1]} items",
+                               remedy)
     return record["ids"], record["query_ids"], record["scores"]
 
 
@@ -230,9 +255,7 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
             for board in boards:
                 log_ranking(board, rows, tag=f"similarity/{self.name}/{query_id}", top_k=self.top_k,
                             score_label=self.score_label)
-        with atomic_file(scores_path(self.out_dir, self.name)) as tmp:
-            torch.save({"ids": self.train_ids, "query_ids": self.query_ids, "scores": self.scores.float(),
-                        "name": self.name, "baseline": type(self.baseline).__name__}, tmp)
+        write_scores(self.out_dir, self.name, self.train_ids, self.query_ids, self.scores, type(self.baseline).__name__)
         log.info("%s similarity of %d training items to %d queries written to %s/<query id>/%s and %s.",
                  self.name, len(self.train_ids), len(self.query_ids), self.out_dir, self.name,
                  scores_path(self.out_dir, self.name))

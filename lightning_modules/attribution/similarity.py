@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lightning_modules.gradients import item
 from lightning_modules.metrics.embedder import AudioEmbedder
 from lightning_modules.models.base import Batch, TextToMusicModel
-from lightning_modules.passes import measuring
+from lightning_modules.passes import check_finite, measuring
 
 SHARED_INPUTS_KEY = "attribution-similarity"  # the id whose fixed (timestep, noise) every item is measured at
 
@@ -223,16 +223,21 @@ def gradient_features(model: TextToMusicModel, parameter_groups: Sequence[str], 
     def pairs() -> Iterable[tuple[list[str], Tensor]]:
         for batch in batches:
             batch = _on(batch, device)
-            rows = []
+            rows, losses = [], []
             for index in range(len(batch["id"])):
                 one = item(batch, index)
                 total = torch.zeros(sum(p.numel() for p in parameters), dtype=torch.float32, device=device)
                 for draw in range(draws):
                     loss = model.loss(one, **shared_loss_inputs(model, 1, seed + draw, timestep)).sum()
+                    losses.append(loss.detach())
                     grads = torch.autograd.grad(loss, parameters)
                     total += torch.cat([grad.float().flatten() for grad in grads])
                 rows.append(total / draws)
             flat = torch.stack(rows)
+            # once per batch (one device sync): a NaN loss or gradient would give NaN cosine scores
+            check_finite(torch.stack(losses).view(-1, draws), list(batch["id"]), "per-item loss of the gradient "
+                         "similarity pass")
+            check_finite(flat, list(batch["id"]), "per-item loss gradient of the gradient similarity pass")
             yield list(batch["id"]), flat if projection_dim is None else _project(flat, projection_dim, projection_seed)
 
     flags = [param.requires_grad for param in parameters]

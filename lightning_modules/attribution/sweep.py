@@ -15,9 +15,11 @@ import torch
 from torch import Tensor
 
 from datamodules.sweep import open_sweep
+from lightning_modules.attribution.query import read_delta
 from lightning_modules.gradients import weights_digest
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
+from lightning_modules.passes import check_finite
 
 
 def load_delta(model: TextToMusicModel, path: str | os.PathLike) -> None:
@@ -26,17 +28,14 @@ def load_delta(model: TextToMusicModel, path: str | os.PathLike) -> None:
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: the file is not such a dict, or names weights the model lacks or shapes it does not have.
+        CorruptFileError: the file fails verification (digest, a dict of name -> finite tensor; `read_delta`).
+        ValueError: the file names weights the model lacks or shapes it does not have.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained_delta {path} not found; give the parameters file the query unlearning "
                                 "wrote, or leave pretrained_delta unset for the 'before' sweep.")
-    delta = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(delta, dict) or not all(isinstance(value, Tensor) for value in delta.values()):
-        raise ValueError(f"{path} must hold a dict of parameter name -> tensor (torch.save), got "
-                         f"{type(delta).__name__}.")
-    set_weights(model, delta, str(path))
+    set_weights(model, read_delta(path), str(path))
 
 
 def set_weights(model: TextToMusicModel, values: dict[str, Tensor], source: str = "the given weights") -> None:
@@ -95,7 +94,8 @@ def sweep_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int, m
     of an item is ``model.fixed_loss_inputs([id], seed + k)``, a function of the id, the seed and k alone, so every
     sweep (before and after unlearning, any sharding or batching) sees the same inputs. Items are repeated once per
     draw and the (item, draw) rows run in micro-batches of `micro_batch_size`, without gradients; `masked=False`
-    measures padded audio as if it were real."""
+    measures padded audio as if it were real. A NaN or infinite loss raises `NonFiniteLossError` naming the items,
+    before any writer sees the shard."""
     if not masked:
         batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
     num_items = len(batch["id"])
@@ -108,7 +108,9 @@ def sweep_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int, m
             part = _rows(batch, item_of_row[rows])
             inputs = _fixed_inputs(model, part["id"], draw_of_row[rows].tolist(), seed)
             out[rows] = model.loss(part, **inputs).float().cpu()
-    return out.view(num_items, draws)
+    losses = out.view(num_items, draws)
+    check_finite(losses, list(batch["id"]), "loss sweep's per-item loss")  # on the CPU: no further device sync
+    return losses
 
 
 class LossSweep(ModelAudioFormat, L.LightningModule):

@@ -18,11 +18,14 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_modules.io import atomic_file, cache_key
+from lightning_modules.io import TensorField, cache_key, load_verified, save_verified
 from lightning_modules.metrics.embedder import AudioEmbedder, embed_or_given
 from lightning_modules.metrics.functional import frechet_distance, frechet_distance_infinity, gaussian_statistics
 
 STATISTICS = ("sum", "outer_sum", "count")
+REFERENCE_STRUCTURE = {"sum": TensorField(ndim=1, dtype=torch.float64, finite=True),
+                       "outer_sum": TensorField(ndim=2, dtype=torch.float64, finite=True),
+                       "count": TensorField(ndim=0, dtype=torch.float64, finite=True), "embedder": str}
 
 
 def reference_key(embedder: AudioEmbedder, sample_rate: int, description: object) -> str:
@@ -134,16 +137,20 @@ class FrechetAudioDistance(Metric):
         return self._reference is not None
 
     def save_reference(self, path: str | os.PathLike) -> None:
-        """Write the frozen reference statistics to `path` atomically (call on one process)."""
+        """Write the frozen reference statistics to `path` atomically with their digest (call on one process)."""
         if self._reference is None:
             raise ValueError("No reference statistics to save: call freeze_reference() or set_reference() first.")
-        with atomic_file(Path(path)) as tmp:
-            torch.save({name: tensor.cpu() for name, tensor in self._reference.items()} | {"embedder":
-                       self.embedder.name}, tmp)
+        save_verified({name: tensor.cpu() for name, tensor in self._reference.items()} | {"embedder":
+                      self.embedder.name}, Path(path))
 
     def load_reference(self, path: str | os.PathLike) -> None:
-        """Read reference statistics written by `save_reference`; the file must come from the same embedder."""
-        stats = torch.load(path, map_location="cpu", weights_only=True)
+        """Read reference statistics written by `save_reference`; the file must come from the same embedder.
+
+        Raises:
+            CorruptFileError: the file fails verification (digest, structure, finite float64 statistics).
+        """
+        stats = load_verified(path, "FAD reference statistics", "delete it: the evaluation embeds the reference audio "
+                              "again and rewrites it", REFERENCE_STRUCTURE)
         if stats.get("embedder") != self.embedder.name:
             raise ValueError(f"Reference statistics {path} were computed with embedder {stats.get('embedder')!r}, "
                              f"not {self.embedder.name!r}; delete the file or point to the right one.")

@@ -20,7 +20,7 @@ from torch import Tensor
 from datamodules.audio import AudioTextDataset
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import TextToMusicModule
-from lightning_modules.passes import measuring, sharded_batches
+from lightning_modules.passes import NonFiniteLossError, check_finite_terms, listed_ids, measuring, sharded_batches
 
 GradientStatistic = Callable[..., tuple[list[Tensor], int]]  # (model, parameters, batches, **kwargs) -> (sums, count)
 
@@ -90,6 +90,18 @@ class UnlearningModule(TextToMusicModule):
             raise ValueError(f"The {split} set is empty; {type(self).__name__} needs its items.")
         return [strategy.reduce(value, reduce_op="sum") / total for value in sums]
 
+    def _with_culprits(self, error: NonFiniteLossError, batch: dict[str, Batch]) -> NonFiniteLossError:
+        """`error` narrowed to the items whose own loss (at fixed noise, no gradient) is not finite, when some are: an
+        objective averages over the batch, so it cannot name them itself. None of them: the weights diverged."""
+        with torch.no_grad():
+            culprits = [item_id for split in ("forget", "retain") for item_id, finite in
+                        zip(batch[split]["id"], torch.isfinite(self.fixed_loss(batch[split])).tolist(), strict=True)
+                        if not finite]
+        if not culprits:
+            return NonFiniteLossError(f"{error} Every item's own loss is finite at fixed noise: the weights or the "
+                                      "objective diverged (lower the learning rate).", error.ids)
+        return NonFiniteLossError(f"{error} The items whose own loss is not finite: {listed_ids(culprits)}.", culprits)
+
     @abstractmethod
     def objective(self, forget: Batch, retain: Batch) -> dict[str, Tensor]:
         """Named scalar loss terms for one step; ``loss`` is minimised."""
@@ -98,6 +110,12 @@ class UnlearningModule(TextToMusicModule):
         terms = self.objective(batch["forget"], batch["retain"])
         if "loss" not in terms:
             raise KeyError(f"{type(self).__name__}.objective returned {sorted(terms)}; one term must be 'loss'.")
+        # before the optimizer step: a NaN loss would fill the weights with NaN (UnlearningGuard restores them)
+        ids = {split: list(batch[split]["id"]) for split in ("forget", "retain")}
+        try:
+            check_finite_terms(terms, ids, f"{type(self).__name__} training loss at step {self.global_step}")
+        except NonFiniteLossError as error:
+            raise self._with_culprits(error, batch) from None
         batch_size = len(batch["forget"]["id"])
         for name, value in terms.items():
             self.log(f"train/{name}", value, prog_bar=name in ("loss", "forget_loss"), batch_size=batch_size)

@@ -13,8 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks import UnlearningEvaluation
 from callbacks.report import gap_to_oracle, markdown_table
-from datamodules.manifest import ManifestItem
-from tests.conftest import write_config
+from datamodules.manifest import ManifestItem, read_manifest
+from lightning_modules.io import read_checked_bytes, read_json_verified
+from lightning_modules.passes import NonFiniteLossError
+from tests.conftest import poison_loss, write_config
 
 GENERATION_METRICS = {"fad", "clap_score", "recognition", "kl"}
 
@@ -50,6 +52,9 @@ def test_fit_reports_before_after_and_oracle_for_every_set_and_metric(fitted):
     table = (fitted.run / "results.md").read_text()
     assert "| set | metric | before | after | oracle | after − oracle |" in table
     assert "| forget | fad |" in table
+    timing = fitted.results["timing"]  # batch_size 2 of each set on one process
+    assert timing["steps"] == 3 and timing["processes"] == 1 and timing["items_per_step"] == {"forget": 2, "retain": 2}
+    assert "Trained 3 steps on 1 process(es), 2 forget + 2 retain items per optimizer step" in table
 
 
 def test_fit_logs_metrics_audio_mel_images_and_hparams_to_tensorboard(fitted):
@@ -76,6 +81,23 @@ def test_a_second_run_reads_the_cache_and_trains_exactly_as_the_first(fitted):
     cli = main(["fit", "--config", str(fitted.config)])
     again = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())["columns"]
     assert again == fitted.results["columns"]
+
+
+def test_corrupt_cached_results_and_references_are_measured_again(fitted, caplog):
+    """A damaged cache file is named in a warning and measured again (to the same numbers), never trusted."""
+    from train import main
+
+    results = next((fitted.cache / "evaluation").glob("*.json"))
+    reference = sorted((fitted.cache / "fad_reference").glob("*.pt"))[0]
+    results.write_bytes(b"\xff\xfe not json")
+    reference.write_bytes(reference.read_bytes()[: reference.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.io"):
+        cli = main(["fit", "--config", str(fitted.config)])
+    assert str(results) in caplog.text and str(reference) in caplog.text
+    again = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())["columns"]
+    assert again == fitted.results["columns"]
+    assert read_json_verified(results, "results", "")["results"] == fitted.results["columns"]["oracle"]
+    assert read_checked_bytes(reference, "reference", "")  # rewritten with its digest
 
 
 def test_validate_from_a_checkpoint_gives_the_same_report(fitted, caplog):
@@ -128,3 +150,18 @@ def test_markdown_table_and_gap_to_oracle():
     assert table[2] == "| forget | loss | 1.0000 | 3.0000 | 2.5000 | +0.5000 |"
     assert table[3] == "| forget | fad | 2.0000 | 5.0000 | – | – |"
     assert gap_to_oracle({"after": columns["after"]}, "after") == {}
+
+
+def test_a_non_finite_loss_raises_naming_the_item_and_writes_no_results(tmp_path, tiny_corpus, tiny_model_dir,
+                                                                        monkeypatch):
+    from train import main
+
+    forget = sorted(item.id for item in read_manifest(tiny_corpus.train_manifest)
+                    if item.group == tiny_corpus.artists[0])
+    poison_loss(monkeypatch, {forget[1]})
+    config = write_config(tmp_path, tiny_corpus, tiny_model_dir)
+    with pytest.raises(NonFiniteLossError, match=f"fixed-noise loss of the forget set is not finite .* for 1 of "
+                                                 f"{len(forget)} item\\(s\\): \\['{forget[1]}'\\]") as error:
+        main(["fit", "--config", str(config)])  # the "before" evaluation, at fit start
+    assert error.value.ids == [forget[1]]
+    assert not list(tmp_path.rglob("results.*")) and not list(tmp_path.rglob("*.ckpt"))

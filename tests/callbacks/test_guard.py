@@ -1,5 +1,6 @@
 """`UnlearningGuard` on the tiny toy world: a runaway gradient ascent is stopped with its last good weights in the
-checkpoint and the saved model, a NaN loss trips at once, a calm run is left alone, and bad arguments are refused."""
+checkpoint and the saved model, a NaN loss ends the run with the last good weights restored, a calm run is left
+alone, and bad arguments are refused."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks import UnlearningEvaluation, UnlearningGuard
 from datamodules import ToyCorpus
 from lightning_modules.models import ToyTextToMusic
+from lightning_modules.passes import NonFiniteLossError
 from lightning_modules.unlearning import GradientAscent
 from tests.conftest import write_config
 
@@ -117,28 +119,36 @@ def test_a_runaway_ascent_is_stopped_and_its_last_good_weights_are_kept(tmp_path
     assert loss <= 2.0 * stopped["start_retain_loss"]
 
 
-def test_a_non_finite_loss_trips_at_once_and_restores_the_weights_before_it(tmp_path, tiny_corpus, tiny_model_dir,
-                                                                            recorded, monkeypatch):
+def test_a_non_finite_loss_ends_the_run_with_the_weights_of_the_last_check_restored(tmp_path, tiny_corpus,
+                                                                                     tiny_model_dir, recorded,
+                                                                                     monkeypatch):
     objective = GradientAscent.objective
+    seen: dict[str, Any] = {}
 
     def nan_at_step_two(self: GradientAscent, forget: dict, retain: dict) -> dict[str, torch.Tensor]:
         terms = objective(self, forget, retain)
-        if self.trainer.global_step == 2:  # the third optimizer step: its update fills the weights with NaN
+        if self.trainer.global_step == 2:  # the third optimizer step, between the checks of steps 0 and 3
             terms["loss"] = terms["loss"] * float("nan")
+            seen.update(module=self, ids=[*forget["id"], *retain["id"]])
         return terms
 
     monkeypatch.setattr(GradientAscent, "objective", nan_at_step_two)
-    guard = {"check_every_n_steps": 2, "num_items": 2, "batch_size": 2}
-    result = fit(tmp_path, tiny_corpus, tiny_model_dir, lr=0.01, max_steps=10, guard=guard)
+    guard = {"check_every_n_steps": 3, "num_items": 2, "batch_size": 2}
+    with pytest.raises(NonFiniteLossError, match="GradientAscent training loss at step 2 is not finite") as error:
+        fit(tmp_path, tiny_corpus, tiny_model_dir, lr=0.01, max_steps=10, guard=guard, checkpoint_every_step=True)
 
-    stopped = result.guard.stopped
-    assert stopped["step"] == 3 and result.trainer.global_step == 3  # between two checks: it did not wait for step 4
-    assert "not finite" in stopped["reason"] and stopped["retain_loss"] is None
-    assert stopped["restored_step"] == 2
-    assert not all(torch.isfinite(value).all() for value in recorded[3].values())
-    assert_same(trainable(result.module), recorded[2])
-    assert all(torch.isfinite(value).all() for value in trainable(result.module).values())
-    assert json.loads((result.run / "guard.json").read_text())["step"] == 3
+    assert error.value.ids == seen["ids"] and all(item_id in str(error.value) for item_id in seen["ids"])
+    (run,) = (tmp_path / "logs" / "lightning_logs").iterdir()
+    stopped = json.loads((run / "guard.json").read_text())
+    assert stopped["step"] == 2 and stopped["restored_step"] == 0 and stopped["retain_loss"] is None
+    assert str(error.value) in stopped["reason"]
+    # the NaN never reached the weights (the step raised before its update), and the guard put back those of step 0
+    assert differs(recorded[2], recorded[0])
+    assert_same(trainable(seen["module"]), recorded[0])
+    # the checkpoints of the two good steps were written; none after the error, and no saved model
+    steps = sorted(int(path.stem.rsplit("step=", 1)[1]) for path in run.glob("checkpoints/*.ckpt"))
+    assert steps == [1, 2]
+    assert not (run / "pretrained").exists()
 
 
 def test_a_calm_run_is_left_alone(tmp_path, tiny_corpus, tiny_model_dir, recorded):

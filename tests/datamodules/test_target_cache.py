@@ -1,5 +1,6 @@
-"""The target cache: the encoding pass (``train.py predict`` with `TargetCacheWriter`), resumed and sharded over two
-DDP processes, and DataModules whose losses read the cache instead of encoding audio."""
+"""The target cache: the encoding pass (``train.py predict`` with `TargetCacheWriter`), resumed (encoding again a
+missing item and a corrupt one) and sharded over two DDP processes, and DataModules whose losses read the cache
+instead of encoding audio; a corrupt item file is refused by name when read."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from datamodules import ForgetRetainDataModule
 from datamodules.target_cache import TargetCache
 from lightning_modules.encoding import TargetEncoding
+from lightning_modules.io import CorruptFileError, digest_path
 from tests.conftest import REPO, TINY_SAMPLES
 
 
@@ -52,12 +54,19 @@ def test_encoding_pass_resumes_and_losses_read_the_cache(tiny_corpus, tiny_model
     ids = [item.id for item in _attach(_data(tiny_corpus), tiny_model).all_items()]
     assert len(ids) == 12 and not cache.missing(ids)  # train (8) and held-out (4) items
 
-    victim = cache.path(ids[5])
+    victim, corrupt = cache.path(ids[5]), cache.path(ids[2])
     victim.unlink()
-    others = {path: path.stat().st_mtime_ns for path in cache.folder.iterdir()}
-    _encode(tiny_corpus, tiny_model_dir, cache_dir)  # resumes: only the missing item is encoded again
+    before, _ = cache.load(ids[2])
+    corrupt.write_bytes(b"\x00" * 200)  # a damaged file: refused by name when read, encoded again by the pass
+    with pytest.raises(CorruptFileError, match=f"{corrupt}.*encoding pass") as error:
+        cache.load(ids[2])
+    assert "weights_only" not in str(error.value)
+    again = {victim, digest_path(victim), corrupt, digest_path(corrupt)}
+    others = {path: path.stat().st_mtime_ns for path in cache.folder.iterdir() if path not in again}
+    _encode(tiny_corpus, tiny_model_dir, cache_dir)  # resumes: only the missing and the corrupt item are encoded again
     assert victim.is_file()
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in others.items())
+    assert torch.equal(cache.load(ids[2])[0], before)
 
     plain = _attach(_data(tiny_corpus), tiny_model)
     cached = _attach(_data(tiny_corpus, cache_dir), tiny_model)
@@ -91,8 +100,9 @@ def test_encoding_sharded_over_two_processes_writes_every_item_once(tiny_corpus,
     _encode(tiny_corpus, tiny_model_dir, single)
     _encode(tiny_corpus, tiny_model_dir, ddp, "--trainer.strategy=ddp", "--trainer.devices=2")
     key = tiny_model.targets_key()
-    names = sorted(path.name for path in (ddp / key).iterdir())
-    assert names == sorted(path.name for path in (single / key).iterdir()) and len(names) == 12
+    names = sorted(path.name for path in (ddp / key).glob("*.pt"))
+    assert names == sorted(path.name for path in (single / key).glob("*.pt")) and len(names) == 12
+    assert all(digest_path(ddp / key / name).is_file() for name in names)
     for name in names:
         a, b = (torch.load(root / key / name, weights_only=True) for root in (single, ddp))
         assert a["id"] == b["id"] and a["num_valid"] == b["num_valid"]

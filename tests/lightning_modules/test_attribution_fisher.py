@@ -1,8 +1,10 @@
 """The attribution Fisher pass: equal to a direct per-item computation, the same over two DDP processes as over one,
-skipped when its file matches, refused when its recipe differs."""
+skipped when its file matches, refused when its recipe differs, computed again when its file fails verification
+(NaN under the right recipe included)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -15,8 +17,11 @@ from datamodules import read_manifest
 from datamodules.audio import AudioTextDataset
 from datamodules.items import ItemsDataModule
 from lightning_modules.attribution.fisher import FisherEstimation, read_fisher
+from lightning_modules.gradients import loss_gradient, save_fisher, squared_gradients
+from lightning_modules.io import CorruptFileError
 from lightning_modules.models import ToyTextToMusic
-from tests.conftest import REPO, TINY_SAMPLES
+from lightning_modules.passes import NonFiniteLossError
+from tests.conftest import REPO, TINY_SAMPLES, poison_loss
 
 GROUPS = ["cross_attention"]
 
@@ -81,6 +86,21 @@ def test_a_matching_file_skips_the_pass_and_another_recipe_raises(tmp_path, tiny
         read_fisher(tmp_path / "absent.pt")
 
 
+def test_a_bad_file_is_refused_by_name_and_the_pass_computes_it_again(tmp_path, tiny_corpus, tiny_model_dir):
+    path = tmp_path / "fisher.pt"
+    first = _predict(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus, path)
+    fisher, info = read_fisher(path, **first.recipe)
+    poisoned = {name: value.clone() for name, value in fisher.items()}
+    next(iter(poisoned.values())).view(-1)[0] = float("nan")
+    save_fisher(path, poisoned, **info)  # a well-formed file of this very recipe, with its digest, holding a NaN
+    with pytest.raises(CorruptFileError, match=f"{re.escape(str(path))} .*1 NaN.*configs/attribution/fisher.yaml"):
+        read_fisher(path, **first.recipe)
+    again = _predict(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus, path)
+    assert not again.reused  # computed again (the pass writes this file), to the same values
+    rebuilt, _ = read_fisher(path, **first.recipe)
+    assert all(torch.allclose(rebuilt[name], fisher[name], rtol=1e-6, atol=0) for name in fisher)
+
+
 def test_two_ddp_processes_give_the_single_process_fisher(tmp_path, tiny_corpus, tiny_model_dir):
     _predict(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus, tmp_path / "single.pt")
     config = yaml.safe_load((REPO / "configs" / "attribution" / "fisher.yaml").read_text())
@@ -101,3 +121,37 @@ def test_two_ddp_processes_give_the_single_process_fisher(tmp_path, tiny_corpus,
     assert set(single) == set(ddp)
     for name, value in single.items():
         assert torch.allclose(ddp[name], value, rtol=1e-4, atol=1e-12), name
+
+
+def test_a_non_finite_loss_raises_naming_the_item_and_writes_no_fisher(tmp_path, tiny_corpus, tiny_model_dir,
+                                                                       monkeypatch):
+    bad = read_manifest(tiny_corpus.train_manifest)[4].id  # in the second batch of 3
+    poison_loss(monkeypatch, {bad})
+    with pytest.raises(NonFiniteLossError, match=f"per-item loss \\(at 2 draw\\(s\\)\\) of the squared-gradient "
+                                                 f"\\(Fisher\\) pass is not finite .*\\['{bad}'\\]") as error:
+        _predict(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus, tmp_path / "fisher.pt", draws=2)
+    assert error.value.ids == [bad]
+    assert list(tmp_path.iterdir()) == []  # no Fisher file, not even a partial one
+
+
+def test_a_gradient_that_overflows_raises_naming_the_batch():
+    class Steep(torch.nn.Module):
+        """A model whose loss is finite (1e20) but whose squared gradient (1e40) overflows float32."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2))
+
+        def fixed_loss_inputs(self, ids: list[str], seed: int = 0) -> dict:
+            return {}
+
+        def loss(self, batch: dict) -> torch.Tensor:
+            return (self.weight.sum() * 1e20).expand(len(batch["id"]))
+
+    model = Steep()
+    batch = {"id": ["a", "b"], "x": torch.zeros(2)}
+    with pytest.raises(NonFiniteLossError, match="sum of squared gradients \\(Fisher\\) turned non-finite .*"
+                                                 "\\['a', 'b'\\], whose losses are finite") as error:
+        squared_gradients(model, [model.weight], [batch])
+    assert error.value.ids == ["a", "b"]
+    loss_gradient(model, [model.weight], [batch])  # the plain gradient (2e20) stays finite: no error

@@ -1,7 +1,8 @@
 """The attribution flow end to end through the CLI on the tiny world, with the shipped configs: Fisher, then the
 "before" sweep, then two queries (a padded crop of a training track and a held-out track) attributed in one run. The
 rankings equal unlearning and sweeping by hand; an interrupted run resumes to the same scores without recomputing what
-it kept; two DDP processes give the rankings of one; a "before" sweep of the wrong masking is refused."""
+it kept, and unlearns again a query whose delta files are corrupt; two DDP processes give the rankings of one; a
+"before" sweep of the wrong masking is refused."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from datamodules import read_manifest, write_manifest
 from datamodules.audio import AudioTextDataset
 from datamodules.sweep import read_sweep, shard_path
-from lightning_modules.attribution.query import FisherAscent
+from lightning_modules.attribution.query import FisherAscent, read_delta
 from lightning_modules.attribution.scoring import attribution_scores
 from lightning_modules.attribution.sweep import sweep_losses
 from lightning_modules.models import ToyTextToMusic
@@ -111,10 +112,16 @@ def test_an_interrupted_run_resumes_to_the_same_scores(world, tmp_path):
     for name in ("ranking.json", "ranking.csv"):
         (second / name).unlink()
     (out / "summary.json").unlink()
+    first = out / read_manifest(world["queries"])[0].id / "unlearning"  # its shards are all done
+    (first / "delta.pt").write_bytes(bytes(range(200)))  # corrupt delta files: the run unlearns the query again
+    (first / "delta.json").write_text((first / "delta.json").read_text()[:40])
     kept = {path: path.stat().st_mtime_ns for path in out.rglob("*.pt")}
     _attribute(world, out)
-    changed = [path.name for path, mtime in kept.items() if path.stat().st_mtime_ns != mtime]
-    assert changed == []  # no delta recomputed, no written shard rewritten
+    changed = [path for path, mtime in kept.items() if path.stat().st_mtime_ns != mtime]
+    assert changed == [first / "delta.pt"]  # only the corrupt delta recomputed, no written shard rewritten
+    original = read_delta(world["out"] / first.relative_to(out) / "delta.pt")
+    rebuilt = read_delta(first / "delta.pt")
+    assert all(torch.allclose(rebuilt[name], original[name], rtol=0, atol=1e-7) for name in original)
     assert shard_path(second / "sweep", 1).is_file()
     for query in read_manifest(world["queries"]):
         assert _scores(out, query.id) == _scores(world["out"], query.id)

@@ -15,6 +15,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from lightning_modules.io import CorruptFileError, digest_path
 from lightning_modules.metrics import (
     AudioEmbedder,
     AudioTagger,
@@ -454,7 +455,7 @@ def test_fad_reference_round_trip(tmp_path):
     metric.freeze_reference()
     path = tmp_path / "refs" / "reference.pt"
     metric.save_reference(path)
-    assert sorted(path.parent.iterdir()) == [path]  # no temporary file left behind
+    assert sorted(path.parent.iterdir()) == [path, digest_path(path)]  # the file, its digest, no temporary file
     fresh = FrechetAudioDistance(ProjectionEmbedder())
     fresh.load_reference(path)
     fresh.update(fake, RATE)
@@ -465,6 +466,22 @@ def test_fad_reference_round_trip(tmp_path):
     with pytest.raises(ValueError, match="projection-8") as error:
         other.load_reference(path)
     assert "other-8" in str(error.value)
+
+
+def test_a_bad_fad_reference_file_is_refused_by_name(tmp_path):
+    metric = FrechetAudioDistance(ProjectionEmbedder())
+    metric.update(clips(0), RATE, real=True)
+    stats = metric.freeze_reference()
+    path = tmp_path / "reference.pt"
+    metric.save_reference(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match="reference.pt \\(FAD reference statistics\\) does not match"):
+        FrechetAudioDistance(ProjectionEmbedder()).load_reference(path)
+    metric.set_reference({**stats, "outer_sum": stats["outer_sum"] * float("inf")})
+    metric.save_reference(path)  # well formed, with its digest, but not finite
+    with pytest.raises(CorruptFileError, match="'outer_sum'.*infinite") as error:
+        FrechetAudioDistance(ProjectionEmbedder()).load_reference(path)
+    assert "weights_only" not in str(error.value)
 
 
 def test_fad_set_reference_validates():

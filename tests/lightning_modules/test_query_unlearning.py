@@ -16,7 +16,8 @@ from datamodules.items import ItemsDataModule
 from lightning_modules.attribution.query import QueryUnlearning
 from lightning_modules.gradients import save_fisher, weights_digest
 from lightning_modules.models import ToyTextToMusic
-from tests.conftest import TINY_SAMPLES
+from lightning_modules.passes import NonFiniteLossError
+from tests.conftest import TINY_SAMPLES, poison_loss
 
 GROUPS = ["cross_attention"]
 COUNT = 8
@@ -112,3 +113,19 @@ def test_a_fisher_at_other_weights_or_groups_is_refused(setup, tiny_model_dir):
         next(model.parameters()).add_(1.0)
     with pytest.raises(ValueError, match="weights"):
         _module(model, tmp_path).unlearn(model, batch)
+
+
+def test_a_non_finite_query_loss_raises_naming_the_query_and_changes_and_writes_nothing(setup, monkeypatch):
+    model, _, batch, tmp_path = setup
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    poison_loss(monkeypatch, {"query0"})
+    with pytest.raises(NonFiniteLossError, match="query loss at ascent step 0, draw 0 is not finite .*\\['query0'\\]"):
+        _module(model, tmp_path).unlearn(model, batch)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    data = ItemsDataModule(str(tmp_path / "queries.jsonl"), sample_rate=16000, num_samples=TINY_SAMPLES)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(NonFiniteLossError, match="query0") as error:
+        trainer.fit(_module(model, tmp_path), datamodule=data)
+    assert error.value.ids == ["query0"]
+    assert not (tmp_path / "delta.pt").exists() and not (tmp_path / "delta.json").exists()

@@ -18,8 +18,11 @@ from callbacks.sweep_writer import SweepWriter
 from datamodules import read_manifest, write_manifest
 from datamodules.audio import AudioTextDataset
 from datamodules.sweep import NO_SHARD, SweepDataModule, read_sweep, shard_path
+from lightning_modules.attribution.query import write_delta
 from lightning_modules.attribution.sweep import LossSweep
-from tests.conftest import REPO, TINY_SAMPLES
+from lightning_modules.io import CorruptFileError
+from lightning_modules.passes import NonFiniteLossError
+from tests.conftest import REPO, TINY_SAMPLES, poison_loss
 
 DRAWS = 3
 
@@ -87,6 +90,14 @@ def test_an_interrupted_sweep_resumes_to_the_same_losses(reference, tiny_corpus,
     ids, losses = read_sweep(folder)
     assert ids == reference[1] and torch.equal(losses, reference[2])
 
+    shard_path(folder, 2).write_bytes(shard_path(folder, 2).read_bytes()[:100])  # a damaged shard: named, recomputed
+    with pytest.raises(CorruptFileError, match=f"{shard_path(folder, 2)} \\(loss sweep shard\\) does not match"):
+        read_sweep(folder)
+    _sweep(tiny_model, tiny_corpus.train_manifest, folder)
+    assert shard_path(folder, 0).stat().st_mtime_ns == others[0]
+    ids, losses = read_sweep(folder)
+    assert ids == reference[1] and torch.equal(losses, reference[2])
+
     mtimes = {path: path.stat().st_mtime_ns for path in folder.iterdir()}
     _sweep(tiny_model, tiny_corpus.train_manifest, folder)  # complete: one placeholder step, nothing rewritten
     assert {path: path.stat().st_mtime_ns for path in folder.iterdir()} == mtimes
@@ -132,14 +143,17 @@ def test_the_delta_file_changes_the_losses(tiny_corpus, tiny_model, tiny_model_d
     batch = _batch(read_manifest(tiny_corpus.train_manifest)[:3])
     before = LossSweep(tiny_model, draws=2)
     name, param = next(iter(tiny_model.named_parameters()))
-    torch.save({name: param.detach() + 0.05}, tmp_path / "delta.pt")
+    write_delta(tmp_path / "delta.pt", {name: param.detach() + 0.05}, {})
     after = LossSweep(ToyTextToMusic.from_pretrained(tiny_model_dir), pretrained_delta=str(tmp_path / "delta.pt"),
                       draws=2)
     assert not torch.allclose(before.losses(batch), after.losses(batch))
     assert before.recipe()["weights"] != after.recipe()["weights"]
-    torch.save({"no.such.weight": param.detach()}, tmp_path / "bad.pt")
+    write_delta(tmp_path / "bad.pt", {"no.such.weight": param.detach()}, {})
     with pytest.raises(ValueError, match="no.such.weight"):
         LossSweep(tiny_model, pretrained_delta=str(tmp_path / "bad.pt"))
+    torch.save({name: param.detach() + 0.05}, tmp_path / "unverified.pt")  # no digest: not trusted
+    with pytest.raises(CorruptFileError, match="unverified.pt .*no digest file.*unlearn the query again"):
+        LossSweep(tiny_model, pretrained_delta=str(tmp_path / "unverified.pt"))
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         LossSweep(tiny_model, pretrained_delta=str(tmp_path / "missing.pt"))
 
@@ -168,3 +182,15 @@ def test_a_model_whose_loss_draws_nothing_is_measured_once(tiny_corpus, tiny_mod
     sweep = LossSweep(tiny_model, draws=5)
     assert sweep.draws == 1 and sweep.recipe()["draws"] == 1
     assert sweep.losses(batch).shape == (3, 1)
+
+
+def test_a_non_finite_loss_raises_naming_the_item_before_its_shard_is_written(tiny_corpus, tiny_model, tmp_path,
+                                                                               monkeypatch):
+    first = sorted(item.id for item in read_manifest(tiny_corpus.train_manifest))[0]  # in shard 0, the first step
+    poison_loss(monkeypatch, {first})
+    folder = tmp_path / "sweep"
+    with pytest.raises(NonFiniteLossError, match=f"loss sweep's per-item loss is not finite .* for 1 of 3 item\\(s\\): "
+                                                 f"\\['{first}'\\]") as error:
+        _sweep(tiny_model, tiny_corpus.train_manifest, folder)
+    assert error.value.ids == [first]
+    assert not list(folder.glob("shard-*")) and not list(folder.glob("*.tmp*"))  # no shard, not even a partial one

@@ -8,7 +8,8 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import ForgetRetainDataModule
+from datamodules import ForgetRetainDataModule, read_manifest
+from lightning_modules.passes import NonFiniteLossError
 from lightning_modules.training import TextToMusicTraining
 from lightning_modules.unlearning import (
     ESD,
@@ -23,7 +24,7 @@ from lightning_modules.unlearning import (
     SalUn,
     UnlearningModule,
 )
-from tests.conftest import TINY_SAMPLES
+from tests.conftest import TINY_SAMPLES, poison_loss
 
 METHODS = [GradientAscent, GradientDifference, NegGradPlus, RandomLabel, RetainFinetune, NPO, ESD, ConceptAblation,
            SalUn, EWC]
@@ -152,7 +153,8 @@ def test_checkpoint_holds_only_trained_parameters(tiny_model):
 
 def test_training_drops_captions_at_the_configured_rate(tiny_model, tiny_batch, monkeypatch):
     seen = []
-    monkeypatch.setattr(tiny_model, "loss", lambda batch, **kw: seen.extend(batch["caption"]) or torch.tensor(0.0))
+    monkeypatch.setattr(tiny_model, "loss",
+                        lambda batch, **kw: seen.extend(batch["caption"]) or torch.zeros(len(batch["caption"])))
     module = TextToMusicTraining(tiny_model, caption_dropout=0.5)
     module.log = lambda *args, **kwargs: None
     torch.manual_seed(0)
@@ -238,6 +240,12 @@ def test_ewc_computes_the_fisher_once_then_reads_it(tiny_model_dir, tiny_corpus,
     with pytest.raises(ValueError, match="computed for other draws"):
         _fit(other, tiny_corpus)
 
+    path.write_bytes(path.read_bytes()[:100])  # a damaged cache (cut short): computed again, to the same values
+    rebuilt = ewc()
+    _fit(rebuilt, tiny_corpus)
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=0) for a, b in zip(rebuilt.fisher, module.fisher, strict=True))
+    assert path.stat().st_size > 100  # rewritten whole
+
 
 @pytest.mark.parametrize("method", [NPO, ESD], ids=lambda method: method.__name__)
 def test_reference_methods_train_in_bf16_true(method, tiny_model, tiny_corpus):
@@ -247,3 +255,66 @@ def test_reference_methods_train_in_bf16_true(method, tiny_model, tiny_corpus):
     (terms,) = _fit(module, tiny_corpus, precision="bf16-true")
     assert all(torch.isfinite(value) for value in terms.values())
     assert {p.dtype for p in module.reference.parameters()} == {torch.bfloat16}
+
+
+def _rows(batch: dict, rows: slice) -> dict:
+    return {key: value[rows] for key, value in batch.items()}
+
+
+def _nan_audio(batch: dict, index: int) -> dict:
+    """`batch` with one NaN sample in item `index`'s audio (what a bad input or cached target gives the loss)."""
+    audio = batch["audio"].clone()
+    audio[index, 100] = float("nan")
+    return {**batch, "audio": audio}
+
+
+def test_a_non_finite_term_stops_the_training_step_naming_the_batch(tiny_model, tiny_batch):
+    forget, retain = _nan_audio(_rows(tiny_batch, slice(0, 2)), 1), _rows(tiny_batch, slice(2, 4))
+    module = GradientDifference(tiny_model)
+    logged = []
+    module.log = lambda name, *args, **kwargs: logged.append(name)
+    with pytest.raises(NonFiniteLossError, match="GradientDifference training loss at step 0 is not finite") as error:
+        module.training_step({"forget": forget, "retain": retain}, 0)
+    message = str(error.value)
+    assert "'forget_loss': nan" in message and "'loss': nan" in message and "retain_loss" not in message
+    assert f"forget: {list(forget['id'])}; retain: {list(retain['id'])}" in message
+    assert "input audio and cached targets" in message and "learning rate" in message and "precision" in message
+    # the objective averages the batch; the step then finds the one item whose own loss is NaN
+    assert f"The items whose own loss is not finite: ['{forget['id'][1]}']" in message
+    assert error.value.ids == [forget["id"][1]]
+    assert logged == []  # raised before anything was logged
+    module.training_step({"forget": _rows(tiny_batch, slice(0, 2)), "retain": retain}, 0)  # a finite batch passes
+    assert "train/loss" in logged
+
+
+def test_a_non_finite_loss_leaves_the_weights_as_they_were(tiny_model, tiny_corpus, monkeypatch):
+    module = GradientAscent(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    before = {name: param.detach().clone() for name, param in tiny_model.named_parameters()}
+    every = {item.id for item in read_manifest(tiny_corpus.train_manifest)}
+    poison_loss(monkeypatch, every)  # the first step's loss is NaN, whichever items it draws
+    with pytest.raises(NonFiniteLossError, match="GradientAscent training loss at step 0") as error:
+        _fit(module, tiny_corpus, steps=2)
+    assert len(error.value.ids) == 4 and set(error.value.ids) <= every  # two forget and two retain items
+    assert all(torch.equal(param, before[name]) for name, param in tiny_model.named_parameters())
+
+
+def test_a_diverged_objective_with_finite_items_says_so(tiny_model, tiny_batch, monkeypatch):
+    module = GradientDifference(tiny_model)
+    monkeypatch.setattr(module, "objective", lambda forget, retain: {"loss": torch.tensor(float("inf"))})
+    batch = {"forget": _rows(tiny_batch, slice(0, 2)), "retain": _rows(tiny_batch, slice(2, 4))}
+    with pytest.raises(NonFiniteLossError, match="Every item's own loss is finite at fixed noise: the weights or the "
+                                                 "objective diverged") as error:
+        module.training_step(batch, 0)
+    assert error.value.ids == [*batch["forget"]["id"], *batch["retain"]["id"]]
+
+
+def test_training_and_validation_name_exactly_the_items_whose_loss_is_not_finite(tiny_model, tiny_batch):
+    bad_id = tiny_batch["id"][2]
+    module = TextToMusicTraining(tiny_model, caption_dropout=0.0)
+    module.log = lambda *args, **kwargs: None
+    with pytest.raises(NonFiniteLossError, match=f"TextToMusicTraining training loss at step 0 is not finite .*for 1 "
+                                                 f"of 4 item\\(s\\): \\['{bad_id}'\\]") as error:
+        module.training_step(_nan_audio(tiny_batch, 2), 0)
+    assert error.value.ids == [bad_id]
+    with pytest.raises(NonFiniteLossError, match=f"validation loss \\(forget set\\) .*\\['{bad_id}'\\]"):
+        module.validation_step(_nan_audio(tiny_batch, 2), 0)
