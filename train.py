@@ -2,16 +2,23 @@
 
 A thin LightningCLI: the model (a LightningModule of this package) and the data (a LightningDataModule) are chosen
 by ``class_path`` in the YAML; the DataModule's sample rate and clip length are linked from the model; the full
-config is saved into each run's log dir; TensorBoard is the default logger; runs are seeded.
+config is saved into each run's log dir; TensorBoard is the default logger; runs are seeded. A config's
+``run_name`` fixes the run's folder, ``<default_root_dir>/lightning_logs/<run_name>/`` (instead of a new
+``version_N`` per run), so that ``--ckpt_path last`` finds the ``checkpoints/last.ckpt`` its `ModelCheckpoint` keeps
+there; a fresh fit into a folder that already holds a run is refused rather than mixed with it.
 """
 
 from __future__ import annotations
 
 import logging
 import operator
+import os
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_modules  # noqa: F401  (checks the torch / torchaudio pair first)
 
@@ -21,6 +28,48 @@ class TextToMusicCLI(LightningCLI):
         for name in ("sample_rate", "num_samples"):
             parser.link_arguments("model", f"data.init_args.{name}", compute_fn=operator.attrgetter(name),
                                   apply_on="instantiate")
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="Name of the run's folder <default_root_dir>/lightning_logs/<run_name> (default: a "
+                                 "new version_N per run); `--ckpt_path last` resumes the run of that name.")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        run_name = self._get(self.config, "run_name")
+        if run_name is not None and self.subcommand in (None, "fit"):
+            trainer = self._get(self.config_init, "trainer", default={})
+            if trainer.get("logger") not in (None, True):
+                raise ValueError(f"run_name={run_name!r} names the folder of the default TensorBoard logger, but "
+                                 "trainer.logger is set; unset run_name, or give that logger a fixed version instead.")
+            save_dir = trainer.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = TensorBoardLogger(save_dir, name="lightning_logs", version=run_name)
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """A fresh fit (no ``--ckpt_path``) into a named run's folder that is not empty would mix its logs, report and
+        checkpoints with the earlier run's: refuse it, naming the ways out."""
+        run_name = self._get(self.config, "run_name")
+        if run_name is None or self._get(self.config, "ckpt_path") is not None:
+            return
+        folder = Path(self.trainer.logger.log_dir)
+        if folder.is_dir() and any(folder.iterdir()):
+            raise FileExistsError(
+                f"{folder} already holds the run {run_name!r}. Resume it with `--ckpt_path last`, start a separate "
+                f"run with `--run_name <another name>`, or delete {folder} to start this one afresh.")
+
+    def _last_of_run(self) -> None:
+        """``validate`` / ``test`` / ``predict`` log into a new ``version_N`` folder (the fit's report stays as it
+        is); their ``--ckpt_path last`` is the named fit run's ``checkpoints/last.ckpt``."""
+        run_name = self._get(self.config, "run_name")
+        config = self.config_init[self.subcommand]
+        if run_name is None or config.get("ckpt_path") != "last":
+            return
+        root = config["trainer"].get("default_root_dir") or os.getcwd()
+        last = Path(root) / "lightning_logs" / run_name / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"--ckpt_path last: the run {run_name!r} has no checkpoint {last}; fit it first "
+                                    "or give the checkpoint's path.")
+        config["ckpt_path"] = str(last)
+
+    before_validate = before_test = before_predict = _last_of_run
 
 
 def main(args: list[str] | None = None) -> TextToMusicCLI:

@@ -3,12 +3,16 @@ fine-tuning a text-to-music model (the toy base model, an oracle retrained witho
 
 from __future__ import annotations
 
+import logging
+
 from torch.utils.data import DataLoader
 
 from datamodules.audio import make_loader
-from datamodules.base import ManifestDataModule
+from datamodules.base import ManifestDataModule, check_batch_sizes, per_process_batch
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
 from datamodules.source import DataSource
+
+log = logging.getLogger(__name__)
 
 
 class AudioTextDataModule(ManifestDataModule):
@@ -18,13 +22,17 @@ class AudioTextDataModule(ManifestDataModule):
         manifest: JSONL or CSV manifest of the training items.
         val_manifest: manifest of validation items; none when not given.
         exclude_groups: groups left out of both sets (an oracle trained without the forget artist).
-        batch_size: items per batch.
+        batch_size: items per batch and process; default 16, unless `global_batch_size` is given.
         num_workers: DataLoader worker processes.
         sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
         num_samples: the model's clip length in samples (linked from the model by the CLI).
         source: writes the data in ``prepare_data`` when missing (e.g. the toy corpus).
         cache_dir: folder of cached `encode_audio` outputs; training losses read them instead of the audio.
         encode_batch_size: items per batch of the encoding pass (``predict``).
+        global_batch_size: training items per optimizer step over all processes, split evenly among them (a
+            multiple of the process count), so that the batch does not grow with ``--trainer.devices``; None:
+            `batch_size` per process.
+        seed: seed of the training order (a permutation per epoch, the same on any number of processes).
     """
 
     def __init__(
@@ -32,19 +40,24 @@ class AudioTextDataModule(ManifestDataModule):
         manifest: str,
         val_manifest: str | None = None,
         exclude_groups: list[str] | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         num_workers: int = 0,
         sample_rate: int = 16000,
         num_samples: int = 32768,
         source: DataSource | None = None,
         cache_dir: str | None = None,
         encode_batch_size: int = 16,
+        global_batch_size: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__(num_workers, sample_rate, num_samples, source, cache_dir, encode_batch_size)
         self.manifest = manifest
         self.val_manifest = val_manifest
         self.exclude_groups = list(exclude_groups or [])
+        check_batch_sizes(batch_size=batch_size, global_batch_size=global_batch_size)
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
+        self.seed = seed
 
     def _read(self, manifest: str) -> list[ManifestItem]:
         items = read_manifest(manifest)
@@ -64,14 +77,19 @@ class AudioTextDataModule(ManifestDataModule):
         self._open_cache(writing=stage == "predict")
         self.train_set = self.dataset(self.train_items, with_audio=False)
         self.val_set = self.dataset(self.val_items) if self.val_items else None
+        rank, world_size = self.world if stage == "fit" else (0, 1)  # other stages batch validation items only
+        self.train_batch = per_process_batch(self.batch_size, self.global_batch_size, world_size, 16)
+        if stage == "fit" and rank == 0:
+            log.info("Training batches: %d items per process x %d process(es) = %d per optimizer step.",
+                     self.train_batch, world_size, self.train_batch * world_size)
 
     def all_items(self) -> list[ManifestItem]:
         return self.train_items + self.val_items
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers, drop_last=True)
+        return self.train_loader(self.train_set, self.train_batch, self.seed, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return make_loader(self.val_set, self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return make_loader(self.val_set, self.train_batch, shuffle=False, num_workers=self.num_workers)

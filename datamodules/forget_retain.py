@@ -8,6 +8,7 @@ set is the rest of the training manifest or a given manifest; held-out items are
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -15,11 +16,12 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from datamodules.audio import AudioTextDataset, make_loader
-from datamodules.base import ManifestDataModule
+from datamodules.base import ManifestDataModule, check_batch_sizes, per_process_batch
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
 from datamodules.source import DataSource
 
 EVAL_SPLITS = ("forget", "retain", "heldout")
+log = logging.getLogger(__name__)
 
 
 class ForgetRetainDataModule(ManifestDataModule):
@@ -32,13 +34,18 @@ class ForgetRetainDataModule(ManifestDataModule):
         forget_manifest: a manifest of the items to forget (each must be in `manifest`).
         retain_manifest: the retain set; default: every item of `manifest` not forgotten.
         heldout_manifest: non-members for evaluation; none when not given.
-        batch_size: forget items per training batch.
-        retain_batch_size: retain items per training batch; default `batch_size`.
+        batch_size: forget items per training batch and process; default 8, unless `global_batch_size` is given.
+        retain_batch_size: retain items per training batch and process; default the forget items per process.
+        global_batch_size: forget items per optimizer step over all processes, split evenly among them (a multiple
+            of the process count), so that the batch does not grow with ``--trainer.devices``; None: `batch_size`
+            per process.
+        retain_global_batch_size: retain items per optimizer step over all processes; default `global_batch_size`.
         eval_batch_size: items per evaluation batch.
         max_eval_items: evaluate at most this many items of each set, a fixed random subset; None for all.
         combined_mode: how the forget and retain loaders are zipped (Lightning's `CombinedLoader` modes).
         num_workers: DataLoader worker processes.
-        seed: seed of the evaluation subsets.
+        seed: seed of the evaluation subsets and of the training order (a permutation per pass over each set, the
+            same on any number of processes).
         sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
         num_samples: the model's clip length in samples (linked from the model by the CLI).
         source: writes the data in ``prepare_data`` when missing (e.g. the toy corpus).
@@ -54,8 +61,10 @@ class ForgetRetainDataModule(ManifestDataModule):
         forget_manifest: str | None = None,
         retain_manifest: str | None = None,
         heldout_manifest: str | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         retain_batch_size: int | None = None,
+        global_batch_size: int | None = None,
+        retain_global_batch_size: int | None = None,
         eval_batch_size: int = 16,
         max_eval_items: int | None = 64,
         combined_mode: Literal["max_size_cycle", "min_size", "max_size"] = "max_size_cycle",
@@ -79,8 +88,12 @@ class ForgetRetainDataModule(ManifestDataModule):
         self.forget_manifest = forget_manifest
         self.retain_manifest = retain_manifest
         self.heldout_manifest = heldout_manifest
+        check_batch_sizes(batch_size=batch_size, retain_batch_size=retain_batch_size,
+                          global_batch_size=global_batch_size, retain_global_batch_size=retain_global_batch_size)
         self.batch_size = batch_size
-        self.retain_batch_size = retain_batch_size or batch_size
+        self.retain_batch_size = retain_batch_size
+        self.global_batch_size = global_batch_size
+        self.retain_global_batch_size = retain_global_batch_size
         self.eval_batch_size = eval_batch_size
         self.max_eval_items = max_eval_items
         self.combined_mode = combined_mode
@@ -128,6 +141,22 @@ class ForgetRetainDataModule(ManifestDataModule):
             check_audio_files(items, what)
         self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
         self._open_cache(writing=stage == "predict")
+        if stage == "fit":
+            self._resolve_batches()
+
+    def _resolve_batches(self) -> None:
+        """Items per process of the forget and retain batches, from the per-process or global settings."""
+        rank, world_size = self.world
+        self.forget_batch = per_process_batch(self.batch_size, self.global_batch_size, world_size, 8)
+        retain_global = self.retain_global_batch_size
+        if retain_global is None and self.retain_batch_size is None:
+            retain_global = self.global_batch_size
+        self.retain_batch = per_process_batch(self.retain_batch_size, retain_global, world_size, self.forget_batch,
+                                              ("retain_batch_size", "retain_global_batch_size"))
+        if rank == 0:
+            log.info("Training batches: %d forget + %d retain items per process x %d process(es) = %d + %d per "
+                     "optimizer step.", self.forget_batch, self.retain_batch, world_size,
+                     self.forget_batch * world_size, self.retain_batch * world_size)
 
     def all_items(self) -> list[ManifestItem]:
         return [item for split in EVAL_SPLITS for item in self.sets[split]]
@@ -140,9 +169,11 @@ class ForgetRetainDataModule(ManifestDataModule):
         return self.dataset(self.sets[split], split, with_audio=with_audio)
 
     def train_dataloader(self) -> CombinedLoader:
-        loaders = {
-            "forget": make_loader(self.split_dataset("forget"), self.batch_size, True, self.num_workers),
-            "retain": make_loader(self.split_dataset("retain"), self.retain_batch_size, True, self.num_workers),
+        if not hasattr(self, "forget_batch"):
+            self._resolve_batches()
+        loaders = {  # each set its own permutations: the same seed would order two sets of one size alike
+            "forget": self.train_loader(self.split_dataset("forget"), self.forget_batch, self.seed),
+            "retain": self.train_loader(self.split_dataset("retain"), self.retain_batch, self.seed + 1),
         }
         return CombinedLoader(loaders, mode=self.combined_mode)
 

@@ -8,15 +8,40 @@ checkpoints and saves the model in its native format.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.passes import check_finite
+
+RANDOM_STATE_KEY = "random_state"
+
+
+def random_state() -> dict[str, Any]:
+    """The global random states training draws from (torch CPU and current CUDA device, NumPy, Python), as tensors
+    and plain values, which checkpoints load with ``weights_only``."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position),
+                                                      int(has_gauss), float(gauss)], "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class ModelAudioFormat:
@@ -63,9 +88,21 @@ class TextToMusicModule(ModelAudioFormat, L.LightningModule):
         for param in self.trainable:
             param.requires_grad_(True)
         self.strict_loading = False  # checkpoints hold the trained parameters only; the rest comes from `model`
+        self._resumed_random_state: dict[str, Any] | None = None
 
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained gives eval mode, and Lightning does not switch modules at fit start
+        if self._resumed_random_state is not None:  # the noise and timesteps the interrupted fit would have drawn
+            set_random_state(self._resumed_random_state)
+            self._resumed_random_state = None
+
+    def on_validation_start(self) -> None:
+        # validation leaves the global random state as it found it (its loaders' iterators draw seeds from it), so
+        # training draws alike whether or not it ran, and a fit resumed from a checkpoint written before it
+        self._random_state_before_validation = random_state()
+
+    def on_validation_end(self) -> None:
+        set_random_state(self._random_state_before_validation)
 
     def fixed_loss(self, batch: Batch) -> Tensor:
         """Per-item losses `(batch,)` at the timesteps and noise fixed by each item's id and `eval_seed`."""
@@ -74,7 +111,9 @@ class TextToMusicModule(ModelAudioFormat, L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = batch["split"][0]
         key = f"val/{split}_loss" if split else "val/loss"
-        self.log(key, self.fixed_loss(batch).mean(), batch_size=len(batch["id"]), sync_dist=True,
+        losses = self.fixed_loss(batch)
+        check_finite(losses, batch["id"], f"validation loss ({split or 'validation'} set)")
+        self.log(key, losses.mean(), batch_size=len(batch["id"]), sync_dist=True,
                  add_dataloader_idx=False)
 
     def configure_optimizers(self) -> Any:
@@ -87,6 +126,12 @@ class TextToMusicModule(ModelAudioFormat, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trained = {name for name, param in self.named_parameters() if param.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+        # rank zero's: every process is seeded alike and draws as much per step, so all hold the same state
+        checkpoint[RANDOM_STATE_KEY] = random_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the random state to restore when training starts, after the evaluations at fit start."""
+        self._resumed_random_state = checkpoint.get(RANDOM_STATE_KEY)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Save the model in its backend's native format."""
