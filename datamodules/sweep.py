@@ -8,7 +8,6 @@ fails verification counts as not written and is computed again; a bad recipe is 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -28,11 +27,10 @@ from lightning_modules.io import (
     TensorField,
     load_verified,
     read_json_verified,
+    reusable,
     save_verified,
     write_json_verified,
 )
-
-log = logging.getLogger(__name__)
 
 RECIPE_FILE = "sweep.json"
 SHARD = "loss sweep shard"
@@ -73,14 +71,7 @@ def read_shard(sweep_dir: str | os.PathLike, index: int) -> tuple[list[str], Ten
 def shard_done(sweep_dir: str | os.PathLike, index: int) -> bool:
     """Whether shard `index` of `sweep_dir` is written and passes verification; a bad one is logged with a warning
     (it is computed again)."""
-    if not shard_path(sweep_dir, index).is_file():
-        return False
-    try:
-        read_shard(sweep_dir, index)
-    except CorruptFileError as error:
-        log.warning("Computing the shard again: %s", error)
-        return False
-    return True
+    return reusable(shard_path(sweep_dir, index), lambda _: read_shard(sweep_dir, index))
 
 
 def read_recipe(sweep_dir: str | os.PathLike) -> dict:

@@ -11,7 +11,6 @@ file that fails verification (changed, truncated, or written before files carrie
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -19,9 +18,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from lightning_modules.io import CorruptFileError, TensorField, load_verified, save_verified
-
-log = logging.getLogger(__name__)
+from lightning_modules.io import CorruptFileError, TensorField, load_verified, reusable, save_verified
 
 WHAT = "cached targets of one item"
 REMEDY = ("run the encoding pass again (`python train.py predict --config configs/encode.yaml ...` with the same "
@@ -58,17 +55,8 @@ class TargetCache:
     def to_encode(self, ids: Sequence[str]) -> list[str]:
         """The ids of `ids` without a good cached file, in order: missing, or failing verification (each such file
         is logged with a warning and encoded again)."""
-        todo = []
-        for item_id in ids:
-            if item_id not in self:
-                todo.append(item_id)
-                continue
-            try:
-                self.load(item_id)
-            except CorruptFileError as error:
-                log.warning("Encoding again: %s", error)
-                todo.append(item_id)
-        return todo
+        return [item_id for item_id in ids
+                if not reusable(self.path(item_id), lambda _, item_id=item_id: self.load(item_id))]
 
     def save(self, item_id: str, targets: Tensor, num_valid: int) -> None:
         """Write one item's `targets` (any shape, stored on the CPU) and its number of real samples atomically."""

@@ -14,7 +14,6 @@ by the weights, the items and the seed); later runs and resumed runs read it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -24,12 +23,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_modules.gradients import load_fisher, read_fisher_file, save_fisher, squared_gradients, weights_digest
-from lightning_modules.io import CorruptFileError, cache_key, default_cache_dir
+from lightning_modules.io import cache_key, default_cache_dir, reusable
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.unlearning.base import UnlearningModule
 from lightning_modules.unlearning.esd import cycled
-
-log = logging.getLogger(__name__)
 
 
 class EWC(UnlearningModule):
@@ -89,7 +86,7 @@ class EWC(UnlearningModule):
     def on_fit_start(self) -> None:
         self.start = [start.to(self.device) for start in self.start]  # once, not in every step's penalty
         path, info = self.fisher_file()
-        if path.exists() and self._verified(path):
+        if reusable(path, read_fisher_file):
             fisher = load_fisher(path, **info)
             missing = [name for name in self.names if name not in fisher]
             if missing:
@@ -104,16 +101,6 @@ class EWC(UnlearningModule):
             save_fisher(path, dict(zip(self.names, self.fisher, strict=True)), **info)
         self.trainer.strategy.barrier("ewc_fisher")
         self.print(f"EWC: Fisher information of the retain set written to {path}.")
-
-    @staticmethod
-    def _verified(path: Path) -> bool:
-        """Whether the cached Fisher `path` passes verification; EWC computes it again otherwise (warning)."""
-        try:
-            read_fisher_file(path)
-        except CorruptFileError as error:
-            log.warning("EWC: computing the Fisher information again: %s", error)
-            return False
-        return True
 
     def penalty(self) -> Tensor:
         """``1/2 sum F (theta - theta0)^2`` over the trainable weights."""
