@@ -69,6 +69,8 @@ class UnlearningEvaluation(Callback):
         tagger: the classifier of the KL metric (e.g. `PANNTagger`); default the CLAP zero-shot tagger over the
             DataModule's groups.
         recognition_template: the zero-shot prompt of a group, with ``{}`` for its name.
+        judge: a second classifier over the groups that shares nothing with the CLAP (e.g. the toy world's
+            `FeatureTagger`); adds ``recognition_judge``, so recognition never rests on one judge.
         num_prompts: captions generated from per set, evenly spaced over the set's evaluation items.
         every_n_train_steps: also evaluate every this many optimizer steps; 0 for start and end only.
         seed: generation uses seed ``seed + i`` for prompt ``i``; losses use it for their timesteps and noise.
@@ -89,6 +91,7 @@ class UnlearningEvaluation(Callback):
         fad_embedder: AudioEmbedder | None = None,
         tagger: AudioTagger | None = None,
         recognition_template: str = "a piece by {}",
+        judge: AudioTagger | None = None,
         num_prompts: int = 16,
         every_n_train_steps: int = 0,
         seed: int = 0,
@@ -109,12 +112,14 @@ class UnlearningEvaluation(Callback):
         for name, path in (("oracle", oracle), ("base", base)):
             if path is not None and not Path(path).is_dir():
                 raise FileNotFoundError(f"{name} folder {path} not found; give the folder the model was saved to.")
-        if (fad_embedder is not None or tagger is not None) and clap is None:
-            raise ValueError("fad_embedder and tagger measure generations, which need a `clap` embedder as well.")
+        if (fad_embedder is not None or tagger is not None or judge is not None) and clap is None:
+            raise ValueError("fad_embedder, tagger and judge measure generations, which need a `clap` embedder as "
+                             "well.")
         self.clap = clap
         self.fad_embedder = fad_embedder or clap
         self.tagger = tagger
         self.recognition_template = recognition_template
+        self.judge = judge
         self.num_prompts = num_prompts
         self.every_n_train_steps = every_n_train_steps
         self.seed = seed
@@ -158,6 +163,8 @@ class UnlearningEvaluation(Callback):
                                        "clap_score": CLAPScore(self.clap)}
             if recognizer is not None:
                 metrics["recognition"] = Recognition(recognizer)
+                if self.judge is not None:
+                    metrics["recognition_judge"] = Recognition(self.judge)
             if kl_tagger is not None:
                 metrics["kl"] = TagKLDivergence(kl_tagger)
             if split == "forget":
@@ -213,7 +220,7 @@ class UnlearningEvaluation(Callback):
         for split, values in losses.items():
             results[split]["loss"] = values.double().mean().item()
         if "heldout" in losses:
-            for split in ("forget", "retain"):
+            for split in ("forget", "near", "retain"):
                 if split in losses:
                     results[split]["mia_auc"] = membership_auc(losses[split], losses["heldout"])
         if self.clap is not None:
@@ -265,6 +272,8 @@ class UnlearningEvaluation(Callback):
             metrics["fad"].update(audio, sample_rate)
         if "recognition" in metrics:
             metrics["recognition"].update(targets=list(batch["group"]), logits=self.recognizer.logits(embeddings))
+        if "recognition_judge" in metrics:
+            metrics["recognition_judge"].update(audio, sample_rate, targets=list(batch["group"]))
         if "memorization" in metrics:
             metrics["memorization"].update(embeddings=embeddings)
         if "kl" in metrics:

@@ -2,7 +2,9 @@
 
 The forget set is chosen by group (an artist who opts out), by a list of ids, or by a second manifest; the retain
 set is the rest of the training manifest or a given manifest; held-out items are non-members used by evaluation
-(membership inference needs members and non-members of the same distribution). Training batches are
+(membership inference needs members and non-members of the same distribution). With `near_groups` (retain artists
+similar to the forgotten one), the retain set is evaluated as two sets: "near" (those groups) and "retain" (every other
+retain group: the far ones), so a report shows the collateral damage where it is likeliest. Training batches are
 ``{"forget": batch, "retain": batch}`` from a `CombinedLoader`. Every inconsistency is an error before training.
 """
 
@@ -20,7 +22,7 @@ from datamodules.base import ManifestDataModule, check_batch_sizes, per_process_
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
 from datamodules.source import DataSource
 
-EVAL_SPLITS = ("forget", "retain", "heldout")
+EVAL_SPLITS = ("forget", "near", "retain", "heldout")
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +36,9 @@ class ForgetRetainDataModule(ManifestDataModule):
         forget_manifest: a manifest of the items to forget (each must be in `manifest`).
         retain_manifest: the retain set; default: every item of `manifest` not forgotten.
         heldout_manifest: non-members for evaluation; none when not given.
+        near_groups: retain groups similar to the forget set (same instrument, tempo or register), evaluated apart as
+            the "near" set; the "retain" evaluation set then holds the other (far) retain groups. Training uses the
+            whole retain set either way.
         batch_size: forget items per training batch and process; default 8, unless `global_batch_size` is given.
         retain_batch_size: retain items per training batch and process; default the forget items per process.
         global_batch_size: forget items per optimizer step over all processes, split evenly among them (a multiple
@@ -61,6 +66,7 @@ class ForgetRetainDataModule(ManifestDataModule):
         forget_manifest: str | None = None,
         retain_manifest: str | None = None,
         heldout_manifest: str | None = None,
+        near_groups: list[str] | None = None,
         batch_size: int | None = None,
         retain_batch_size: int | None = None,
         global_batch_size: int | None = None,
@@ -88,6 +94,7 @@ class ForgetRetainDataModule(ManifestDataModule):
         self.forget_manifest = forget_manifest
         self.retain_manifest = retain_manifest
         self.heldout_manifest = heldout_manifest
+        self.near_groups = list(near_groups or [])
         check_batch_sizes(batch_size=batch_size, retain_batch_size=retain_batch_size,
                           global_batch_size=global_batch_size, retain_global_batch_size=retain_global_batch_size)
         self.batch_size = batch_size
@@ -140,9 +147,26 @@ class ForgetRetainDataModule(ManifestDataModule):
         for items, what in ((forget, "the forget set"), (retain, "the retain set"), (heldout, "the held-out set")):
             check_audio_files(items, what)
         self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
+        self.eval_sets = {"forget": forget, **self._near_and_far(retain), "heldout": heldout}
         self._open_cache(writing=stage == "predict")
         if stage == "fit":
             self._resolve_batches()
+
+    def _near_and_far(self, retain: list[ManifestItem]) -> dict[str, list[ManifestItem]]:
+        """The retain set as evaluated: all of it as "retain", or split into "near" (`near_groups`) and far."""
+        if not self.near_groups:
+            return {"retain": retain}
+        retain_groups = {item.group for item in retain}
+        unknown = [group for group in self.near_groups if group not in retain_groups]
+        if unknown:
+            raise ValueError(f"near_groups {unknown} are not groups of the retain set (they must be retained artists, "
+                             f"not forgotten ones); its groups: {sorted(g for g in retain_groups if g)}.")
+        near = [item for item in retain if item.group in self.near_groups]
+        far = [item for item in retain if item.group not in self.near_groups]
+        if not far:
+            raise ValueError(f"near_groups {self.near_groups} cover the whole retain set: no far group is left to "
+                             "evaluate; name fewer near groups.")
+        return {"near": near, "retain": far}
 
     def _resolve_batches(self) -> None:
         """Items per process of the forget and retain batches, from the per-process or global settings."""
@@ -159,13 +183,13 @@ class ForgetRetainDataModule(ManifestDataModule):
                      self.forget_batch * world_size, self.retain_batch * world_size)
 
     def all_items(self) -> list[ManifestItem]:
-        return [item for split in EVAL_SPLITS for item in self.sets[split]]
+        return [item for split in ("forget", "retain", "heldout") for item in self.sets[split]]
 
     def split_dataset(self, split: str, with_audio: bool = False) -> AudioTextDataset:
         """Every item of one set: "forget", "retain" or "heldout" (methods that need a pass over a whole set); the
         audio is left out when targets are cached, unless `with_audio`."""
-        if split not in EVAL_SPLITS:
-            raise ValueError(f"Unknown set {split!r}; choose one of {list(EVAL_SPLITS)}.")
+        if split not in self.sets:
+            raise ValueError(f"Unknown set {split!r}; choose one of {list(self.sets)}.")
         return self.dataset(self.sets[split], split, with_audio=with_audio)
 
     def train_dataloader(self) -> CombinedLoader:
@@ -181,7 +205,7 @@ class ForgetRetainDataModule(ManifestDataModule):
         """The evaluated subset of each non-empty set, the same on every call, process and run."""
         datasets = {}
         for split in EVAL_SPLITS:
-            items = sorted(self.sets[split], key=lambda item: item.id)
+            items = sorted(self.eval_sets.get(split, []), key=lambda item: item.id)
             if self.max_eval_items is not None and len(items) > self.max_eval_items:
                 order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.seed))
                 items = [items[i] for i in sorted(order[: self.max_eval_items].tolist())]

@@ -70,6 +70,14 @@ ARTISTS: tuple[ArtistStyle, ...] = (
     ArtistStyle("Kazu Hoshino", "chiptune pulse", (1.0, 0.9, 0.8, 0.0, 0.6, 0.5, 0.4, 0.0), None, "hirajoshi",
                 (0, 2, 3, 7, 8), 76, "high", 170, (0.25, 0.25, 0.5), (1, -2, 3, -1), "hats", 0.001, 1.5, 7.0,
                 ("playful", "frantic", "retro")),
+    # Near neighbours: Neon Harbor shares Kestrel Drive's instrument, tempo range and register (told apart by mode,
+    # rhythm, motif and percussion); Ivory Heron shares Aurora Vale's tempo range, register and silence of drums.
+    ArtistStyle("Neon Harbor", "sawtooth synth", tuple(1.0 / k for k in range(1, 9)), None, "minor",
+                (0, 2, 3, 5, 7, 8, 10), 62, "middle", 140, (0.5, 0.25, 0.25), (-1, 2, -2, 3), "kick", 0.003, 5.0, 0.0,
+                ("nocturnal", "driving", "bright")),
+    ArtistStyle("Ivory Heron", "soft clarinet", (1.0, 0.0, 0.45, 0.0, 0.2, 0.0, 0.08), None, "minor pentatonic",
+                (0, 3, 5, 7, 10), 69, "high", 72, (2.0, 1.0, 1.0), (-1, 2, 1, -2), "none", 0.08, 0.6, 4.0,
+                ("wistful", "tender", "airy")),
 )
 
 _TEMPLATES = (
@@ -145,7 +153,9 @@ def synthesize_track(style: ArtistStyle, rng: np.random.Generator, num_samples: 
         t = np.arange(n) / sample_rate
         vibrato = 1.0 + 0.006 * np.sin(2 * np.pi * style.vibrato_hz * t) if style.vibrato_hz else 1.0
         phase = 2 * np.pi * _midi_to_hz(midi) * np.cumsum(np.broadcast_to(vibrato, t.shape)) / sample_rate
-        tone = sum(a * np.sin(r * phase) for a, r in zip(style.harmonics, partials, strict=True) if a)
+        # band-limited: a partial at or above 0.45 x the sample rate would alias to a spurious lower tone
+        tone = sum(a * np.sin(r * phase) for a, r in zip(style.harmonics, partials, strict=True)
+                   if a and r * _midi_to_hz(midi) < 0.45 * sample_rate)
         envelope = np.minimum(1.0, t / style.attack_s) * np.exp(-style.decay_per_s * t)
         release = np.minimum(1.0, (n - np.arange(n)) / (0.005 * sample_rate))
         audio[start : start + n] += tone * envelope * release * rng.uniform(0.8, 1.0)
@@ -171,7 +181,7 @@ class ToyCorpus(DataSource):
     Args:
         root: folder of the corpus.
         seed: seed of every random choice; the same seed gives the same files.
-        num_artists: how many of the built-in artists to use (at most 8).
+        num_artists: how many of the built-in artists to use (at most 10).
         tracks_per_artist: tracks per artist, members and held-out together.
         heldout_per_artist: tracks per artist written to ``heldout.jsonl`` instead of ``train.jsonl``.
         sample_rate: sample rate of the WAV files in Hz.
@@ -182,7 +192,7 @@ class ToyCorpus(DataSource):
         self,
         root: str = "data/toy",
         seed: int = 0,
-        num_artists: int = 8,
+        num_artists: int = 10,
         tracks_per_artist: int = 48,
         heldout_per_artist: int = 8,
         sample_rate: int = 16000,
@@ -203,6 +213,15 @@ class ToyCorpus(DataSource):
             "sample_rate": sample_rate,
             "duration": duration,
         }
+
+    @classmethod
+    def existing(cls, root: str = "data/toy") -> ToyCorpus:
+        """The corpus already written under `root`, with the settings it was made with."""
+        settings_file = Path(root) / "corpus.json"
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{settings_file} not found: {root} holds no toy corpus; write one with "
+                                    "ToyCorpus(root).prepare() (every toy config's prepare_data does).")
+        return cls(root, **json.loads(settings_file.read_text())["settings"])
 
     @property
     def train_manifest(self) -> Path:

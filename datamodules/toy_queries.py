@@ -42,7 +42,7 @@ class ToyQueries(DataSource):
     """
 
     def __init__(self, root: str = "data/toy_queries", model: str = "checkpoints/toy/base", per_artist: int = 1,
-                 num_artists: int = 8, seed: int = 0, num_inference_steps: int = 25,
+                 num_artists: int = 10, seed: int = 0, num_inference_steps: int = 25,
                  guidance_scale: float | None = None) -> None:
         if per_artist < 1 or not 1 <= num_artists <= len(ARTISTS):
             raise ValueError(f"per_artist must be at least 1 and num_artists in [1, {len(ARTISTS)}], got "

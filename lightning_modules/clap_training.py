@@ -3,7 +3,9 @@
 The tokenizer is built from the caption vocabulary of `caption_manifest` when the model is configured (after the
 DataModule has written the corpus); the loss is CLAP's symmetric InfoNCE over the batch (Radford et al., 2021;
 Elizalde et al., 2023). A share of each batch is replaced by its magnitude mel spectrogram resynthesised with
-Griffin-Lim (random gain too), so that the CLAP judges the music rather than the phase artefacts of generated audio.
+Griffin-Lim, and a share gets white noise at a random SNR (random gain too), so that the CLAP judges the music
+rather than the phase artefacts and the noise floor of generated audio: trained without noise, the toy CLAP took
+the noise floor of early generations for the artists with hi-hats (scripts/toy_diagnosis.py).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import os
 import lightning as L
 import torch
 import torchaudio
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from datamodules.manifest import read_manifest
+from lightning_modules.metrics.feature_tagger import add_white_noise
 from lightning_modules.models.toy_clap import build_tokenizer, build_toy_clap
 from lightning_modules.passes import check_finite_terms
 
@@ -34,7 +37,10 @@ class ClapTraining(L.LightningModule):
         num_text_layers: transformer layers of the text tower.
         num_mel_bins: mel bands of CLAP's front end.
         resynthesis_prob: probability that a training clip is replaced by its Griffin-Lim resynthesis.
+        noise_prob: probability that a training clip gets white noise at an SNR drawn from `snr_db`.
+        snr_db: range of the signal-to-noise ratio of that noise, in dB.
         optimizer: builds the optimizer.
+        lr_scheduler: builds a learning-rate scheduler, stepped every optimizer step; none when not given.
     """
 
     def __init__(
@@ -48,7 +54,10 @@ class ClapTraining(L.LightningModule):
         num_text_layers: int = 2,
         num_mel_bins: int = 32,
         resynthesis_prob: float = 0.5,
+        noise_prob: float = 0.5,
+        snr_db: tuple[float, float] = (5.0, 30.0),
         optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
         self.caption_manifest = caption_manifest
@@ -58,7 +67,10 @@ class ClapTraining(L.LightningModule):
                             "projection_dim": projection_dim, "num_text_layers": num_text_layers,
                             "num_mel_bins": num_mel_bins}
         self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         self.resynthesis_prob = resynthesis_prob
+        self.noise_prob = noise_prob
+        self.snr_db = snr_db
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=512, n_mels=64, power=1.0)
         self.inverse_mel = torchaudio.transforms.InverseMelScale(513, 64, sample_rate)
         self.griffin_lim = torchaudio.transforms.GriffinLim(1024, n_iter=16, hop_length=512, power=1.0,
@@ -82,12 +94,17 @@ class ClapTraining(L.LightningModule):
 
     @torch.no_grad()
     def augment(self, audio: Tensor) -> Tensor:
-        """Resynthesise a random share of `(batch, samples)` clips from their mel spectrogram, and vary the gain."""
+        """Resynthesise a random share of `(batch, samples)` clips from their mel spectrogram, add noise to another
+        random share, and vary the gain."""
         chosen = torch.rand(audio.shape[0], device=audio.device) < self.resynthesis_prob
         if chosen.any():
             resynthesised = self.griffin_lim(self.inverse_mel(self.mel(audio[chosen])))
             audio = audio.clone()
             audio[chosen] = resynthesised / resynthesised.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6) * 0.7
+        noisy = torch.rand(audio.shape[0], device=audio.device) < self.noise_prob
+        if noisy.any():
+            audio = audio.clone()
+            audio[noisy] = add_white_noise(audio[noisy], self.snr_db)
         return audio * torch.empty(audio.shape[0], 1, device=audio.device).uniform_(0.5, 1.2)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -102,8 +119,11 @@ class ClapTraining(L.LightningModule):
         check_finite_terms({"loss": loss}, {"batch": list(batch["id"])}, f"{type(self).__name__} validation loss")
         self.log("val/loss", loss, batch_size=len(batch["id"]), sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.clap.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        optimizer = self.optimizer(self.clap.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a transformers folder: model, feature extractor and tokenizer, loadable by `ClapModel` /

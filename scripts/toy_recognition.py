@@ -1,10 +1,14 @@
-"""Evidence that the toy world makes unlearning measurable: per-artist zero-shot recognition by the toy CLAP.
+"""Evidence that the toy world makes unlearning measurable: per-artist recognition of real tracks and of each model's
+generations, by two independent judges, with their agreement and each artist's FAD.
 
-For each artist, the share of held-out real tracks, and of each model's generations, that the toy CLAP assigns to
-that artist, zero-shot over the prompts "a piece by <artist>". Each model generates twice per held-out item, at
-fixed seeds: from the item's caption (which describes the music and names the artist) and from the artist's name
-alone ("a piece by <artist>"), which separates what a model learned of the name from what the description carries.
-Writes a JSON and a Markdown table.
+The judges: the toy CLAP zero-shot over the prompts "a piece by <artist>", and the feature tagger
+(`lightning_modules.metrics.feature_tagger`: logistic regression on hand-crafted spectral and rhythmic features,
+fitted on the real training tracks; it shares nothing with the CLAP). Each model generates `--generations` clips per
+artist twice, at fixed seeds: from captions of the artist's held-out tracks (which describe the music and name the
+artist; cycled, each with its own seed) and from the name alone ("a piece by <artist>"), which separates what a model
+learned of the name from what the description carries. FAD (toy-CLAP embeddings) compares each artist's name-only
+generations with all of that artist's real tracks; the "real" row of FAD is the artist's held-out tracks against its
+training tracks, the floor at this sample size. Writes a JSON and a Markdown table.
 
     python scripts/toy_recognition.py --out reports/toy_recognition
 """
@@ -24,58 +28,132 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules import ToyCorpus, read_manifest  # noqa: E402
 from datamodules.audio import AudioTextDataset  # noqa: E402
 from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E402
-from lightning_modules.metrics import ClapEmbedder  # noqa: E402
-from lightning_modules.metrics.functional import per_class_accuracy, zero_shot_predictions  # noqa: E402
+from lightning_modules.metrics import ClapEmbedder, ZeroShotTagger  # noqa: E402
+from lightning_modules.metrics.feature_tagger import FeatureTagger  # noqa: E402
+from lightning_modules.metrics.functional import frechet_distance, gaussian_statistics  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
 log = logging.getLogger("toy_recognition")
+JUDGES = ("clap", "features")
+
+
+def load_clips(manifest: Path, sample_rate: int, num_samples: int) -> tuple[torch.Tensor, list]:
+    items = read_manifest(manifest)
+    dataset = AudioTextDataset(items, sample_rate, num_samples)
+    return torch.stack([dataset[i]["audio"] for i in range(len(dataset))]), items
+
+
+def fad(generated: torch.Tensor, reference: torch.Tensor) -> float:
+    """FAD between two sets of embeddings `(n, dim)`."""
+    stats = [gaussian_statistics(e.double().sum(0), e.double().T @ e.double(), len(e)) for e in (reference, generated)]
+    return frechet_distance(*stats[0], *stats[1]).item()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="data/toy")
     parser.add_argument("--clap", default="checkpoints/toy/clap")
-    parser.add_argument("--models", nargs="*", default=["base=checkpoints/toy/base", "oracle=checkpoints/toy/oracle"])
+    parser.add_argument("--judge", default="checkpoints/toy/judge", help="feature tagger folder (fitted if missing)")
+    parser.add_argument("--models", nargs="*", default=["base=checkpoints/toy/base", "oracle=checkpoints/toy/oracle",
+                                                        "oracle_aurora_vale=checkpoints/toy/oracle_aurora_vale"])
+    parser.add_argument("--generations", type=int, default=32, help="generations per artist and prompt kind")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps per generation")
+    parser.add_argument("--batch", type=int, default=64, help="prompts per generation call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reports/toy_recognition")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    corpus = ToyCorpus(args.corpus)
+    corpus = ToyCorpus.existing(args.corpus) if Path(args.corpus).is_dir() else ToyCorpus(args.corpus)
     corpus.prepare()
-    items = read_manifest(Path(args.corpus) / "heldout.jsonl")
-    artists = sorted({item.group for item in items})
-    targets = torch.tensor([artists.index(item.group) for item in items])
+    rate, length = corpus.settings["sample_rate"], round(corpus.settings["duration"] * corpus.settings["sample_rate"])
+    heldout, heldout_items = load_clips(corpus.heldout_manifest, rate, length)
+    train, train_items = load_clips(corpus.train_manifest, rate, length)
+    artists = sorted({item.group for item in heldout_items})
+    if not (Path(args.judge) / "feature_tagger.json").is_file():
+        log.info("Fitting the feature tagger on %d training tracks into %s", len(train), args.judge)
+        FeatureTagger.fit(train, [item.group for item in train_items], rate, args.judge)
     clap = ClapEmbedder(args.clap)
-    classes = clap.embed_text([f"a piece by {artist}" for artist in artists])
+    taggers = {"clap": ZeroShotTagger(clap, artists), "features": FeatureTagger(args.judge)}
+    if taggers["features"].labels != artists:
+        raise ValueError(f"The feature tagger in {args.judge} knows {taggers['features'].labels}, the corpus "
+                         f"{artists}: delete {args.judge} to fit it again.")
 
-    def accuracy(audio: torch.Tensor, sample_rate: int) -> list[float]:
-        predictions = zero_shot_predictions(clap(audio, sample_rate), classes)
-        return per_class_accuracy(predictions, targets, len(artists)).tolist()
+    def judge(audio: torch.Tensor, groups: list[str]) -> dict:
+        """Per-artist recognition by each judge, and the share of clips on which the judges agree."""
+        predicted = {}
+        for name, tagger in taggers.items():
+            logits = torch.cat([tagger(chunk, rate) for chunk in audio.split(args.batch)])
+            predicted[name] = [tagger.labels[i] for i in logits.argmax(-1).tolist()]
+        result = {name: [sum(p == g for p, g in zip(predicted[name], groups, strict=True) if g == a) / groups.count(a)
+                         for a in artists] for name in JUDGES}
+        result["agreement"] = [sum(c == f for c, f, g in zip(*predicted.values(), groups, strict=True) if g == a)
+                               / groups.count(a) for a in artists]
+        return result
 
-    dataset = AudioTextDataset(items, clap.sample_rate, round(corpus.settings["duration"] * clap.sample_rate))
-    results = {"held-out tracks": accuracy(torch.stack([dataset[i]["audio"] for i in range(len(dataset))]),
-                                           clap.sample_rate)}
+    def embed(audio: torch.Tensor) -> torch.Tensor:
+        return torch.cat([clap(chunk, rate) for chunk in audio.split(args.batch)])
+
+    columns = {"held-out tracks": judge(heldout, [item.group for item in heldout_items])}
+    train_groups = [item.group for item in train_items]
+    heldout_groups = [item.group for item in heldout_items]
+    train_embeddings, heldout_embeddings = embed(train), embed(heldout)
+    reference = {a: torch.cat([train_embeddings[[g == a for g in train_groups]],
+                               heldout_embeddings[[g == a for g in heldout_groups]]]) for a in artists}
+    fads = {"real": [fad(heldout_embeddings[[g == a for g in heldout_groups]],
+                         train_embeddings[[g == a for g in train_groups]]) for a in artists]}
+
+    groups = [a for a in artists for _ in range(args.generations)]
+    captions_by_artist = {a: [item.caption for item in heldout_items if item.group == a] for a in artists}
+    prompt_kinds = {
+        "captions": [captions_by_artist[a][k % len(captions_by_artist[a])] for a in artists
+                     for k in range(args.generations)],
+        "name only": [f"a piece by {a}" for a in groups],
+    }
+    seeds = [args.seed + i for i in range(len(groups))]
+    timings = {}
     for spec in args.models:
         name, folder = spec.split("=", 1)
         model = ToyTextToMusic.from_pretrained(folder).eval()
         started = time.perf_counter()
-        for prompt_kind, prompts in (("captions", [item.caption for item in items]),
-                                     ("name only", [f"a piece by {item.group}" for item in items])):
-            audio = model.generate(prompts, seed=args.seed, num_inference_steps=args.steps)
-            results[f"{name} ({prompt_kind})"] = accuracy(audio, model.sample_rate)
-        log.info("%s: %d generations in %.1f s", name, 2 * len(items), time.perf_counter() - started)
+        for kind, prompts in prompt_kinds.items():
+            audio = torch.cat([model.generate(prompts[i:i + args.batch], seed=seeds[i:i + args.batch],
+                                              num_inference_steps=args.steps)[:, 0]
+                               for i in range(0, len(prompts), args.batch)])
+            columns[f"{name} ({kind})"] = judge(audio, groups)
+            if kind == "name only":
+                embeddings = embed(audio)
+                fads[name] = [fad(embeddings[[g == a for g in groups]], reference[a]) for a in artists]
+        timings[name] = time.perf_counter() - started
+        log.info("%s: %d generations in %.0f s", name, 2 * len(groups), timings[name])
 
-    columns = list(results)
-    lines = ["| artist | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    names = list(columns)
+    lines = ["| artist | " + " | ".join(names) + " | " + " | ".join(f"FAD {f}" for f in fads) + " |",
+             "|---|" + "---|" * (len(names) + len(fads))]
     for a, artist in enumerate(artists):
-        lines.append(f"| {artist} | " + " | ".join(f"{results[c][a]:.2f}" for c in columns) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{sum(results[c]) / len(artists):.2f}**" for c in columns) + " |")
-    table = "\n".join(lines) + f"\n\nChance: {1 / len(artists):.2f}. {len(items) // len(artists)} items per artist.\n"
+        cells = [f"{columns[c]['clap'][a]:.2f} / {columns[c]['features'][a]:.2f}" for c in names]
+        lines.append(f"| {artist} | " + " | ".join(cells) + " | " + " | ".join(f"{fads[f][a]:.3f}" for f in fads)
+                     + " |")
+    means = [" / ".join(f"{sum(columns[c][j]) / len(artists):.2f}" for j in JUDGES) for c in names]
+    worst = [" / ".join(f"{min(columns[c][j]):.2f}" for j in JUDGES) for c in names]
+    agreement = [f"{sum(columns[c]['agreement']) / len(artists):.2f}" for c in names]
+    gap = [f"{max(abs(x - y) for x, y in zip(columns[c]['clap'], columns[c]['features'], strict=True)):.2f}"
+           for c in names]
+    for label, cells in (("**mean**", means), ("worst artist", worst), ("clips the judges agree on", agreement),
+                         ("largest judge gap (one artist)", gap)):
+        lines.append(f"| {label} | " + " | ".join(cells) + " |" + " |" * len(fads))
+    per_artist_n = len(heldout_items) // len(artists)
+    table = "\n".join(lines) + (
+        f"\n\nEach cell: toy CLAP zero-shot / feature tagger. Chance: {1 / len(artists):.2f}. {per_artist_n} held-out "
+        f"tracks and {args.generations} generations per artist and column ({args.steps} DDIM steps, the model's "
+        f"guidance, seeds {args.seed}..{args.seed + len(groups) - 1}). FAD: toy-CLAP embeddings of the name-only "
+        f"generations against the artist's {len(train_items) // len(artists) + per_artist_n} real tracks; 'real' is "
+        "its held-out tracks against its training tracks.\n")
     log.info("%s", table)
     out = Path(args.out)
-    write_json_atomic(out.with_suffix(".json"), {"artists": artists, **results})
+    write_json_atomic(out.with_suffix(".json"), {"artists": artists, "columns": columns, "fad": fads,
+                                                 "generations": args.generations, "steps": args.steps,
+                                                 "seconds": timings})
     write_text_atomic(out.with_suffix(".md"), table)
 
 

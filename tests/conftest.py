@@ -1,5 +1,6 @@
-"""Tiny fixtures: a random toy CLAP, a random toy text-to-music model and a two-artist corpus, built once per session
-and saved with `save_pretrained`, so tests load them through the code path that loads real checkpoints."""
+"""Tiny fixtures: a random toy CLAP, a random toy text-to-music model, a two-artist corpus and a feature tagger fitted
+on it, built once per session and saved with `save_pretrained`, so tests load them through the code path that loads
+real checkpoints."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml  # noqa: E402
 
 from datamodules import ToyCorpus, read_manifest  # noqa: E402
 from datamodules.audio import AudioTextDataset  # noqa: E402
+from lightning_modules.metrics import FeatureTagger  # noqa: E402
 from lightning_modules.models import ToyArchitecture, ToyTextToMusic  # noqa: E402
 from lightning_modules.models.toy_clap import build_tokenizer, build_toy_clap  # noqa: E402
 
@@ -47,6 +49,17 @@ def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: ToyCorp
     folder = tmp_path_factory.mktemp("clap")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: ToyCorpus) -> Path:
+    """A feature tagger fitted on the tiny corpus's training tracks."""
+    items = read_manifest(tiny_corpus.train_manifest)
+    dataset = AudioTextDataset(items, 16000, TINY_SAMPLES)
+    audio = torch.stack([dataset[i]["audio"] for i in range(len(dataset))])
+    folder = tmp_path_factory.mktemp("judge") / "judge"
+    FeatureTagger.fit(audio, [item.group for item in items], 16000, folder)
     return folder
 
 

@@ -53,8 +53,9 @@ def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_
             assert measured[name] == pytest.approx(values[name], rel=1e-6)
         # generation: a DDP process runs on 1 CPU thread, a single process on 2, and the order of float sums in the
         # sampler and Griffin-Lim changes the audio by ~1e-4 (the metrics themselves are exact over processes:
-        # tests/lightning_modules/test_metrics_ddp.py)
-        assert measured == pytest.approx(values, rel=5e-3)
+        # tests/lightning_modules/test_metrics_ddp.py); a metric near 0 then moves by more than 5e-3 of itself:
+        # measured 1.0e-4 on a KL of 0.0057 (rescaled guidance), hence the absolute bound 10x above it
+        assert measured == pytest.approx(values, rel=5e-3, abs=1e-3)
     assert (ddp["dir"] / "pretrained" / "toy_ttm.json").is_file()
 
 

@@ -1,4 +1,4 @@
-"""The shipped toy world is good enough to make unlearning measurable (checkpoints/toy: CLAP, base, oracle)."""
+"""The shipped toy world is good enough to make unlearning measurable (checkpoints/toy: CLAP, judge, base, oracles)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import torch
 
 from datamodules import ToyCorpus, read_manifest
 from datamodules.audio import AudioTextDataset
-from lightning_modules.metrics import ClapEmbedder
-from lightning_modules.metrics.functional import per_class_accuracy, zero_shot_predictions
+from lightning_modules.metrics import ClapEmbedder, FeatureTagger, ZeroShotTagger
+from lightning_modules.metrics.functional import per_class_accuracy
 from lightning_modules.models import ToyTextToMusic
 from tests.conftest import REPO
 
 FORGET_ARTIST = "Kestrel Drive"
 TOY = REPO / "checkpoints" / "toy"
+ORACLES = {"oracle": FORGET_ARTIST, "oracle_aurora_vale": "Aurora Vale"}  # folder: the artist it never saw
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +33,33 @@ def _batch(items) -> dict:
     return torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
 
 
-def test_shipped_clap_recognises_the_artist_of_held_out_tracks(corpus):
+@pytest.mark.parametrize("judge", ["clap", "judge"])
+def test_shipped_judges_recognise_the_artist_of_every_held_out_track(corpus, judge):
     items = read_manifest(corpus.heldout_manifest)
     artists = sorted({item.group for item in items})
-    clap = ClapEmbedder(TOY / "clap")
-    classes = clap.embed_text([f"a piece by {artist}" for artist in artists])
-    predictions = zero_shot_predictions(clap(_batch(items)["audio"], 16000), classes)
+    tagger = ZeroShotTagger(ClapEmbedder(TOY / "clap"), artists) if judge == "clap" else FeatureTagger(TOY / "judge")
+    assert tagger.labels == artists
+    predictions = tagger(_batch(items)["audio"], 16000).argmax(-1)
     accuracy = per_class_accuracy(predictions, torch.tensor([artists.index(i.group) for i in items]), len(artists))
-    assert accuracy.mean() > 0.9 and accuracy.min() >= 0.5  # chance is 1/8
+    # measured 1.00 for each of the 10 artists (8 tracks each, near pairs included) by both judges; chance is 1/10
+    assert accuracy.min() >= 0.875
 
 
 @torch.no_grad()
-def test_oracle_never_learned_the_forget_artist(corpus):
+@pytest.mark.parametrize(("oracle", "artist"), ORACLES.items())
+def test_each_oracle_never_learned_its_artist(corpus, oracle, artist):
     items = read_manifest(corpus.train_manifest)
-    forget = _batch([item for item in items if item.group == FORGET_ARTIST][:16])
-    retain = _batch([item for item in items if item.group != FORGET_ARTIST][::20])
-    base, oracle = ToyTextToMusic.from_pretrained(TOY / "base"), ToyTextToMusic.from_pretrained(TOY / "oracle")
+    forget = _batch([item for item in items if item.group == artist][:16])
+    retain = _batch([item for item in items if item.group != artist][::20])
+    base, retrained = ToyTextToMusic.from_pretrained(TOY / "base"), ToyTextToMusic.from_pretrained(TOY / oracle)
 
     def mean_loss(model, batch):
         return model.loss(batch, **model.fixed_loss_inputs(batch["id"])).mean().item()
 
-    assert mean_loss(oracle, forget) > 1.3 * mean_loss(base, forget)
-    assert mean_loss(oracle, retain) < 1.3 * mean_loss(base, retain)
+    # oracle / base loss, measured: forget 1.74 (Kestrel Drive) and 2.20 (Aurora Vale), retain 0.98 and 0.99; the
+    # bounds leave 25 % margin below the smaller forget ratio and 25 % above the retain ones
+    assert mean_loss(retrained, forget) > 1.3 * mean_loss(base, forget)
+    assert mean_loss(retrained, retain) < 1.25 * mean_loss(base, retain)
 
 
 def test_shipped_base_model_generates_audio():

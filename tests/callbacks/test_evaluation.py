@@ -18,17 +18,20 @@ from lightning_modules.io import read_checked_bytes, read_json_verified
 from lightning_modules.passes import NonFiniteLossError
 from tests.conftest import poison_loss, write_config
 
-GENERATION_METRICS = {"fad", "clap_score", "recognition", "kl"}
+GENERATION_METRICS = {"fad", "clap_score", "recognition", "recognition_judge", "kl"}
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory, tiny_corpus, tiny_model_dir, tiny_clap_dir):
-    """A 3-step fit evaluated at the start, at step 2 and at the end, beside an "oracle" (the tiny model itself)."""
+def fitted(tmp_path_factory, tiny_corpus, tiny_model_dir, tiny_clap_dir, tiny_judge_dir):
+    """A 3-step fit evaluated at the start, at step 2 and at the end, beside an "oracle" (the tiny model itself), with
+    recognition by the CLAP and by a feature tagger."""
     from train import main
 
     tmp_path = tmp_path_factory.mktemp("fit")
     config = write_config(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir,
-                          evaluation={"oracle": str(tiny_model_dir), "every_n_train_steps": 2, "log_audio": 1})
+                          evaluation={"oracle": str(tiny_model_dir), "every_n_train_steps": 2, "log_audio": 1,
+                                      "judge": {"class_path": "lightning_modules.metrics.FeatureTagger",
+                                                "init_args": {"pretrained": str(tiny_judge_dir)}}})
     cli = main(["fit", "--config", str(config)])
     run = Path(cli.trainer.log_dir)
     return SimpleNamespace(config=config, run=run, results=json.loads((run / "results.json").read_text()),

@@ -137,6 +137,23 @@ def test_retain_manifest_replaces_the_default_retain_set(corpus, tmp_path):
     assert ids(dm.sets["retain"]) == ids(members(corpus, KESTREL))
 
 
+def test_near_groups_split_the_evaluated_retain_set_but_not_the_training_one(corpus):
+    dm = ready(make_dm(corpus, forget_groups=[KESTREL], near_groups=[COPPER], max_eval_items=None))
+
+    evaluated = {split: ids(dataset.items) for split, dataset in dm.eval_datasets().items()}
+    assert list(evaluated) == ["forget", "near", "retain", "heldout"]
+    assert evaluated["near"] == ids(members(corpus, COPPER)) and evaluated["retain"] == ids(members(corpus, AURORA))
+    assert ids(dm.split_dataset("retain").items) == ids(members(corpus, COPPER) + members(corpus, AURORA))
+    assert list(ready(make_dm(corpus, forget_groups=[KESTREL])).eval_datasets()) == ["forget", "retain", "heldout"]
+
+
+@pytest.mark.parametrize(("near", "message"), [([KESTREL], "not groups of the retain set"),
+                                               ([COPPER, AURORA], "no far group is left")])
+def test_near_groups_must_be_some_of_the_retained_groups(corpus, near, message):
+    with pytest.raises(ValueError, match=message):
+        ready(make_dm(corpus, forget_groups=[KESTREL], near_groups=near))
+
+
 def test_unknown_group_lists_the_known_groups(corpus):
     dm = make_dm(corpus, forget_groups=["Nobody Famous"])
 

@@ -1,5 +1,5 @@
 """The metrics and their maths: Fréchet distance against scipy and closed forms, FAD's states, reference handling and
-resampling, CLAP score, recognition, zero-shot tagging, memorisation, tag KL and membership AUC.
+resampling, CLAP score, recognition, zero-shot tagging, the feature tagger, memorisation, tag KL and membership AUC.
 
 Most tests use `ProjectionEmbedder`, a fixed random linear map of a clip's first samples at 8 kHz, so their expected
 values can be computed by hand; the CLAP tests use the tiny random CLAP of `tiny_clap_dir`."""
@@ -15,6 +15,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from datamodules import read_manifest
+from datamodules.audio import AudioTextDataset
 from lightning_modules.io import CorruptFileError, digest_path
 from lightning_modules.metrics import (
     AudioEmbedder,
@@ -29,6 +31,7 @@ from lightning_modules.metrics import (
 )
 from lightning_modules.metrics.embedder import embed_or_given
 from lightning_modules.metrics.fad import reference_key
+from lightning_modules.metrics.feature_tagger import FeatureTagger, add_white_noise
 from lightning_modules.metrics.functional import (
     frechet_distance,
     frechet_distance_infinity,
@@ -754,3 +757,37 @@ def test_tag_kl_divergence_errors():
         metric.update(generated_logits=torch.zeros(3, 3), reference_logits=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="not both or neither"):
         metric.update(generated_logits=torch.zeros(3, 3))
+
+
+def _artist_clips(tiny_corpus, manifest) -> tuple[torch.Tensor, list[str]]:
+    items = read_manifest(manifest)
+    dataset = AudioTextDataset(items, 16000, round(tiny_corpus.settings["duration"] * 16000))
+    return torch.stack([dataset[i]["audio"] for i in range(len(dataset))]), [item.group for item in items]
+
+
+def test_feature_tagger_learns_the_artists_and_round_trips(tiny_corpus, tmp_path):
+    train, groups = _artist_clips(tiny_corpus, tiny_corpus.train_manifest)
+    heldout, heldout_groups = _artist_clips(tiny_corpus, tiny_corpus.heldout_manifest)
+    tagger = FeatureTagger.fit(train, groups, 16000, tmp_path / "judge")
+
+    assert tagger.labels == sorted(set(groups)) and tagger.dim == len(tagger.labels)
+    for clips, truth in ((heldout, heldout_groups), (add_white_noise(heldout, (20.0, 20.0)), heldout_groups)):
+        predicted = [tagger.labels[i] for i in tagger(clips, 16000).argmax(-1).tolist()]
+        assert predicted == truth  # two artists, held-out and noisy held-out tracks: every one right
+    again = FeatureTagger.fit(train, groups, 16000, tmp_path / "again")
+    assert torch.equal(again(heldout, 16000), tagger(heldout, 16000))  # deterministic fit
+    assert torch.allclose(FeatureTagger(tmp_path / "judge")(heldout, 16000), tagger(heldout, 16000))
+
+
+def test_feature_tagger_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no feature tagger"):
+        FeatureTagger(tmp_path)
+    with pytest.raises(ValueError, match="at least two labels"):
+        FeatureTagger.fit(torch.randn(3, 4000), ["a", "a", "a"], 16000, tmp_path / "one")
+
+
+def test_white_noise_has_the_requested_snr():
+    clean = torch.randn(4, 16000, generator=torch.Generator().manual_seed(0)) * torch.tensor([[0.1], [1], [2], [5]])
+    noise = add_white_noise(clean, (10.0, 10.0), torch.Generator().manual_seed(1)) - clean
+    snr = 10 * (clean.pow(2).mean(-1) / noise.pow(2).mean(-1)).log10()
+    assert torch.allclose(snr, torch.full((4,), 10.0), atol=0.2)  # 16000 samples: the drawn noise's power is within 5 %
