@@ -26,20 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules import ToyCorpus, read_manifest  # noqa: E402
-from datamodules.audio import AudioTextDataset  # noqa: E402
+from datamodules import ToyCorpus  # noqa: E402
 from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E402
 from lightning_modules.metrics import ClapEmbedder, ZeroShotTagger  # noqa: E402
 from lightning_modules.metrics.feature_tagger import FeatureTagger  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
+from scripts.toy_recognition import load_clips  # noqa: E402
 
 log = logging.getLogger("toy_diagnosis")
-
-
-def load_clips(manifest: Path, sample_rate: int, num_samples: int) -> tuple[torch.Tensor, list]:
-    items = read_manifest(manifest)
-    dataset = AudioTextDataset(items, sample_rate, num_samples)
-    return torch.stack([dataset[i]["audio"] for i in range(len(dataset))]), items
 
 
 def per_artist(logits: torch.Tensor, labels: list[str], groups: list[str], artists: list[str]) -> list[float]:

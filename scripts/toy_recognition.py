@@ -79,25 +79,25 @@ def main() -> None:
         raise ValueError(f"The feature tagger in {args.judge} knows {taggers['features'].labels}, the corpus "
                          f"{artists}: delete {args.judge} to fit it again.")
 
-    def judge(audio: torch.Tensor, groups: list[str]) -> dict:
-        """Per-artist recognition by each judge, and the share of clips on which the judges agree."""
-        predicted = {}
-        for name, tagger in taggers.items():
-            logits = torch.cat([tagger(chunk, rate) for chunk in audio.split(args.batch)])
-            predicted[name] = [tagger.labels[i] for i in logits.argmax(-1).tolist()]
+    def embed(audio: torch.Tensor) -> torch.Tensor:
+        return torch.cat([clap(chunk, rate) for chunk in audio.split(args.batch)])
+
+    def judge(audio: torch.Tensor, groups: list[str], embeddings: torch.Tensor) -> dict:
+        """Per-artist recognition by each judge (the CLAP's from the clips' `embeddings`), and the share of clips on
+        which the judges agree."""
+        logits = {"clap": taggers["clap"].logits(embeddings),
+                  "features": torch.cat([taggers["features"](chunk, rate) for chunk in audio.split(args.batch)])}
+        predicted = {name: [taggers[name].labels[i] for i in logits[name].argmax(-1).tolist()] for name in JUDGES}
         result = {name: [sum(p == g for p, g in zip(predicted[name], groups, strict=True) if g == a) / groups.count(a)
                          for a in artists] for name in JUDGES}
         result["agreement"] = [sum(c == f for c, f, g in zip(*predicted.values(), groups, strict=True) if g == a)
                                / groups.count(a) for a in artists]
         return result
 
-    def embed(audio: torch.Tensor) -> torch.Tensor:
-        return torch.cat([clap(chunk, rate) for chunk in audio.split(args.batch)])
-
-    columns = {"held-out tracks": judge(heldout, [item.group for item in heldout_items])}
     train_groups = [item.group for item in train_items]
     heldout_groups = [item.group for item in heldout_items]
     train_embeddings, heldout_embeddings = embed(train), embed(heldout)
+    columns = {"held-out tracks": judge(heldout, heldout_groups, heldout_embeddings)}
     reference = {a: torch.cat([train_embeddings[[g == a for g in train_groups]],
                                heldout_embeddings[[g == a for g in heldout_groups]]]) for a in artists}
     fads = {"real": [fad(heldout_embeddings[[g == a for g in heldout_groups]],
@@ -120,9 +120,9 @@ def main() -> None:
             audio = torch.cat([model.generate(prompts[i:i + args.batch], seed=seeds[i:i + args.batch],
                                               num_inference_steps=args.steps)[:, 0]
                                for i in range(0, len(prompts), args.batch)])
-            columns[f"{name} ({kind})"] = judge(audio, groups)
+            embeddings = embed(audio)  # once per clip: recognition and FAD
+            columns[f"{name} ({kind})"] = judge(audio, groups, embeddings)
             if kind == "name only":
-                embeddings = embed(audio)
                 fads[name] = [fad(embeddings[[g == a for g in groups]], reference[a]) for a in artists]
         timings[name] = time.perf_counter() - started
         log.info("%s: %d generations in %.0f s", name, 2 * len(groups), timings[name])
