@@ -89,8 +89,10 @@ class ToyStudy:
     def __init__(self, out: Path, cache: Path, model: str, clap: str, draws: int, micro_batch_size: int = 64) -> None:
         ToyCorpus("data/toy").prepare()
         self.out = out
-        self.cache = cache
         self.model = ToyTextToMusic.from_pretrained(model).eval().requires_grad_(False)
+        # every cached result belongs to these weights: another model (a retrained base) starts a fresh cache
+        self.digest = weights_digest(sorted(self.model.state_dict().items()))
+        self.cache = cache / self.digest
         self.items = sorted(read_manifest("data/toy/train.jsonl"), key=lambda item: item.id)
         self.ids = [item.id for item in self.items]
         self.groups = [item.group for item in self.items]
@@ -118,7 +120,7 @@ class ToyStudy:
             self.model.requires_grad_(False)
         names = self.model.parameter_names(params)
         save_fisher(self.fisher_path, {name: value / count for name, value in zip(names, sums, strict=True)},
-                    weights=weights_digest(sorted(self.model.state_dict().items())), count=count)
+                    weights=self.digest, count=count)
         log.info("Fisher of %d tracks in %.0f s.", count, time.perf_counter() - started)
 
     def sweep(self, masked: bool) -> torch.Tensor:
@@ -430,7 +432,8 @@ def main() -> None:
     parser.add_argument("study", choices=("consistency", "ground-truth", "counterfactual"))
     parser.add_argument("--out", type=Path, default=Path("reports/attribution"))
     parser.add_argument("--cache", type=Path, default=Path("lightning_logs/attribution_study"),
-                        help="intermediate results (Fisher, sweeps, scores, fine-tuned models): a re-run resumes")
+                        help="intermediate results (Fisher, sweeps, scores, fine-tuned models), in a subfolder "
+                        "per model weights digest: a re-run resumes")
     parser.add_argument("--model", default="checkpoints/toy/base")
     parser.add_argument("--clap", default="checkpoints/toy/clap")
     parser.add_argument("--draws", type=int, default=2, help="(timestep, noise) draws per track in the sweeps")

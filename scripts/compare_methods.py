@@ -4,6 +4,8 @@ base model and the oracle (retrained without the artist) as reference rows.
 
     python scripts/compare_methods.py --out reports/methods            # every method, ~90 s each on 2 CPU cores
     python scripts/compare_methods.py --methods esd npo -- --trainer.max_steps=50
+    python scripts/compare_methods.py --out reports/methods_aurora_vale \
+        --data configs/data/toy_forget_aurora_vale.yaml --oracle checkpoints/toy/oracle_aurora_vale
 
 A method whose run finished is not run again (delete its folder under ``<out>/runs`` or pass ``--force``); the table
 is rebuilt from every finished run. Arguments after ``--`` go to every ``train.py fit``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,19 +24,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml  # noqa: E402
+
 from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # (set, metric, column title): what the table shows of each report
 COLUMNS = [
     ("forget", "loss", "forget loss ↑"),
+    ("near", "loss", "near loss"),
     ("retain", "loss", "retain loss"),
     ("forget", "fad", "FAD forget ↑"),
+    ("near", "fad", "FAD near ↓"),
     ("retain", "fad", "FAD retain ↓"),
     ("retain", "clap_score", "CLAP retain ↑"),
-    ("forget", "recognition", "recognition ↓"),
+    ("forget", "recognition", "recognition ↓ (CLAP)"),
+    ("forget", "recognition_judge", "recognition ↓ (features)"),
+    ("near", "recognition", "near recognition ↑ (CLAP)"),
+    ("near", "recognition_judge", "near recognition ↑ (features)"),
     ("forget", "mia_auc", "MIA AUC"),
 ]
+
+
+def toy_methods() -> list[str]:
+    """The configs of ``configs/unlearn`` that unlearn the toy model (the others need a hub checkpoint)."""
+    return sorted(path.stem for path in (REPO / "configs" / "unlearn").glob("*.yaml")
+                  if "model/toy_base.yaml" in path.read_text())
 
 
 def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], force: bool) -> dict:
@@ -57,6 +73,23 @@ def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], 
     write_json_atomic(report, results)
     print(f"[{name}] done in {results['process_seconds']:.0f} s", flush=True)
     return results
+
+
+def with_oracle(trainer: str, oracle: str, out: Path) -> str:
+    """A copy of the `trainer` config, in `out`, whose `UnlearningEvaluation` compares against `oracle` (a list of
+    callbacks cannot be edited from the command line)."""
+    config = yaml.safe_load((REPO / trainer).read_text())
+    evaluations = [callback for callback in config.get("trainer", {}).get("callbacks", [])
+                   if callback.get("class_path", "").endswith("UnlearningEvaluation")]
+    if len(evaluations) != 1:
+        raise SystemExit(f"--oracle needs one UnlearningEvaluation callback in {trainer}; it has {len(evaluations)}.")
+    if not Path(oracle).is_dir():
+        raise SystemExit(f"--oracle {oracle}: no such model folder.")
+    evaluations[0]["init_args"]["oracle"] = os.path.relpath(Path(oracle).resolve(), REPO)  # train.py runs in REPO
+    path = out / "runs" / "trainer.yaml"
+    write_text_atomic(path, f"# {trainer} with the oracle {oracle} (written by scripts/compare_methods.py)\n"
+                      + yaml.safe_dump(config, sort_keys=False))
+    return str(path)
 
 
 def table(reports: dict[str, dict]) -> tuple[str, list[dict]]:
@@ -93,22 +126,27 @@ def _format(value: object) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="reports/methods", help="folder of the runs and the table")
-    parser.add_argument("--methods", nargs="*", help="config names under configs/unlearn (default: all)")
+    parser.add_argument("--methods", nargs="*",
+                        help="config names under configs/unlearn (default: those of the toy model)")
     parser.add_argument("--trainer", default="configs/trainer/toy.yaml")
     parser.add_argument("--data", default="configs/data/toy_forget.yaml")
+    parser.add_argument("--oracle", help="the oracle model folder, in place of the trainer config's (an oracle "
+                        "retrained without the data config's forget set)")
     parser.add_argument("--force", action="store_true", help="rerun methods that have a finished run")
     args, extra = parser.parse_known_args()
     extra = [arg for arg in extra if arg != "--"]
-    methods = args.methods or sorted(path.stem for path in (REPO / "configs" / "unlearn").glob("*.yaml"))
+    methods = args.methods or toy_methods()
     unknown = [name for name in methods if not (REPO / "configs" / "unlearn" / f"{name}.yaml").is_file()]
     if unknown:
         raise SystemExit(f"No config configs/unlearn/<name>.yaml for {unknown}.")
     out = Path(args.out).resolve()
-    reports = {name: run_method(name, out, args.trainer, args.data, extra, args.force) for name in methods}
+    trainer = with_oracle(args.trainer, args.oracle, out) if args.oracle else args.trainer
+    reports = {name: run_method(name, out, trainer, args.data, extra, args.force) for name in methods}
     markdown, rows = table(reports)
     write_text_atomic(out / "methods.md", markdown + "\n")
     write_json_atomic(out / "methods.json", {"rows": rows, "runs": {name: r["run"] for name, r in reports.items()},
-                                             "trainer": args.trainer, "data": args.data, "extra": extra})
+                                             "trainer": args.trainer, "oracle": args.oracle, "data": args.data,
+                                             "extra": extra})
     print(markdown)
 
 

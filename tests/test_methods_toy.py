@@ -19,21 +19,25 @@ pytestmark = pytest.mark.slow
 
 # method: (least factor by which the forget loss rises, most factor by which the retain loss may rise); None where
 # that is not the method's intent (plain ascent does not protect the retain set; retain fine-tuning only protects it).
-# Measured with these configs (reports/methods): GA x1.45 / x1.04, GD x2.02 / x1.12, NegGrad+ x1.05 / x1.002,
-# NPO x1.58 / x1.14, RandomLabel x1.0015 / x1.03, RetainFinetune x1.0004 / x1.0007, SalUn x1.0014 / x1.011,
-# EWC x1.014 / x1.003: the random-labeling methods barely move the forget loss in the toy world.
+# The retain set is the far artists' (configs/data/toy_forget.yaml keeps Neon Harbor apart as the near set).
+# Measured with these configs on the toy world of issue 14 (reports/methods, one run each, 1 CPU thread):
+# GA x1.53 / x1.044, GD x3.25 / x1.29, NegGrad+ x1.0125 / x1.0013, NPO x4.98 / x1.43, RandomLabel x1.010 / x1.098,
+# RetainFinetune x1.0006 / x0.9998, SalUn x1.0062 / x1.046, EWC x1.12 / x1.027. Each bound keeps about a third of the
+# measured rise of the forget loss as margin, and the retain bound sits above the measured rise by about a third of it
+# (at least 0.01): the random-labeling methods barely move the forget loss in the toy world.
 LOSS_JUDGED = {
     "gradient_ascent": (1.3, None),
-    "gradient_difference": (1.5, 1.25),
-    "neg_grad_plus": (1.02, 1.05),
-    "npo": (1.3, 1.25),
-    "random_label": (1.0, 1.1),
+    "gradient_difference": (2.0, 1.4),
+    "neg_grad_plus": (1.005, 1.02),
+    "npo": (2.5, 1.6),
+    "random_label": (1.0, 1.15),
     "retain_finetune": (None, 1.01),
-    "salun": (1.0, 1.05),
-    "ewc": (1.0, 1.05),
+    "salun": (1.0, 1.08),
+    "ewc": (1.05, 1.05),
 }
-# the most recognition of the artist after (16 forget prompts; before: 1.0; measured: ESD 0.875, CA 0.9375)
-RECOGNITION_JUDGED = {"esd": 0.9, "concept_ablation": 0.95}
+# the most recognition of the artist after (16 forget prompts, the toy CLAP; before: 0.94 to 1.0; measured after:
+# ESD 0.0, Concept Ablation 0.0; the bound allows 4 of the 16 clips)
+RECOGNITION_JUDGED = {"esd": 0.25, "concept_ablation": 0.25}
 
 
 def _run(tmp_path: Path, method: str, generation: bool) -> dict:
@@ -54,7 +58,8 @@ def _run(tmp_path: Path, method: str, generation: bool) -> dict:
 
 
 def test_every_method_config_is_judged():
-    configs = {path.stem for path in (REPO / "configs" / "unlearn").glob("*.yaml")}
+    configs = {path.stem for path in (REPO / "configs" / "unlearn").glob("*.yaml")
+               if "model/toy_base.yaml" in path.read_text()}  # the others unlearn hub checkpoints
     assert configs == set(LOSS_JUDGED) | set(RECOGNITION_JUDGED)
 
 
@@ -72,5 +77,5 @@ def test_forget_loss_rises_and_retain_loss_holds(method, tmp_path):
 @pytest.mark.parametrize("method", sorted(RECOGNITION_JUDGED))
 def test_forget_prompts_stop_giving_the_artist(method, tmp_path):
     columns = _run(tmp_path, method, generation=True)
-    assert columns["before"]["forget"]["recognition"] == 1.0
+    assert columns["before"]["forget"]["recognition"] >= 0.9
     assert columns["after"]["forget"]["recognition"] <= RECOGNITION_JUDGED[method]

@@ -1,0 +1,62 @@
+"""The report scripts' own logic: which configs `compare_methods.py` runs, the trainer config it writes for another
+oracle, and the disagreement list of `toy_recognition.py`'s table."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+import compare_methods  # noqa: E402
+import toy_recognition  # noqa: E402
+
+
+def test_compare_methods_runs_the_toy_configs_only():
+    methods = compare_methods.toy_methods()
+    assert "gradient_ascent" in methods and "esd" in methods
+    assert not any(name.startswith(("musicgen", "musicldm", "stable_audio")) for name in methods)
+
+
+def test_with_oracle_changes_the_evaluation_oracle_only(tmp_path):
+    path = compare_methods.with_oracle("configs/trainer/toy.yaml", "checkpoints/toy/oracle_aurora_vale", tmp_path)
+    written, shipped = (yaml.safe_load(p.read_text()) for p in (tmp_path / "runs" / "trainer.yaml",
+                                                                REPO / "configs" / "trainer" / "toy.yaml"))
+    assert path == str(tmp_path / "runs" / "trainer.yaml")
+    assert written["trainer"]["callbacks"][0]["init_args"]["oracle"] == "checkpoints/toy/oracle_aurora_vale"
+    shipped["trainer"]["callbacks"][0]["init_args"]["oracle"] = "checkpoints/toy/oracle_aurora_vale"
+    assert written == shipped
+
+
+def test_with_oracle_refuses_a_missing_model(tmp_path):
+    with pytest.raises(SystemExit, match="no_such_oracle"):
+        compare_methods.with_oracle("configs/trainer/toy.yaml", str(tmp_path / "no_such_oracle"), tmp_path)
+
+
+def test_recognition_table_names_what_each_judge_heard_where_they_disagree():
+    real = {"clap": [1.0, 1.0], "features": [1.0, 1.0], "agreement": [1.0, 1.0],
+            "bands": [[0.0, 0.03], [0.005, 0.0]],
+            "confusions": {"clap": [{"A": 8}, {"B": 8}], "features": [{"A": 8}, {"B": 8}]}}
+    generated = {"clap": [1.0, 0.5], "features": [1.0, 1.0], "agreement": [1.0, 0.5],
+                 "bands": [[0.0, 0.02], [0.001, 0.2]],
+                 "confusions": {"clap": [{"A": 4}, {"B": 2, "A": 2}], "features": [{"A": 4}, {"B": 4}]}}
+    report = {"artists": ["A", "B"], "columns": {"held-out tracks": real, "base (name only)": generated},
+              "fad": {"base": [0.1, 0.2]}, "generations": 4, "steps": 25, "seed": 0, "heldout_per_artist": 8,
+              "real_per_artist": 48}
+    table = toy_recognition.markdown(report)
+    assert "| B | 1.00 / 1.00 | 0.50 / 1.00 | 0.200 |" in table and "seeds 0..7" in table
+    assert ("- base (name only), B: clap B 2, A 2; features B 4. Kick / hats band: these clips 0.0010 / 0.200; real "
+            "B 0.0050 / 0.000, A 0.0000 / 0.030") in table
+    assert "base (name only), A" not in table  # the judges agree on A
+
+
+def test_percussion_bands_find_a_kick_and_hats():
+    t = torch.arange(16000) / 16000
+    kick, hats = torch.sin(2 * torch.pi * 50 * t), torch.sin(2 * torch.pi * 6000 * t)
+    bands = toy_recognition.percussion_bands(torch.stack([kick, hats, kick + hats]), 16000)
+    assert bands[0, 0] > 0.95 and bands[1, 1] > 0.95 and bands[2].sub(0.5).abs().max() < 0.05
