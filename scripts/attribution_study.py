@@ -1,6 +1,6 @@
 """Attribution by unlearning on the toy world, where the truth is known: consistency, ground truth and counterfactuals.
 
-Three studies of the shipped toy model's training set (320 tracks of 8 fictional artists), each writing a JSON and
+Three studies of the shipped toy model's training set (400 tracks of 10 fictional artists), each writing a JSON and
 a Markdown report into ``--out`` and caching every intermediate result in ``--cache``, so an interrupted run resumes:
 
 - ``consistency``: self-influence (Choi et al. 2025). Training tracks chosen by k-means on their CLAP embeddings are
