@@ -78,7 +78,7 @@ def markdown(report: dict) -> str:
                          ("largest judge gap (one artist)", gap)):
         lines.append(f"| {label} | " + " | ".join(cells) + " |" + " |" * len(fads))
     seeds = f"{report['seed']}..{report['seed'] + len(artists) * report['generations'] - 1}"
-    real = columns[names[0]]
+    real = columns["held-out tracks"]
 
     def bands(column: dict, a: int) -> str:
         return "{:.4f} / {:.3f}".format(*column["bands"][a])
