@@ -3,18 +3,12 @@ oracle, and the disagreement list of `toy_recognition.py`'s table."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import yaml
 
+from scripts import compare_methods, toy_recognition
 from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-
-import compare_methods  # noqa: E402
-import toy_recognition  # noqa: E402
 
 
 def test_compare_methods_runs_the_toy_configs_only():
