@@ -4,16 +4,20 @@ oracle retrained without the forget set.
 For each evaluation set of the DataModule (forget, retain, held-out) it measures the per-item loss at timesteps and
 noise fixed per item id and the loss-based membership-inference AUC against the held-out non-members; and, given a
 CLAP, it generates from a fixed subset of the set's captions with fixed per-prompt seeds and measures FAD against the
-set's audio, CLAP score, recognition of each prompt's group (the forgotten artist), memorization of forget-set tracks
-and the KL divergence of tag distributions. Items and prompts are sharded across processes and every metric sums its
-states over processes, so the report does not depend on the number of devices. The methodology follows the opt-out
-study on MusicGen and the evaluation of unlearning against an oracle (see ../shared/reference/papers.md).
+set's audio (FAD and KAD), CLAP score, recognition of each prompt's group (the forgotten artist), memorization of
+forget-set tracks and the KL divergence of tag distributions. Every number keeps its per-item values (losses, clips'
+embeddings, recognition outcomes, similarities), gathered from all processes in item order, so every number comes with
+a seeded percentile bootstrap interval, and the differences after − before and after − oracle with paired ones (the
+same items, prompts and seeds, drawn together); none of it depends on the number of devices. The methodology follows
+the opt-out study on MusicGen and the evaluation of unlearning against an oracle (see ../shared/reference/papers.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +29,18 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.measuring import fixed_losses
+from callbacks.measuring import fixed_losses, measuring_precision, per_item_values
+from callbacks.oracle_scores import Replicates, scores_against_oracle
 from callbacks.report import describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
 from lightning_modules.io import (
     CorruptFileError,
+    TensorField,
     cache_key,
     default_cache_dir,
-    read_json_verified,
+    load_verified,
     reusable,
+    save_verified,
     write_json_atomic,
-    write_json_verified,
     write_text_atomic,
 )
 from lightning_modules.metrics import (
@@ -42,6 +48,7 @@ from lightning_modules.metrics import (
     AudioTagger,
     CLAPScore,
     FrechetAudioDistance,
+    KernelAudioDistance,
     Memorization,
     Recognition,
     TagKLDivergence,
@@ -49,18 +56,34 @@ from lightning_modules.metrics import (
     ZeroShotTagger,
 )
 from lightning_modules.metrics.fad import reference_key
-from lightning_modules.metrics.functional import membership_auc
+from lightning_modules.metrics.functional import (
+    Samples,
+    bootstrap_replicates,
+    membership_auc,
+    percentile_interval,
+)
 from lightning_modules.models.base import TextToMusicModel
 from lightning_modules.passes import measuring
 
 log = logging.getLogger(__name__)
 
 Results = dict[str, dict[str, float]]  # split -> metric -> value
+PerItem = dict[str, dict[str, list[Samples]]]  # split -> measure -> its groups of per-item values (`bootstrap`)
+Intervals = dict[str, dict[str, dict[str, float]]]  # split -> metric -> value, low, high, n
+
+
+@dataclass
+class Measurement:
+    """One model's numbers and the per-item values they are statistics of."""
+
+    results: Results
+    samples: PerItem = field(default_factory=dict)
 
 
 class UnlearningEvaluation(Callback):
     """Evaluates the model at fit start ("before"), every `every_n_train_steps` and at fit end ("after"), and in
-    ``validate`` / ``test`` ("model"); writes ``results.json`` and ``results.md`` into the run's log dir.
+    ``validate`` / ``test`` ("model"); writes ``results.json`` and ``results.md`` into the run's log dir, every number
+    with its bootstrap interval.
 
     Args:
         clap: a CLAP embedder; enables generation and the CLAP score, recognition, memorization and (without a
@@ -81,8 +104,10 @@ class UnlearningEvaluation(Callback):
         oracle: folder of the oracle (the same backend retrained without the forget set); evaluated once and cached.
         base: folder of the model before unlearning, for the "before" column of ``validate`` / ``test`` runs.
         log_audio: clips per set (of the first process) logged to TensorBoard with their mel spectrograms.
-        cache_dir: cache of reference statistics and oracle results; default ``$TTM_UNLEARNING_CACHE`` or
+        cache_dir: cache of reference embeddings and oracle results; default ``$TTM_UNLEARNING_CACHE`` or
             ``~/.cache/ttm_unlearning``.
+        resamples: bootstrap resamples of every interval (items, prompts or clips drawn with replacement).
+        confidence: level of the percentile intervals.
     """
 
     def __init__(
@@ -103,10 +128,14 @@ class UnlearningEvaluation(Callback):
         base: str | None = None,
         log_audio: int = 2,
         cache_dir: str | None = None,
+        resamples: int = 1000,
+        confidence: float = 0.95,
     ) -> None:
-        for name, value in (("num_prompts", num_prompts), ("batch_size", batch_size)):
+        for name, value in (("num_prompts", num_prompts), ("batch_size", batch_size), ("resamples", resamples)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must lie in (0, 1), e.g. 0.95; got {confidence}.")
         if every_n_train_steps < 0:
             raise ValueError(f"every_n_train_steps must be 0 (off) or positive, got {every_n_train_steps}.")
         for name, path in (("oracle", oracle), ("base", base)):
@@ -131,7 +160,11 @@ class UnlearningEvaluation(Callback):
         self.base = base
         self.log_audio = log_audio
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.resamples = resamples
+        self.confidence = confidence
         self.columns: dict[str, Results] = {}
+        self.samples: dict[str, PerItem] = {}  # column -> its per-item values
+        self._latest: tuple[int, Measurement] | None = None  # the last evaluation during training, with its step
         self.history: list[dict[str, Any]] = []
         self.timing: dict[str, Any] = {}
         self.items_per_step: dict[str, int] = {}  # training items per optimizer step over all processes, per set
@@ -160,6 +193,7 @@ class UnlearningEvaluation(Callback):
         self.recognizer = recognizer
         for split in self.datasets:
             metrics: dict[str, Any] = {"fad": FrechetAudioDistance(self.fad_embedder),
+                                       "kad": KernelAudioDistance(self.fad_embedder),
                                        "clap_score": CLAPScore(self.clap)}
             if recognizer is not None:
                 metrics["recognition"] = Recognition(recognizer)
@@ -173,30 +207,34 @@ class UnlearningEvaluation(Callback):
         self._references_ready = False
 
     def _prepare_references(self, trainer: L.Trainer, sample_rate: int) -> None:
-        """FAD reference statistics of each set's audio (read from the cache, or embedded once and cached) and the
-        forget tracks' embeddings for memorization."""
+        """Each set's audio embedded by the FAD embedder (read from the cache, or embedded once and cached): FAD's
+        reference statistics, KAD's reference, and (with the CLAP) the forget tracks' embeddings for memorization."""
         if self._references_ready or self.clap is None:
             return
         device = trainer.strategy.root_device
         for split, dataset in self.datasets.items():
-            fad = self.metrics[split]["fad"].to(device)
-            key = reference_key(self.fad_embedder, sample_rate, describe_items(dataset.items, dataset.num_samples))
-            path = self.cache_dir / "fad_reference" / f"{key}.pt"
-            if trainer.strategy.broadcast(reusable(path, fad.load_reference)):  # rank 0 verified it
-                fad.load_reference(path)
-                log.info("FAD reference of the %s set read from %s", split, path)
-            else:
-                fad.clear_reference()
-                for batch in self._loader(trainer, dataset):
-                    fad.update(batch["audio"], sample_rate, real=True)
-                fad.freeze_reference()
-                if trainer.is_global_zero:
-                    fad.save_reference(path)
+            embeddings = self._reference_embeddings(trainer, split, dataset, sample_rate)
+            self.metrics[split]["fad"].to(device).set_reference(reference_statistics(embeddings))
+            self.metrics[split]["kad"].to(device).set_reference(embeddings)
             if split == "forget":
-                embeddings = torch.cat([self.clap(batch["audio"].to(device), sample_rate)
-                                        for batch in DataLoader(dataset, batch_size=self.batch_size)])
+                if self.fad_embedder is not self.clap:
+                    embeddings = per_item_values(trainer, dataset, self.batch_size,
+                                                 lambda batch: self.clap(batch["audio"], sample_rate))
                 self.metrics[split]["memorization"].to(device).set_reference(embeddings)
         self._references_ready = True
+
+    def _reference_embeddings(self, trainer: L.Trainer, split: str, dataset: Any, sample_rate: int) -> Tensor:
+        key = reference_key(self.fad_embedder, sample_rate, describe_items(dataset.items, dataset.num_samples))
+        path = self.cache_dir / "reference_embeddings" / f"{key}.pt"
+        read = lambda path: read_reference_embeddings(path, self.fad_embedder.name)  # noqa: E731
+        if trainer.strategy.broadcast(reusable(path, read)):  # rank 0 verified it
+            log.info("Reference embeddings of the %s set read from %s", split, path)
+            return read(path).to(trainer.strategy.root_device)
+        embeddings = per_item_values(trainer, dataset, self.batch_size,
+                                     lambda batch: self.fad_embedder(batch["audio"], sample_rate).double())
+        if trainer.is_global_zero:
+            save_verified({"embeddings": embeddings.cpu(), "embedder": self.fad_embedder.name}, path)
+        return embeddings
 
     def _loader(self, trainer: L.Trainer, dataset: Any, indices: list[int] | None = None) -> DataLoader:
         """This process's share of `indices` (default all) of `dataset`: every `world_size`-th, no padding."""
@@ -204,8 +242,9 @@ class UnlearningEvaluation(Callback):
         return DataLoader(_Indexed(dataset, indices[trainer.global_rank::trainer.world_size]), self.batch_size)
 
     # ------------------------------------------------------------------------------------------------ measuring
-    def evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Results:
-        """Every configured metric of every evaluation set for `model`; identical on every process.
+    def evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Measurement:
+        """Every configured metric of every evaluation set for `model`, and the per-item values they come from;
+        identical on every process.
 
         The global random state and the modules' train / eval modes are restored afterwards, so training is the same
         whether an evaluation ran, read its references from the cache or was switched off.
@@ -213,20 +252,20 @@ class UnlearningEvaluation(Callback):
         with measuring(model, trainer.strategy.root_device):
             return self._evaluate(trainer, model)
 
-    def _evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Results:
+    def _evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Measurement:
         self._prepare_references(trainer, model.sample_rate)
-        results: Results = {split: {"loss": float("nan")} for split in self.datasets}
+        samples: PerItem = {split: {} for split in self.datasets}
         losses = {split: self._losses(trainer, model, dataset) for split, dataset in self.datasets.items()}
         for split, values in losses.items():
-            results[split]["loss"] = values.double().mean().item()
+            samples[split]["loss"] = [{"loss": values.double()}]
         if "heldout" in losses:
             for split in ("forget", "near", "retain"):
                 if split in losses:
-                    results[split]["mia_auc"] = membership_auc(losses[split], losses["heldout"])
+                    samples[split]["mia_auc"] = [{"loss": losses[split]}, {"loss": losses["heldout"]}]
         if self.clap is not None:
             for split, dataset in self.datasets.items():
-                results[split].update(self._generation_metrics(trainer, model, split, dataset))
-        return results
+                samples[split].update(self._generation_samples(trainer, model, split, dataset))
+        return Measurement(self.results_of(samples), samples)
 
     def _losses(self, trainer: L.Trainer, model: TextToMusicModel, dataset: Any) -> Tensor:
         """Per-item losses at fixed timesteps and noise, gathered from all processes `(items,)`; a NaN or infinite one
@@ -238,7 +277,8 @@ class UnlearningEvaluation(Callback):
         count = min(self.num_prompts, len(dataset))
         return torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()
 
-    def _generation_metrics(self, trainer: L.Trainer, model: TextToMusicModel, split: str, dataset: Any) -> dict:
+    def _generation_samples(self, trainer: L.Trainer, model: TextToMusicModel, split: str, dataset: Any
+                            ) -> dict[str, list[Samples]]:
         device = trainer.strategy.root_device
         metrics = self.metrics[split]
         for metric in metrics.values():
@@ -246,43 +286,95 @@ class UnlearningEvaluation(Callback):
         self._clips = []
         for batch in self._loader(trainer, dataset, self.prompt_indices(dataset)):
             seeds = [self.seed + index for index in batch["index"].tolist()]
-            with trainer.precision_plugin.forward_context():
+            with measuring_precision(trainer):
                 audio = model.generate(list(batch["caption"]), seed=seeds,
                                        num_inference_steps=self.num_inference_steps,
                                        guidance_scale=self.guidance_scale).float()
             self._update(metrics, audio, batch, model.sample_rate, device)
             keep = max(0, self.log_audio - len(self._clips)) if trainer.is_global_zero else 0
             self._clips.extend(zip(batch["caption"][:keep], audio[:keep].cpu(), strict=True))
-        results = {}
-        for name, metric in metrics.items():
-            value = metric.compute()
-            if isinstance(value, dict):
-                results.update({f"{name}_{key}" if key != "copies" else "copies": v.item() for key, v in value.items()})
-            else:
-                results[name] = value.item()
         self._log_clips(trainer, split, model.sample_rate)
-        return results
+        return {name: [metric.samples()] for name, metric in metrics.items()}
 
     def _update(self, metrics: dict, audio: Tensor, batch: dict, sample_rate: int, device: torch.device) -> None:
+        index = batch["index"]  # the prompt's place in the set: the per-item values come back in this order
         embeddings = self.clap(audio, sample_rate)
-        metrics["clap_score"].update(prompts=list(batch["caption"]), embeddings=embeddings)
-        if self.fad_embedder is self.clap:
-            metrics["fad"].update(embeddings=embeddings)
-        else:
-            metrics["fad"].update(audio, sample_rate)
+        metrics["clap_score"].update(prompts=list(batch["caption"]), embeddings=embeddings, index=index)
+        fad_embeddings = embeddings if self.fad_embedder is self.clap else self.fad_embedder(audio, sample_rate)
+        metrics["fad"].update(embeddings=fad_embeddings, index=index)
+        metrics["kad"].update(embeddings=fad_embeddings, index=index)
         if "recognition" in metrics:
-            metrics["recognition"].update(targets=list(batch["group"]), logits=self.recognizer.logits(embeddings))
+            metrics["recognition"].update(targets=list(batch["group"]), logits=self.recognizer.logits(embeddings),
+                                          index=index)
         if "recognition_judge" in metrics:
-            metrics["recognition_judge"].update(audio, sample_rate, targets=list(batch["group"]))
+            metrics["recognition_judge"].update(audio, sample_rate, targets=list(batch["group"]), index=index)
         if "memorization" in metrics:
-            metrics["memorization"].update(embeddings=embeddings)
+            metrics["memorization"].update(embeddings=embeddings, index=index)
         if "kl" in metrics:
             reference = batch["audio"].to(device)
             if self.tagger is None:
                 metrics["kl"].update(generated_logits=self.recognizer.logits(embeddings),
-                                     reference_logits=self.recognizer.logits(self.clap(reference, sample_rate)))
+                                     reference_logits=self.recognizer.logits(self.clap(reference, sample_rate)),
+                                     index=index)
             else:
-                metrics["kl"].update(audio, reference, sample_rate)
+                metrics["kl"].update(audio, reference, sample_rate, index=index)
+
+    # ------------------------------------------------------------------------------------------------ statistics
+    def statistic(self, split: str, measure: str) -> tuple[Callable[..., Any], bool]:
+        """The statistic of `measure` on `split` from its groups of per-item values, and whether it takes a batch
+        of resamples at once (`bootstrap_replicates`)."""
+        if measure == "loss":
+            return (lambda items: items["loss"].double().mean(-1)), True
+        if measure == "mia_auc":
+            return (lambda members, nonmembers: torch.tensor(membership_auc(members["loss"], nonmembers["loss"]),
+                                                              dtype=torch.float64)), False
+        metric = self.metrics[split][measure]
+        return metric.statistic, metric.batched_statistic
+
+    def results_of(self, samples: PerItem) -> Results:
+        """Every metric's value from the per-item values."""
+        results: Results = {}
+        for split, measures in samples.items():
+            results[split] = {}
+            for measure, groups in measures.items():
+                statistic, _ = self.statistic(split, measure)
+                results[split].update(_named(measure, statistic(*groups)))
+        return results
+
+    def replicates(self, samples: PerItem) -> Replicates:
+        """Per set and metric: the value, its bootstrap replicates and the number of items. The draws depend only on
+        the seed and the items, so models measured on the same items are resampled alike (paired)."""
+        out: Replicates = {}
+        for split, measures in samples.items():
+            out[split] = {}
+            for measure, groups in measures.items():
+                statistic, batched = self.statistic(split, measure)
+                value, replicates = bootstrap_replicates(statistic, groups, self.resamples, self.seed, batched)
+                n = min(len(next(iter(group.values()))) for group in groups)
+                values, draws = _named(measure, value), _named(measure, replicates)
+                out[split].update({name: (values[name], draws[name], n) for name in values})
+        return out
+
+    def intervals(self, replicates: Replicates) -> Intervals:
+        return {split: {name: percentile_interval(value, draws, self.confidence, n).as_dict()
+                        for name, (value, draws, n) in metrics.items()} for split, metrics in replicates.items()}
+
+    def differences(self, first: dict, second: dict) -> Intervals:
+        """`first` − `second` per set and metric, with the paired interval (the replicates' differences) and whether
+        it excludes 0."""
+        out: Intervals = {}
+        for split, metrics in first.items():
+            out[split] = {}
+            for name, (value, draws, n) in metrics.items():
+                if name not in second.get(split, {}):
+                    continue
+                other_value, other_draws, other_n = second[split][name]
+                if other_n != n:
+                    raise ValueError(f"The {split} set's {name} was measured on {n} and {other_n} items; a paired "
+                                     "difference needs the same items (a stale cache? delete it).")
+                interval = percentile_interval(value - other_value, draws - other_draws, self.confidence, n)
+                out[split][name] = {**interval.as_dict(), "excludes_zero": interval.excludes(0.0)}
+        return out
 
     def _log_clips(self, trainer: L.Trainer, split: str, sample_rate: int) -> None:
         for logger in trainer.loggers:
@@ -296,19 +388,21 @@ class UnlearningEvaluation(Callback):
                 logger.experiment.add_text(f"{tag}/prompt", caption, trainer.global_step)
 
     # ------------------------------------------------------------------------------------------------- references
-    def evaluate_pretrained(self, trainer: L.Trainer, model: TextToMusicModel, folder: str) -> Results:
-        """Results of the model saved in `folder` (same backend as `model`), cached by its weights and the settings."""
+    def evaluate_pretrained(self, trainer: L.Trainer, model: TextToMusicModel, folder: str) -> Measurement:
+        """The measurement of the model saved in `folder` (same backend as `model`), cached with its per-item values
+        by its weights and the settings."""
         key = cache_key(describe_model(folder), self.settings(trainer, model))
-        path = self.cache_dir / "evaluation" / f"{key}.json"
-        if trainer.strategy.broadcast(reusable(path, read_cached_results)):  # rank 0 verified it
+        path = self.cache_dir / "evaluation" / f"{key}.pt"
+        if trainer.strategy.broadcast(reusable(path, read_cached_measurement)):  # rank 0 verified it
             log.info("Results of %s read from the cache %s (delete it to measure again)", folder, path)
-            return read_cached_results(path)
+            return read_cached_measurement(path)
         reference = type(model).from_pretrained(folder).to(trainer.strategy.root_device)
-        results = self.evaluate(trainer, reference)
+        measurement = self.evaluate(trainer, reference)
         del reference
         if trainer.is_global_zero:
-            write_json_verified(path, {"model": str(folder), "results": results})
-        return results
+            save_verified({"model": str(folder), "results": measurement.results,
+                           "samples": _to_cpu(measurement.samples)}, path)
+        return measurement
 
     def settings(self, trainer: L.Trainer, model: TextToMusicModel) -> dict[str, Any]:
         """Everything the numbers depend on besides the model's weights."""
@@ -321,16 +415,18 @@ class UnlearningEvaluation(Callback):
             "recognition_template": self.recognition_template, "num_prompts": self.num_prompts, "seed": self.seed,
             "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
             "batch_size": self.batch_size, "memorization_threshold": self.memorization_threshold,
+            "judge": self.judge.name if self.judge else None,
             "sample_rate": model.sample_rate, "precision": str(trainer.precision),
         }
 
     # ----------------------------------------------------------------------------------------------------- hooks
-    def _record(self, trainer: L.Trainer, column: str, results: Results) -> None:
-        self.columns[column] = results
-        self.history.append({"step": trainer.global_step, "column": column, "results": results})
+    def _record(self, trainer: L.Trainer, column: str, measurement: Measurement) -> None:
+        self.columns[column] = measurement.results
+        self.samples[column] = measurement.samples
+        self.history.append({"step": trainer.global_step, "column": column, "results": measurement.results})
         if trainer.logger is not None:
-            prefix = "eval" if column in ("before", "after", "model", "step") else f"eval_{column}"
-            trainer.logger.log_metrics({f"{prefix}/{split}/{name}": value for split, values in results.items()
+            trainer.logger.log_metrics({f"{_prefix(column)}/{split}/{name}": value
+                                        for split, values in measurement.results.items()
                                         for name, value in values.items()}, step=trainer.global_step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -358,16 +454,17 @@ class UnlearningEvaluation(Callback):
         step = trainer.global_step
         if self.every_n_train_steps and step % self.every_n_train_steps == 0:
             started = time.perf_counter()
-            self._record(trainer, "step", self.evaluate(trainer, pl_module.model))
+            measurement = self.evaluate(trainer, pl_module.model)
+            self._latest = (step, measurement)
+            self._record(trainer, "step", measurement)
             self._clock["evaluating"] += time.perf_counter() - started
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # what unlearning cost: this fit's time after the "before" evaluation, less the evaluations during training
         self.timing = {"train_seconds": self._train_seconds(), "steps": trainer.global_step - self._clock["start_step"],
                        "processes": trainer.world_size, "items_per_step": self.items_per_step}
-        last = self.history[-1] if self.history else {}
-        evaluated_now = last.get("step") == trainer.global_step and last.get("column") == "step"
-        self._record(trainer, "after", last["results"] if evaluated_now else self.evaluate(trainer, pl_module.model))
+        evaluated_now = self._latest is not None and self._latest[0] == trainer.global_step
+        self._record(trainer, "after", self._latest[1] if evaluated_now else self.evaluate(trainer, pl_module.model))
         self._report(trainer, pl_module, "after")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -379,54 +476,137 @@ class UnlearningEvaluation(Callback):
 
     def _evaluate_stage(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "before" not in self.columns and self.base is not None:
-            self.columns["before"] = self.evaluate_pretrained(trainer, pl_module.model, self.base)
+            base = self.evaluate_pretrained(trainer, pl_module.model, self.base)
+            self.columns["before"], self.samples["before"] = base.results, base.samples
         self._record(trainer, "model", self.evaluate(trainer, pl_module.model))
         self._report(trainer, pl_module, "model")
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, column: str) -> None:
         if self.oracle is not None:
             self._record(trainer, "oracle", self.evaluate_pretrained(trainer, pl_module.model, self.oracle))
-        columns = {name: self.columns[name] for name in ("before", column, "oracle") if name in self.columns}
-        final = {f"eval/{split}/{name}": value for split, values in columns[column].items()
-                 for name, value in values.items()}
+        names = [name for name in ("before", column, "oracle") if name in self.columns]
+        columns = {name: self.columns[name] for name in names}
+        started = time.perf_counter()
+        replicates = {name: self.replicates(self.samples[name]) for name in names}
+        intervals = {name: self.intervals(replicates[name]) for name in names}
+        differences = {f"{column} − {other}": self.differences(replicates[column], replicates[other])
+                       for other in ("before", "oracle") if other in replicates}
+        scores = (scores_against_oracle({name: self.samples[name] for name in names}, replicates, column,
+                                        self.confidence) if "oracle" in names else {})
+        bootstrap_seconds = time.perf_counter() - started
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir is a collective under DDP
         if not trainer.is_global_zero:
             return
-        table = markdown_table(columns, column)
+        table = markdown_table(columns, column, intervals, differences, self.confidence) + oracle_summary(scores)
         if column == "after" and self.items_per_step:
             sizes = " + ".join(f"{count} {name}" for name, count in self.items_per_step.items())
             table += (f"\n\nTrained {self.timing['steps']} steps on {trainer.world_size} process(es), {sizes} items "
                       "per optimizer step (it follows the device count unless the data sets a global_batch_size).")
         log.info("Unlearning evaluation (%s):\n%s", type(pl_module).__name__, table)
         write_json_atomic(folder / "results.json", {
-            "columns": columns, "gap_to_oracle": gap_to_oracle(columns, column), "history": self.history,
+            "columns": columns, "intervals": intervals, "differences": differences, "against_oracle": scores,
+            "bootstrap": {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed,
+                          "seconds": bootstrap_seconds},
+            "gap_to_oracle": gap_to_oracle(columns, column), "history": self.history,
             "timing": self.timing if column == "after" else {}, "settings": self.settings(trainer, pl_module.model)})
         write_text_atomic(folder / "results.md", table + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
+                bounds = {f"{_prefix(name)}/{split}/{metric}_{end}": interval[end]
+                          for name in names for split, metrics in intervals[name].items()
+                          for metric, interval in metrics.items() for end in ("low", "high")}
+                logger.log_metrics(bounds, step=trainer.global_step)
+                final = {f"eval/{split}/{name}": value for split, values in columns[column].items()
+                         for name, value in values.items()}
                 logger.log_hyperparams({"method": type(pl_module).__name__}, metrics=final, step=trainer.global_step)
 
     # ------------------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
-        return {"columns": self.columns, "history": self.history,
+        return {"columns": self.columns, "history": self.history, "samples": _to_cpu(self.samples.get("before", {})),
                 "clock": {"carried": self._train_seconds(), "start_step": self._clock["start_step"]}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.columns = {k: v for k, v in state_dict["columns"].items() if k == "before"}
+        self.samples = {"before": state_dict["samples"]} if "before" in self.columns else {}
         self.history = state_dict["history"]
         self._clock.update(state_dict.get("clock", {}))
 
 
+def oracle_summary(scores: dict[str, Any]) -> str:
+    """The scores against the oracle as Markdown lines under the table (empty without an oracle)."""
+    if not scores:
+        return ""
+    lines = ["", "", "**Against the oracle.**"]
+    if "forget_quality" in scores:
+        lines.append("- Forget quality (KS-test p-value against the oracle; high is indistinguishable): "
+                     + ", ".join(f"{name.replace('_', ' ')} {p:.3g}" for name, p in scores["forget_quality"].items()))
+    if "privacy_leakage" in scores:
+        leak = scores["privacy_leakage"]
+        lines.append(f"- Privacy leakage (membership AUC relative to the oracle's; 0 is ideal): {leak['value']:+.1f} % "
+                     f"[{leak['low']:+.1f}, {leak['high']:+.1f}]")
+    if "model_utility" in scores:
+        utility = scores["model_utility"]
+        mine, oracle = (utility[name] for name in utility if name != "measures")
+        lines.append(f"- Model utility (harmonic mean of {', '.join(utility['measures'])} over the base model's): "
+                     f"{mine['value']:.3f} [{mine['low']:.3f}, {mine['high']:.3f}]; the oracle's {oracle['value']:.3f} "
+                     f"[{oracle['low']:.3f}, {oracle['high']:.3f}]")
+    if "verdict" in scores:
+        lines.append(f"- {scores['verdict']}")
+    return "\n".join(lines)
+
+
+def _prefix(column: str) -> str:
+    """TensorBoard prefix of a column: ``eval`` for the model being trained or validated, else ``eval_<column>``."""
+    return "eval" if column in ("before", "after", "model", "step") else f"eval_{column}"
+
+
+def _named(measure: str, value: Any) -> dict[str, Any]:
+    """A measure's output under its result names: one value keeps the measure's name; a dict's entries are
+    ``<measure>_<key>`` (memorization's ``copies`` keeps its own name)."""
+    if not isinstance(value, dict):
+        return {measure: value.item() if isinstance(value, Tensor) and value.dim() == 0 else value}
+    return {key if key == "copies" else f"{measure}_{key}":
+            point.item() if isinstance(point, Tensor) and point.dim() == 0 else point for key, point in value.items()}
+
+
+def _to_cpu(samples: PerItem) -> PerItem:
+    return {split: {measure: [{name: values.cpu() for name, values in group.items()} for group in groups]
+                    for measure, groups in measures.items()} for split, measures in samples.items()}
+
+
+def reference_statistics(embeddings: Tensor) -> dict[str, Tensor]:
+    """FAD reference statistics (``sum``, ``outer_sum``, ``count``) of `(items, dim)` or `(items, frames, dim)`
+    embeddings, every frame a sample."""
+    rows = embeddings.reshape(-1, embeddings.shape[-1]).double()
+    return {"sum": rows.sum(0), "outer_sum": rows.T @ rows, "count": torch.tensor(float(len(rows)),
+                                                                                   dtype=torch.float64)}
+
+
+_REFERENCE = "reference embeddings"
 _CACHED_RESULTS = "cached evaluation results"
 _MEASURE_AGAIN = "delete it: the evaluation measures the model again and rewrites it"
 
 
-def read_cached_results(path: Path) -> Results:
-    """The results `evaluate_pretrained` cached in `path`, verified (digest, a JSON object with ``results``)."""
-    saved = read_json_verified(path, _CACHED_RESULTS, _MEASURE_AGAIN)
-    if not isinstance(saved, dict) or not isinstance(saved.get("results"), dict):
-        raise CorruptFileError(path, _CACHED_RESULTS, "does not hold a JSON object with 'results'", _MEASURE_AGAIN)
-    return saved["results"]
+def read_reference_embeddings(path: Path, embedder: str) -> Tensor:
+    """A set's embeddings cached by `_reference_embeddings`, verified (digest, finite float64, the same embedder)."""
+    remedy = "delete it: the evaluation embeds the set's audio again and rewrites it"
+    saved = load_verified(path, _REFERENCE, remedy, {"embeddings": TensorField(dtype=torch.float64, finite=True),
+                                                    "embedder": str})
+    if saved["embedder"] != embedder:
+        raise CorruptFileError(path, _REFERENCE, f"was embedded by {saved['embedder']!r}, not {embedder!r}", remedy)
+    return saved["embeddings"]
+
+
+def read_cached_measurement(path: Path) -> Measurement:
+    """The measurement `evaluate_pretrained` cached in `path`, verified (digest, results and per-item values)."""
+    saved = load_verified(path, _CACHED_RESULTS, _MEASURE_AGAIN, {"results": dict, "samples": dict})
+    for split, measures in saved["samples"].items():
+        for measure, groups in measures.items():
+            if not (isinstance(groups, list) and all(isinstance(group, dict) and all(
+                    isinstance(values, Tensor) for values in group.values()) for group in groups)):
+                raise CorruptFileError(path, _CACHED_RESULTS, f"holds no per-item tensors for {split}/{measure}",
+                                       _MEASURE_AGAIN)
+    return Measurement(saved["results"], saved["samples"])
 
 
 class _Indexed(Dataset):

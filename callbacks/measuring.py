@@ -1,32 +1,76 @@
-"""`fixed_losses`: the per-item loss pass at fixed timesteps and noise, sharded over processes, that evaluation and
-the guard share."""
+"""Per-item passes over an evaluation set, sharded over processes, whose values every process gets in item order:
+`fixed_losses` (the loss at fixed timesteps and noise, which evaluation and the guard share) and `per_item_values`;
+and the precision they measure in (`measuring_precision`)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor
-from torchmetrics import CatMetric
 
 from datamodules.audio import AudioTextDataset
+from lightning_modules.metrics.functional import Samples
+from lightning_modules.metrics.per_item import PerItemMetric
 from lightning_modules.models.base import TextToMusicModel
 from lightning_modules.passes import check_finite, sharded_batches
+
+
+class _InOrder(PerItemMetric):
+    """Gathers one tensor per item from every process, in index order."""
+
+    fields = ("value",)
+
+    def update(self, value: Tensor, index: Tensor) -> None:
+        self.keep(index, value=value)
+
+    def statistic(self, samples: Samples) -> Tensor:
+        return samples["value"]
+
+
+def measuring_precision(trainer: L.Trainer) -> AbstractContextManager:
+    """The context the evaluation's model passes (fixed-noise losses, generation) run in: the trainer's autocast
+    where it is faster, float32 where it is not. On CPU, bf16 / fp16 autocast is emulated and many times slower than
+    float32 (the bf16-mixed quickstart spent 863 s against 50 s, nearly all of it in the evaluation's generation;
+    README, Precision), and float32 is the more precise measurement, so a mixed-precision run on CPU measures in
+    float32 and its report is the fp32 run's. Weights converted to a low precision ("bf16-true") keep the trainer's
+    context, which their inputs need."""
+    plugin = trainer.precision_plugin
+    if isinstance(plugin, MixedPrecision) and trainer.strategy.root_device.type == "cpu":
+        return contextlib.nullcontext()
+    return plugin.forward_context()
+
+
+def per_item_values(trainer: L.Trainer, dataset: Any, batch_size: int, measure: Callable[[dict], Tensor],
+                    indices: list[int] | None = None) -> Tensor:
+    """`measure(batch)` `(batch, ...)` over `indices` (default all) of `dataset`: each process measures every
+    `world_size`-th item (no padding) and all get every item's value, in the order of `indices`."""
+    indices = list(range(len(dataset))) if indices is None else indices
+    gathered: Any = _InOrder().to(trainer.strategy.root_device)
+    share = torch.arange(len(indices))[trainer.global_rank::trainer.world_size]
+    for batch, positions in zip(sharded_batches(trainer, dataset, batch_size, indices), share.split(batch_size),
+                                strict=True):
+        gathered.update(measure(batch), positions)
+    return gathered.samples()["value"]
 
 
 def fixed_losses(trainer: L.Trainer, model: TextToMusicModel, dataset: AudioTextDataset, seed: int, batch_size: int,
                  indices: list[int] | None = None) -> Tensor:
     """Per-item losses `(items,)` of `indices` (default all) of `dataset` at the timesteps and noise fixed by each
-    item's id and `seed`; each process measures every `world_size`-th item (no padding) and all get every loss, in
-    rank order. A NaN or infinite loss raises `NonFiniteLossError` naming the items, on every process alike (the check
-    runs on the gathered losses: one device sync per call)."""
-    gathered: Any = CatMetric(nan_strategy="disable").to(trainer.strategy.root_device)
-    for batch in sharded_batches(trainer, dataset, batch_size, indices):
-        with trainer.precision_plugin.forward_context():
-            gathered.update(model.loss(batch, **model.fixed_loss_inputs(batch["id"], seed)).float())
-    losses = gathered.compute().reshape(-1)
+    item's id and `seed`, in the order of `indices` on every process (`per_item_values`). A NaN or infinite loss raises
+    `NonFiniteLossError` naming the items, on every process alike (the check runs on the gathered losses)."""
+
+    def loss(batch: dict) -> Tensor:
+        with measuring_precision(trainer):
+            return model.loss(batch, **model.fixed_loss_inputs(batch["id"], seed)).float()
+
+    losses = per_item_values(trainer, dataset, batch_size, loss, indices)
     indices = list(range(len(dataset))) if indices is None else indices
-    order = [index for rank in range(trainer.world_size) for index in indices[rank::trainer.world_size]]
-    check_finite(losses, [dataset.items[index].id for index in order],
+    check_finite(losses, [dataset.items[index].id for index in indices],
                  f"fixed-noise loss of the {dataset.split or 'evaluation'} set")
     return losses

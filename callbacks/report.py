@@ -40,19 +40,42 @@ def gap_to_oracle(columns: dict[str, dict[str, dict[str, float]]], column: str) 
             for split, values in columns[column].items()}
 
 
-def markdown_table(columns: dict[str, dict[str, dict[str, float]]], column: str) -> str:
-    """One row per set and metric, one column per evaluated model, and `column`'s gap to the oracle."""
+def markdown_table(columns: dict[str, dict[str, dict[str, float]]], column: str,
+                   intervals: dict[str, dict[str, dict[str, dict]]] | None = None,
+                   differences: dict[str, dict[str, dict[str, dict]]] | None = None, confidence: float = 0.95) -> str:
+    """One row per set and metric, one column per evaluated model (``value [low, high]`` where `intervals` has the
+    cell), then one per difference (``after − before``, ``after − oracle``: paired intervals, ``*`` where the interval
+    excludes 0); without differences, `column`'s gap to the oracle."""
     names = list(columns)
-    gaps = gap_to_oracle(columns, column)
-    header = ["set", "metric", *names] + ([f"{column} − oracle"] if gaps else [])
+    intervals, differences = intervals or {}, differences or {}
+    gaps = {} if differences else gap_to_oracle(columns, column)
+    header = ["set", "metric", *names, *differences] + ([f"{column} − oracle"] if gaps else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for split, values in columns[column].items():
         for metric in values:
-            cells = [_format(columns[name].get(split, {}).get(metric)) for name in names]
+            cells = [_cell(columns[name].get(split, {}).get(metric), intervals.get(name, {}).get(split, {}).get(metric))
+                     for name in names]
+            cells += [_cell(None, difference.get(split, {}).get(metric), signed=True)
+                      for difference in differences.values()]
             if gaps:
                 cells.append(_format(gaps[split].get(metric), signed=True))
             lines.append(f"| {split} | {metric} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    table = "\n".join(lines)
+    if intervals or differences:
+        n = {interval["n"] for column_intervals in intervals.values() for metrics in column_intervals.values()
+             for interval in metrics.values()}
+        table += (f"\n\n[low, high]: {confidence:.0%} percentile bootstrap interval over the set's items or prompts "
+                  f"(n = {', '.join(str(v) for v in sorted(n))}); differences are paired (the same items, prompts and "
+                  "seeds drawn together); * marks a difference whose interval excludes 0.")
+    return table
+
+
+def _cell(value: float | None, interval: dict | None, signed: bool = False) -> str:
+    if interval is None:
+        return _format(value, signed)
+    text = (f"{_format(interval['value'], signed)} [{_format(interval['low'], signed)}, "
+            f"{_format(interval['high'], signed)}]")
+    return text + (" *" if interval.get("excludes_zero") else "")
 
 
 def _format(value: float | None, signed: bool = False) -> str:

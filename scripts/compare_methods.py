@@ -1,20 +1,26 @@
 """The unlearning methods side by side on the toy world: each config of ``configs/unlearn`` runs with the same
-trainer, data and evaluation (same seeds, prompts and items), and the evaluation reports become one table with the
-base model and the oracle (retrained without the artist) as reference rows.
+trainer, data and evaluation (same prompts, items and evaluation seed), and the evaluation reports become one table
+with the base model and the oracle (retrained without the artist) as reference rows.
+
+With ``--seeds N`` every method trains N times, with ``seed_everything`` 0 .. N-1 (the order of the training batches
+and every random draw of training; the evaluation's prompts and noise stay fixed). Each cell is then the mean ± the
+standard deviation over the seeds, beside the bootstrap interval of the evaluation (the mean of the seeds' interval
+bounds), and a method is called better than another on a column only where it is better in every seed.
 
     python scripts/compare_methods.py --out reports/methods            # every method, ~90 s each on 2 CPU cores
-    python scripts/compare_methods.py --methods esd npo -- --trainer.max_steps=50
+    python scripts/compare_methods.py --methods esd npo --seeds 3 -- --trainer.max_steps=50
     python scripts/compare_methods.py --out reports/methods_aurora_vale \
         --data configs/data/toy_forget_aurora_vale.yaml --oracle checkpoints/toy/oracle_aurora_vale
 
-A method whose run finished is not run again (delete its folder under ``<out>/runs`` or pass ``--force``); the table
-is rebuilt from every finished run. Arguments after ``--`` go to every ``train.py fit``.
+A run that finished is not run again (delete its folder under ``<out>/runs`` or pass ``--force``), so a stopped
+comparison resumes; the table is rebuilt from every finished run. Arguments after ``--`` go to every ``train.py fit``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -29,20 +35,21 @@ import yaml  # noqa: E402
 from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# (set, metric, column title): what the table shows of each report
+# (set, metric, column title, which way is better for unlearning: +1 higher, -1 lower, 0 neither): what the table
+# shows of each report
 COLUMNS = [
-    ("forget", "loss", "forget loss ↑"),
-    ("near", "loss", "near loss"),
-    ("retain", "loss", "retain loss"),
-    ("forget", "fad", "FAD forget ↑"),
-    ("near", "fad", "FAD near ↓"),
-    ("retain", "fad", "FAD retain ↓"),
-    ("retain", "clap_score", "CLAP retain ↑"),
-    ("forget", "recognition", "recognition ↓ (CLAP)"),
-    ("forget", "recognition_judge", "recognition ↓ (features)"),
-    ("near", "recognition", "near recognition ↑ (CLAP)"),
-    ("near", "recognition_judge", "near recognition ↑ (features)"),
-    ("forget", "mia_auc", "MIA AUC"),
+    ("forget", "loss", "forget loss ↑", 1),
+    ("near", "loss", "near loss", 0),
+    ("retain", "loss", "retain loss ↓", -1),
+    ("forget", "fad", "FAD forget ↑", 1),
+    ("near", "fad", "FAD near ↓", -1),
+    ("retain", "fad", "FAD retain ↓", -1),
+    ("retain", "clap_score", "CLAP retain ↑", 1),
+    ("forget", "recognition", "recognition ↓ (CLAP)", -1),
+    ("forget", "recognition_judge", "recognition ↓ (features)", -1),
+    ("near", "recognition", "near recognition ↑ (CLAP)", 1),
+    ("near", "recognition_judge", "near recognition ↑ (features)", 1),
+    ("forget", "mia_auc", "MIA AUC", 0),
 ]
 
 
@@ -52,26 +59,27 @@ def toy_methods() -> list[str]:
                   if "model/toy_base.yaml" in path.read_text())
 
 
-def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], force: bool) -> dict:
-    """The evaluation report of one method's run, running it unless a finished run is there."""
-    folder = out / "runs" / name
+def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], force: bool, seed: int = 0) -> dict:
+    """The evaluation report of one method's run with `seed`, running it unless a finished run is there."""
+    folder = out / "runs" / name / f"seed{seed}"
     report = folder / "results.json"
     if report.exists() and not force:
         return json.loads(report.read_text())
     shutil.rmtree(folder, ignore_errors=True)
     command = [sys.executable, "train.py", "fit", "--config", trainer, "--config", f"configs/unlearn/{name}.yaml",
-               "--data", data, f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false", *extra]
-    print(f"[{name}] {' '.join(command[1:])}", flush=True)
+               "--data", data, f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false",
+               f"--seed_everything={seed}", *extra]
+    print(f"[{name} seed {seed}] {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"[{name}] failed with exit code {result.returncode}:\n{result.stderr[-4000:]}")
+        raise SystemExit(f"[{name} seed {seed}] failed with exit code {result.returncode}:\n{result.stderr[-4000:]}")
     (run,) = (folder / "lightning_logs").iterdir()
     results = json.loads((run / "results.json").read_text())
     results["run"] = str(run.relative_to(REPO) if run.is_relative_to(REPO) else run)
     results["process_seconds"] = time.perf_counter() - started
     write_json_atomic(report, results)
-    print(f"[{name}] done in {results['process_seconds']:.0f} s", flush=True)
+    print(f"[{name} seed {seed}] done in {results['process_seconds']:.0f} s", flush=True)
     return results
 
 
@@ -92,34 +100,84 @@ def with_oracle(trainer: str, oracle: str, out: Path) -> str:
     return str(path)
 
 
-def table(reports: dict[str, dict]) -> tuple[str, list[dict]]:
-    """Markdown and rows: base, oracle, then each method's "after" column."""
-    first = next(iter(reports.values()))["columns"]
-    rows = [{"method": "base (before)", **_cells(first["before"]), "train seconds": None}]
-    if "oracle" in first:
-        rows.append({"method": "oracle (retrained)", **_cells(first["oracle"]), "train seconds": None})
-    for name, report in reports.items():
-        if report["columns"]["before"] != first["before"]:
-            raise SystemExit(f"{name}'s 'before' column differs from the others': the runs did not share seeds, "
-                             "items or prompts; rerun them with --force.")
-        rows.append({"method": name, **_cells(report["columns"]["after"]),
-                     "train seconds": report.get("timing", {}).get("train_seconds")})
-    header = ["method", *(title for _, _, title in COLUMNS), "train seconds"]
+def table(reports: dict[str, list[dict]]) -> tuple[str, list[dict], list[str]]:
+    """Markdown, rows and the comparisons that hold over every seed: base, oracle, then each method's "after" column
+    over its seeds (`reports`: method -> one report per seed)."""
+    first = next(iter(reports.values()))[0]
+    rows = [{"method": "base (before)", **_cells([first], "before")}]
+    if "oracle" in first["columns"]:
+        rows.append({"method": "oracle (retrained)", **_cells([first], "oracle")})
+    for name, runs in reports.items():
+        for report in runs:
+            if report["columns"]["before"] != first["columns"]["before"]:
+                raise SystemExit(f"{name}'s 'before' column differs from the others': the runs did not share the "
+                                 "evaluation's items, prompts or seed; rerun them with --force.")
+        seconds = [report.get("timing", {}).get("train_seconds") for report in runs]
+        rows.append({"method": name, **_cells(runs, "after"),
+                     "train seconds": {"mean": sum(seconds) / len(seconds)} if None not in seconds else None})
+    header = ["method", *(title for _, _, title, _ in COLUMNS), "train seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join(_format(row[key]) for key in header) + " |")
-    return "\n".join(lines), rows
+        lines.append("| " + " | ".join(_format(row.get(key)) for key in header) + " |")
+    seeds = len(next(iter(reports.values())))
+    lines += ["", (f"Each method: mean ± standard deviation over {seeds} training seeds; " if seeds > 1 else
+                   "One training seed per method; ") + "[low, high]: the evaluation's 95 % bootstrap interval over its "
+              "prompts or items" + (" (the mean of the seeds' bounds)." if seeds > 1 else ".")]
+    comparisons = consistent_wins(reports)
+    if comparisons:
+        lines += ["", f"Better in every one of the {seeds} seed(s):", *(f"- {line}" for line in comparisons)]
+    return "\n".join(lines), rows, comparisons
 
 
-def _cells(column: dict) -> dict:
-    return {title: column.get(split, {}).get(metric) for split, metric, title in COLUMNS}
+def _cells(runs: list[dict], column: str) -> dict:
+    """Each table column's value over `runs` (mean, standard deviation over the runs, the mean interval bounds)."""
+    cells = {}
+    for split, metric, title, _ in COLUMNS:
+        values = [run["columns"][column].get(split, {}).get(metric) for run in runs]
+        if None in values:
+            cells[title] = None
+            continue
+        intervals = [run.get("intervals", {}).get(column, {}).get(split, {}).get(metric) for run in runs]
+        mean = sum(values) / len(values)
+        cell = {"mean": mean, "values": values}
+        if len(values) > 1:
+            cell["std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        if None not in intervals:
+            cell["low"] = sum(i["low"] for i in intervals) / len(intervals)
+            cell["high"] = sum(i["high"] for i in intervals) / len(intervals)
+        cells[title] = cell
+    return cells
+
+
+def consistent_wins(reports: dict[str, list[dict]]) -> list[str]:
+    """Per column with a direction, the pairs of methods where one is better than the other in every seed (paired
+    by seed), as "column: A > B, ..." lines; the comparison needs the same number of seeds for every method."""
+    lines = []
+    names = list(reports)
+    for split, metric, title, direction in COLUMNS:
+        if not direction:
+            continue
+        wins = []
+        for a in names:
+            for b in names:
+                pairs = list(zip(reports[a], reports[b], strict=True))
+                values = [(x["columns"]["after"].get(split, {}).get(metric),
+                           y["columns"]["after"].get(split, {}).get(metric)) for x, y in pairs]
+                if a != b and values and all(u is not None and v is not None and direction * (u - v) > 0
+                                             for u, v in values):
+                    wins.append(f"{a} > {b}")
+        if wins:
+            lines.append(f"{title}: " + ", ".join(wins))
+    return lines
 
 
 def _format(value: object) -> str:
     if value is None:
         return "–"
-    if isinstance(value, float):
-        return f"{value:.0f}" if value >= 10 else f"{value:.3f}"
+    if isinstance(value, dict):
+        number = lambda x: f"{x:.0f}" if abs(x) >= 10 else f"{x:.3f}"  # noqa: E731
+        text = number(value["mean"]) + (f" ± {number(value['std'])}" if "std" in value else "")
+        return text + (f" [{number(value['low'])}, {number(value['high'])}]" if "low" in value else "")
     return str(value)
 
 
@@ -132,6 +190,7 @@ def main() -> None:
     parser.add_argument("--data", default="configs/data/toy_forget.yaml")
     parser.add_argument("--oracle", help="the oracle model folder, in place of the trainer config's (an oracle "
                         "retrained without the data config's forget set)")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per method (seed_everything 0..N-1)")
     parser.add_argument("--force", action="store_true", help="rerun methods that have a finished run")
     args, extra = parser.parse_known_args()
     extra = [arg for arg in extra if arg != "--"]
@@ -141,10 +200,14 @@ def main() -> None:
         raise SystemExit(f"No config configs/unlearn/<name>.yaml for {unknown}.")
     out = Path(args.out).resolve()
     trainer = with_oracle(args.trainer, args.oracle, out) if args.oracle else args.trainer
-    reports = {name: run_method(name, out, trainer, args.data, extra, args.force) for name in methods}
-    markdown, rows = table(reports)
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}.")
+    reports = {name: [run_method(name, out, trainer, args.data, extra, args.force, seed) for seed in range(args.seeds)]
+               for name in methods}
+    markdown, rows, comparisons = table(reports)
     write_text_atomic(out / "methods.md", markdown + "\n")
-    write_json_atomic(out / "methods.json", {"rows": rows, "runs": {name: r["run"] for name, r in reports.items()},
+    write_json_atomic(out / "methods.json", {"rows": rows, "comparisons": comparisons, "seeds": args.seeds,
+                                             "runs": {name: [r["run"] for r in runs] for name, runs in reports.items()},
                                              "trainer": args.trainer, "oracle": args.oracle, "data": args.data,
                                              "extra": extra})
     print(markdown)

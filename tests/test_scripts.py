@@ -54,3 +54,27 @@ def test_percussion_bands_find_a_kick_and_hats():
     kick, hats = torch.sin(2 * torch.pi * 50 * t), torch.sin(2 * torch.pi * 6000 * t)
     bands = toy_recognition.percussion_bands(torch.stack([kick, hats, kick + hats]), 16000)
     assert bands[0, 0] > 0.95 and bands[1, 1] > 0.95 and bands[2].sub(0.5).abs().max() < 0.05
+
+
+def _report(forget_loss: float, before: float = 1.0, low: float | None = None) -> dict:
+    after = {"forget": {"loss": forget_loss}, "retain": {"loss": 0.5}}
+    report = {"columns": {"before": {"forget": {"loss": before}, "retain": {"loss": 0.5}}, "after": after},
+              "timing": {"train_seconds": 10.0}}
+    if low is not None:
+        report["intervals"] = {"after": {"forget": {"loss": {"value": forget_loss, "low": low, "high": low + 1,
+                                                              "n": 16}}}}
+    return report
+
+
+def test_compare_methods_table_over_seeds_and_the_wins_that_hold_in_every_seed():
+    reports = {"a": [_report(2.0, low=1.0), _report(4.0, low=3.0)],  # better than b in both seeds
+               "b": [_report(1.5, low=1.0), _report(3.0, low=2.0)],
+               "c": [_report(3.0, low=2.0), _report(1.0, low=0.0)]}  # beats b in one seed only
+    markdown, rows, wins = compare_methods.table(reports)
+    a = next(row for row in rows if row["method"] == "a")["forget loss ↑"]
+    assert a["mean"] == 3.0 and a["std"] == pytest.approx(2 ** 0.5) and (a["low"], a["high"]) == (2.0, 3.0)
+    assert "| a | 3.000 ± 1.414 [2.000, 3.000] |" in markdown
+    assert wins == ["forget loss ↑: a > b"]  # c vs a or b flips with the seed; retain losses tie
+    assert "mean ± standard deviation over 2 training seeds" in markdown
+    with pytest.raises(SystemExit, match="'before' column differs"):
+        compare_methods.table({"a": [_report(2.0)], "b": [_report(2.0, before=0.9)]})

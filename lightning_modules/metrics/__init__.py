@@ -9,10 +9,13 @@ from lightning_modules.metrics.clap_score import CLAPScore
 from lightning_modules.metrics.embedder import AudioEmbedder, AudioTagger, TextAudioEmbedder
 from lightning_modules.metrics.fad import FrechetAudioDistance
 from lightning_modules.metrics.feature_tagger import FeatureTagger
+from lightning_modules.metrics.kad import KernelAudioDistance
 from lightning_modules.metrics.kl import TagKLDivergence
 from lightning_modules.metrics.memorization import Memorization
+from lightning_modules.metrics.per_item import PerItemMetric
 from lightning_modules.metrics.recognition import Recognition
 from lightning_modules.metrics.zero_shot import ZeroShotTagger
 
 __all__ = ["AudioEmbedder", "AudioTagger", "CLAPScore", "ClapEmbedder", "FeatureTagger", "FrechetAudioDistance",
-           "Memorization", "Recognition", "TagKLDivergence", "TextAudioEmbedder", "ZeroShotTagger"]
+           "KernelAudioDistance", "Memorization", "PerItemMetric", "Recognition", "TagKLDivergence",
+           "TextAudioEmbedder", "ZeroShotTagger"]

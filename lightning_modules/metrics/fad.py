@@ -3,9 +3,10 @@ as a torchmetrics Metric modelled on torchmetrics' FrechetInceptionDistance. Kil
 Metric for Evaluating Music Enhancement Algorithms", Interspeech 2019; FAD-infinity from Gui et al., "Adapting Fréchet
 Audio Distance for Generative Music Evaluation", ICASSP 2024.
 
-The states are float64 sums of embeddings and of their outer products, reduced with ``sum`` across processes, so the
-value is the same on any number of devices. The reference (real) statistics can be frozen once, kept across resets and
-saved to a file, so a reference set is embedded once for every checkpoint and run that is compared with it.
+The reference (real) side is float64 sums of embeddings and of their outer products, reduced with ``sum`` across
+processes; it can be frozen once, kept across resets and saved to a file, so a reference set is embedded once for every
+checkpoint and run that is compared with it. The generated side keeps each clip's embeddings (`PerItemMetric`), so the
+value can be bootstrapped over clips against the fixed reference; both are the same on any number of devices.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from lightning_modules.io import TensorField, cache_key, load_verified, save_verified
 from lightning_modules.metrics.embedder import AudioEmbedder, embed_or_given
-from lightning_modules.metrics.functional import frechet_distance, frechet_distance_infinity, gaussian_statistics
+from lightning_modules.metrics.functional import (
+    Samples,
+    frechet_distance_infinity,
+    frechet_distance_to_embeddings,
+    gaussian_statistics,
+    psd_sqrt,
+)
+from lightning_modules.metrics.per_item import PerItemMetric
 
 STATISTICS = ("sum", "outer_sum", "count")
 REFERENCE_STRUCTURE = {"sum": TensorField(ndim=1, dtype=torch.float64, finite=True),
@@ -34,76 +40,81 @@ def reference_key(embedder: AudioEmbedder, sample_rate: int, description: object
     return cache_key(embedder.name, sample_rate, description)
 
 
-class FrechetAudioDistance(Metric):
+class FrechetAudioDistance(PerItemMetric):
     """FAD between the audio given with ``real=True`` (or frozen reference statistics) and with ``real=False``.
 
     Args:
         embedder: the feature extractor (CLAP, VGGish, PANN, EnCodec, ...); frame-level embeddings
-            `(batch, frames, dim)` count every frame as a sample, as FAD toolkits do.
-        keep_embeddings: also keep the generated set's embeddings (a concatenated state), which
-            `compute_infinity` needs.
+            `(batch, frames, dim)` count every frame as a sample, as FAD toolkits do (and a resample draws clips).
     """
 
     higher_is_better = False
-    is_differentiable = False
-    full_state_update = False
+    fields = ("embedding",)
 
-    def __init__(self, embedder: AudioEmbedder, keep_embeddings: bool = False, **kwargs) -> None:
+    def __init__(self, embedder: AudioEmbedder, **kwargs) -> None:
         super().__init__(**kwargs)
         self.embedder = embedder.eval()
-        self.keep_embeddings = keep_embeddings
         self._reference: dict[str, Tensor] | None = None
+        self._moments: tuple[Tensor, Tensor, Tensor] | None = None
         dim = embedder.dim
-        for prefix in ("real", "fake"):
-            self.add_state(f"{prefix}_sum", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{prefix}_outer_sum", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{prefix}_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        if keep_embeddings:
-            self.add_state("fake_embeddings", [], dist_reduce_fx="cat")
+        self.add_state("real_sum", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("real_outer_sum", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("real_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, audio: Tensor | None = None, sample_rate: int | None = None, real: bool = False, *,
-               embeddings: Tensor | None = None) -> None:
+               embeddings: Tensor | None = None, index: Tensor | None = None) -> None:
         """Add `(batch, samples)` or `(batch, channels, samples)` audio at `sample_rate` to the real (reference) or
-        generated set, or `embeddings` `(batch, dim)` / `(batch, frames, dim)` already computed by this embedder."""
+        generated set, or `embeddings` `(batch, dim)` / `(batch, frames, dim)` already computed by this embedder;
+        `index` places generated clips (`PerItemMetric`)."""
         embeddings = embed_or_given(self.embedder, audio, sample_rate, embeddings)
         if real and self._reference is not None:
             raise ValueError("Reference statistics are frozen or loaded; clear_reference() before adding real audio.")
-        features = embeddings.reshape(-1, embeddings.shape[-1]).double()
+        features = embeddings.double()
         if features.shape[-1] != len(self.real_sum):
             raise ValueError(f"Expected embeddings of width {len(self.real_sum)} from {self.embedder.name}, got "
                              f"{tuple(embeddings.shape)}.")
         if not torch.isfinite(features).all():
             raise ValueError(f"The embedder {self.embedder.name} returned NaN or infinite embeddings.")
-        prefix = "real" if real else "fake"
-        if not real and self.keep_embeddings:
-            self.fake_embeddings.append(features)
-        setattr(self, f"{prefix}_sum", getattr(self, f"{prefix}_sum") + features.sum(0))
-        setattr(self, f"{prefix}_outer_sum", getattr(self, f"{prefix}_outer_sum") + features.T @ features)
-        setattr(self, f"{prefix}_count", getattr(self, f"{prefix}_count") + len(features))
+        if not real:
+            self.keep(index, embedding=features)
+            return
+        features = features.reshape(-1, features.shape[-1])
+        self.real_sum += features.sum(0)
+        self.real_outer_sum += features.T @ features
+        self.real_count += len(features)
 
-    def _statistics(self, prefix: str) -> dict[str, Tensor]:
-        if prefix == "real" and self._reference is not None:
-            return self._reference
-        return {name: getattr(self, f"{prefix}_{name}") for name in STATISTICS}
-
-    def _gaussian(self, prefix: str) -> tuple[Tensor, Tensor]:
-        stats = self._statistics(prefix)
-        what = "reference" if prefix == "real" else "generated"
+    def _reference_gaussian(self) -> tuple[Tensor, Tensor]:
+        stats = self._reference or {name: getattr(self, f"real_{name}") for name in STATISTICS}
         if stats["count"] < 2:
-            raise ValueError(f"FAD needs at least 2 {what} embeddings, got {int(stats['count'])}.")
+            raise ValueError(f"FAD needs at least 2 reference embeddings, got {int(stats['count'])}.")
         return gaussian_statistics(stats["sum"], stats["outer_sum"], stats["count"])
 
-    def compute(self) -> Tensor:
-        """The Fréchet distance (float64 scalar). Raises on fewer than 2 reference or generated embeddings."""
-        return frechet_distance(*self._gaussian("real"), *self._gaussian("fake"))
+    def _reference_moments(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, covariance and the covariance's square root of the reference; computed once for a frozen one, not
+        once per bootstrap resample."""
+        if self._reference is not None and self._moments is not None:
+            return self._moments
+        mean, cov = self._reference_gaussian()
+        moments = (mean, cov, psd_sqrt(cov))
+        if self._reference is not None:
+            self._moments = moments
+        return moments
+
+    def statistic(self, samples: Samples) -> Tensor:
+        """The Fréchet distance (float64 scalar) of the generated clips in `samples` from the reference. Raises on
+        fewer than 2 reference or generated embeddings."""
+        mean, cov, root = self._reference_moments()
+        features = samples["embedding"].reshape(-1, samples["embedding"].shape[-1])
+        if len(features) < 2:
+            raise ValueError(f"FAD needs at least 2 generated embeddings, got {len(features)}.")
+        return frechet_distance_to_embeddings(mean, cov, features, root)
 
     def compute_infinity(self, num_points: int = 15, min_samples: int = 500, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """FAD-infinity and the fit's R², from the kept generated embeddings (needs ``keep_embeddings=True``)."""
-        if not self.keep_embeddings:
-            raise ValueError("compute_infinity() needs FrechetAudioDistance(..., keep_embeddings=True).")
+        """FAD-infinity and the fit's R² from the generated embeddings (call on every process under DDP)."""
+        samples = self.samples()
         with self.sync_context():
-            embeddings = dim_zero_cat(self.fake_embeddings) if len(self.fake_embeddings) else torch.zeros(0, 1)
-            reference = self._gaussian("real")
+            reference = self._reference_gaussian()
+        embeddings = samples["embedding"].reshape(-1, samples["embedding"].shape[-1])
         generator = torch.Generator().manual_seed(seed)
         return frechet_distance_infinity(*reference, embeddings.cpu(), num_points, min_samples, generator)
 
@@ -111,7 +122,7 @@ class FrechetAudioDistance(Metric):
         """Turn the real audio added so far (summed over processes) into reference statistics kept across resets, and
         return them (call on every process under DDP)."""
         with self.sync_context():
-            stats = {name: tensor.clone() for name, tensor in self._statistics("real").items()}
+            stats = {name: getattr(self, f"real_{name}").clone() for name in STATISTICS}
         self.set_reference(stats)
         return stats
 
@@ -125,11 +136,13 @@ class FrechetAudioDistance(Metric):
             raise ValueError(f"Reference statistics of width {tuple(stats['sum'].shape)} do not fit embeddings of "
                              f"width {len(self.real_sum)} from {self.embedder.name}.")
         self._reference = {name: stats[name].to(self.real_count.device, torch.float64) for name in STATISTICS}
+        self._moments = None
         self._computed = None  # torchmetrics caches compute(); the reference it used is gone
         self.real_count.zero_(), self.real_sum.zero_(), self.real_outer_sum.zero_()
 
     def clear_reference(self) -> None:
         self._reference = None
+        self._moments = None
         self._computed = None
 
     @property

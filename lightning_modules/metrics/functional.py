@@ -1,7 +1,11 @@
 """Pure maths of the metrics, free of models and Lightning: Fréchet distance from sufficient statistics, FAD-infinity,
-membership-inference AUC, KL divergence of tag distributions and zero-shot classification."""
+membership-inference AUC, KL divergence of tag distributions, zero-shot classification, the kernel audio distance and
+bootstrap intervals."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -37,6 +41,36 @@ def frechet_distance(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     distance = (mean1 - mean2).square().sum() + cov1.trace() + cov2.trace() - 2 * trace_sqrt
     return distance.clamp(min=0)
+
+
+def psd_sqrt(matrix: Tensor) -> Tensor:
+    """Square root of a symmetric positive semi-definite matrix (float64), for `frechet_distance_to_embeddings`."""
+    return _psd_sqrt(matrix.double())
+
+
+def frechet_distance_to_embeddings(mean: Tensor, cov: Tensor, embeddings: Tensor, root: Tensor | None = None
+                                   ) -> Tensor:
+    """`frechet_distance` of N(mean, cov) from the Gaussian fitted to `embeddings` `(n, dim)`, given `root`, the
+    square root of `cov` (`psd_sqrt`), computed once for many calls against one reference (a bootstrap).
+
+    With fewer embeddings than dimensions the trace term comes from the n x n matrix ``A Aᵀ / (n - 1)``,
+    ``A = (embeddings - their mean) cov^½``, which has the non-zero eigenvalues of ``cov^½ cov₂ cov^½``: a 64-clip
+    resample against a 512-dimensional reference costs a 64 x 64 eigendecomposition, not a 512 x 512 one.
+    """
+    x = embeddings.double()
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"A covariance needs at least 2 samples, got {n}.")
+    root = psd_sqrt(cov) if root is None else root.double()
+    centred = x - x.mean(0)
+    if n <= x.shape[1]:
+        product = centred @ root
+        middle = product @ product.T / (n - 1)
+    else:
+        middle = root @ (centred.T @ centred / (n - 1)) @ root
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    distance = (mean.double() - x.mean(0)).square().sum() + cov.double().trace() + centred.square().sum() / (n - 1)
+    return (distance - 2 * trace_sqrt).clamp(min=0)
 
 
 def frechet_distance_infinity(
@@ -103,3 +137,115 @@ def per_class_accuracy(predictions: Tensor, targets: Tensor, num_classes: int) -
     correct = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, targets, (predictions == targets).double())
     counts = torch.bincount(targets, minlength=num_classes).double()
     return correct / counts
+
+
+def median_pairwise_distance(embeddings: Tensor) -> Tensor:
+    """Median Euclidean distance over all pairs of distinct rows of `embeddings` `(n, dim)`: KAD's bandwidth rule."""
+    if len(embeddings) < 2:
+        raise ValueError(f"A pairwise distance needs at least 2 embeddings, got {len(embeddings)}.")
+    return torch.pdist(embeddings.double()).median()
+
+
+def kernel_audio_distance(generated: Tensor, reference: Tensor, bandwidth: Tensor | float) -> Tensor:
+    """KAD (kadtk; Chung et al., 2025): the unbiased estimate of the squared maximum mean discrepancy between the
+    embedding sets `generated` `(m, dim)` and `reference` `(n, dim)` with the Gaussian kernel
+    ``exp(-|x - y|² / (2 bandwidth²))``, times 100 as kadtk reports it, in float64.
+
+    Unbiased: the within-set means leave out the diagonal, so its expectation is the population MMD² at any m, n (it
+    can be slightly negative when the sets come from one distribution).
+    """
+    x, y = generated.double(), reference.double()
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"KAD needs at least 2 generated and 2 reference embeddings, got {len(x)} and {len(y)}.")
+    gamma = 1.0 / (2.0 * torch.as_tensor(bandwidth, dtype=torch.float64) ** 2)
+
+    def within(z: Tensor) -> Tensor:
+        kernel = torch.exp(-gamma * torch.cdist(z, z).square())
+        return (kernel.sum() - kernel.diagonal().sum()) / (len(z) * (len(z) - 1))
+
+    across = torch.exp(-gamma * torch.cdist(x, y).square()).mean()
+    return 100 * (within(x) + within(y) - 2 * across)
+
+
+Samples = dict[str, Tensor]  # per-item values sharing their first dimension, resampled together
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic's value on the measured items, its bootstrap percentile interval and the number of items."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def excludes(self, point: float = 0.0) -> bool:
+        return not self.low <= point <= self.high
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+Statistic = Callable[..., "Tensor | dict[str, Tensor]"]
+
+
+def bootstrap_replicates(
+    statistic: Statistic, samples: Sequence[Samples], resamples: int = 1000, seed: int = 0, batched: bool = False,
+) -> tuple[Tensor | dict[str, Tensor], Tensor | dict[str, Tensor]]:
+    """``statistic(*samples)`` and its values on `resamples` bootstrap resamples, `(resamples,)` (a dict of both
+    where `statistic` returns a dict).
+
+    Each mapping in `samples` holds per-item tensors of one length, drawn with replacement together (a clip's target
+    and prediction); different mappings are drawn independently (the members and non-members of a membership test).
+    The draws depend only on `seed` and the lengths, so two models measured on the same items get the same draws, and
+    the difference of their replicates is the paired bootstrap of their difference. `batched`: `statistic` accepts
+    tensors with a leading resample dimension and returns `(resamples,)` values in one call (a mean over the last
+    dimension does), instead of one call per resample.
+    """
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}.")
+    lengths = []
+    for group in samples:
+        sizes = {name: len(values) for name, values in group.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"Samples drawn together must have one length each, got {sizes}.")
+        lengths.append(next(iter(sizes.values())))
+    generator = torch.Generator().manual_seed(seed)
+    draws = [torch.randint(n, (resamples, n), generator=generator) for n in lengths]
+    value = statistic(*samples)
+
+    def resample(r: slice | int) -> list[Samples]:
+        return [{name: values[draw[r].to(values.device)] for name, values in group.items()}
+                for group, draw in zip(samples, draws, strict=True)]
+
+    if batched:
+        replicates = statistic(*resample(slice(None)))
+    else:
+        each = [statistic(*resample(r)) for r in range(resamples)]
+        replicates = ({key: torch.stack([one[key] for one in each]) for key in value} if isinstance(value, dict)
+                      else torch.stack(each))
+    return value, replicates
+
+
+def percentile_interval(value: Tensor | float, replicates: Tensor, level: float, n: int) -> Interval:
+    """The `level` percentile interval of bootstrap `replicates` around `value`, measured on `n` items."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}.")
+    tail = (1 - level) / 2
+    low, high = replicates.double().cpu().quantile(torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    return Interval(float(value), float(low), float(high), n)
+
+
+def bootstrap(
+    statistic: Statistic, samples: Sequence[Samples], resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    batched: bool = False,
+) -> Interval | dict[str, Interval]:
+    """Percentile bootstrap interval of ``statistic(*samples)`` (`bootstrap_replicates`); a dict of intervals where
+    `statistic` returns a dict. `n` is the smallest group's length."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}.")
+    value, replicates = bootstrap_replicates(statistic, samples, resamples, seed, batched)
+    n = min(len(next(iter(group.values()))) for group in samples)
+    if isinstance(value, dict):
+        return {key: percentile_interval(point, replicates[key], level, n) for key, point in value.items()}
+    return percentile_interval(value, replicates, level, n)

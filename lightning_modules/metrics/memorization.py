@@ -4,16 +4,17 @@ the replication measure of Somepalli et al., "Diffusion Art or Digital Forgery?"
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
 from lightning_modules.metrics.embedder import AudioEmbedder, embed_or_given
+from lightning_modules.metrics.functional import Samples
+from lightning_modules.metrics.per_item import PerItemMetric
 
 
-class Memorization(Metric):
-    """Mean highest cosine similarity of each clip to the reference tracks, and the share of clips above `threshold`.
+class Memorization(PerItemMetric):
+    """Mean highest cosine similarity of each clip to the reference tracks, and the share of clips above `threshold`;
+    keeps each clip's highest similarity.
 
     Args:
         embedder: the audio embedder (e.g. CLAP).
@@ -21,8 +22,8 @@ class Memorization(Metric):
     """
 
     higher_is_better = False
-    is_differentiable = False
-    full_state_update = False
+    fields = ("highest",)
+    batched_statistic = True
 
     def __init__(self, embedder: AudioEmbedder, threshold: float = 0.9, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -31,9 +32,6 @@ class Memorization(Metric):
         self.embedder = embedder.eval()
         self.threshold = threshold
         self.reference: Tensor | None = None
-        self.add_state("similarity_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("copies", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def set_reference(self, embeddings: Tensor) -> None:
         """The reference tracks' embeddings `(tracks, dim)` (the same on every process); kept across resets."""
@@ -42,20 +40,16 @@ class Memorization(Metric):
         self.reference = F.normalize(embeddings.double(), dim=-1)
 
     def update(self, audio: Tensor | None = None, sample_rate: int | None = None, *,
-               embeddings: Tensor | None = None) -> None:
+               embeddings: Tensor | None = None, index: Tensor | None = None) -> None:
         """Generated `audio` `(batch, samples)` at `sample_rate`, or its `embeddings` `(batch, dim)` already computed
-        by this metric's embedder."""
+        by this metric's embedder; `index` places the clips (`PerItemMetric`)."""
         embeddings = embed_or_given(self.embedder, audio, sample_rate, embeddings)
         if self.reference is None:
             raise ValueError("Memorization needs the reference tracks' embeddings: call set_reference() first.")
         similarity = F.normalize(embeddings.double(), dim=-1) @ self.reference.to(embeddings.device).T
-        highest = similarity.max(dim=-1).values
-        self.similarity_sum += highest.sum()
-        self.copies += (highest > self.threshold).sum()
-        self.count += len(highest)
+        self.keep(index, highest=similarity.max(dim=-1).values)
 
-    def compute(self) -> dict[str, Tensor]:
+    def statistic(self, samples: Samples) -> dict[str, Tensor]:
         """``max_similarity``: mean over clips of the highest similarity; ``copies``: share above the threshold."""
-        if self.count < 1:
-            raise ValueError("Memorization has seen no clip.")
-        return {"max_similarity": self.similarity_sum / self.count, "copies": self.copies / self.count}
+        highest = samples["highest"]
+        return {"max_similarity": highest.mean(-1), "copies": (highest > self.threshold).double().mean(-1)}

@@ -12,9 +12,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import UnlearningEvaluation
+from callbacks.evaluation import read_cached_measurement
 from callbacks.report import gap_to_oracle, markdown_table
 from datamodules.manifest import ManifestItem, read_manifest
-from lightning_modules.io import read_checked_bytes, read_json_verified
+from lightning_modules.io import read_checked_bytes
 from lightning_modules.passes import NonFiniteLossError
 from tests.conftest import poison_loss, write_config
 
@@ -53,17 +54,47 @@ def test_fit_reports_before_after_and_oracle_for_every_set_and_metric(fitted):
     assert [(entry["step"], entry["column"]) for entry in fitted.results["history"]] == [
         (0, "before"), (2, "step"), (3, "after"), (3, "oracle")]
     table = (fitted.run / "results.md").read_text()
-    assert "| set | metric | before | after | oracle | after − oracle |" in table
-    assert "| forget | fad |" in table
+    assert "| set | metric | before | after | oracle | after − before | after − oracle |" in table
+    assert "| forget | fad |" in table and "| forget | kad |" in table
+    assert "95% percentile bootstrap interval" in table
     timing = fitted.results["timing"]  # batch_size 2 of each set on one process
     assert timing["steps"] == 3 and timing["processes"] == 1 and timing["items_per_step"] == {"forget": 2, "retain": 2}
     assert "Trained 3 steps on 1 process(es), 2 forget + 2 retain items per optimizer step" in table
+
+
+def test_every_number_has_its_interval_and_the_differences_are_paired(fitted):
+    intervals, differences = fitted.results["intervals"], fitted.results["differences"]
+    assert fitted.results["bootstrap"]["resamples"] == 1000 and fitted.results["bootstrap"]["confidence"] == 0.95
+    for column, results in fitted.results["columns"].items():
+        for split, metrics in results.items():
+            assert set(intervals[column][split]) == set(metrics)
+            for name, value in metrics.items():
+                cell = intervals[column][split][name]
+                assert cell["value"] == pytest.approx(value) and cell["low"] <= value <= cell["high"], (column, name)
+                assert cell["n"] == (3 if name not in ("loss", "mia_auc") else cell["n"])  # 3 prompts per set
+    # the "oracle" is the starting model: its draws pair with "before"'s, so both differences are one and the same
+    assert differences["after − oracle"] == differences["after − before"]
+    forget_loss = differences["after − before"]["forget"]["loss"]
+    assert forget_loss["value"] == pytest.approx(fitted.results["columns"]["after"]["forget"]["loss"]
+                                                 - fitted.results["columns"]["before"]["forget"]["loss"])
+    # paired: the per-item shifts of 3 ascent steps are consistent, so the difference's interval is far narrower
+    # than either column's own
+    loss = intervals["after"]["forget"]["loss"]
+    assert forget_loss["high"] - forget_loss["low"] < 0.5 * (loss["high"] - loss["low"])
+    scores = fitted.results["against_oracle"]
+    assert set(scores["forget_quality"]) == {"loss", "clap_similarity"}
+    assert 0 <= scores["forget_quality"]["loss"] <= 1 and scores["privacy_leakage"]["n"] > 0
+    assert scores["model_utility"]["oracle"]["value"] == pytest.approx(1.0)  # the oracle is the base model here
+    assert scores["verdict"].startswith("Furthest from the oracle: ")
+    table = (fitted.run / "results.md").read_text()
+    assert "**Against the oracle.**" in table and scores["verdict"] in table
 
 
 def test_fit_logs_metrics_audio_mel_images_and_hparams_to_tensorboard(fitted):
     events = EventAccumulator(str(fitted.run), size_guidance={"audio": 0, "images": 0, "scalars": 0}).Reload()
     scalars = events.Tags()["scalars"]
     assert {"eval/forget/fad", "eval/retain/clap_score", "eval/forget/loss", "eval_oracle/forget/fad"} <= set(scalars)
+    assert {"eval/forget/fad_low", "eval/forget/fad_high", "eval_oracle/retain/kad_high"} <= set(scalars)
     assert [event.step for event in events.Scalars("eval/forget/loss")] == [0, 2, 3, 3]  # 3: after, hparams
     assert "eval/forget/0" in events.Tags()["audio"] and "eval/forget/1" not in events.Tags()["audio"]
     assert "eval/retain/0/mel" in events.Tags()["images"]
@@ -72,8 +103,8 @@ def test_fit_logs_metrics_audio_mel_images_and_hparams_to_tensorboard(fitted):
 
 
 def test_oracle_and_reference_statistics_are_cached(fitted):
-    assert len(list((fitted.cache / "evaluation").glob("*.json"))) == 1
-    assert len(list((fitted.cache / "fad_reference").glob("*.pt"))) == 3  # forget, retain, heldout
+    assert len(list((fitted.cache / "evaluation").glob("*.pt"))) == 1  # with its per-item values
+    assert len(list((fitted.cache / "reference_embeddings").glob("*.pt"))) == 3  # forget, retain, heldout
 
 
 def test_a_second_run_reads_the_cache_and_trains_exactly_as_the_first(fitted):
@@ -90,16 +121,16 @@ def test_corrupt_cached_results_and_references_are_measured_again(fitted, caplog
     """A damaged cache file is named in a warning and measured again (to the same numbers), never trusted."""
     from train import main
 
-    results = next((fitted.cache / "evaluation").glob("*.json"))
-    reference = sorted((fitted.cache / "fad_reference").glob("*.pt"))[0]
-    results.write_bytes(b"\xff\xfe not json")
+    results = next((fitted.cache / "evaluation").glob("*.pt"))
+    reference = sorted((fitted.cache / "reference_embeddings").glob("*.pt"))[0]
+    results.write_bytes(b"\xff\xfe not a tensor file")
     reference.write_bytes(reference.read_bytes()[: reference.stat().st_size // 2])
     with caplog.at_level(logging.WARNING, logger="lightning_modules.io"):
         cli = main(["fit", "--config", str(fitted.config)])
     assert str(results) in caplog.text and str(reference) in caplog.text
     again = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())["columns"]
     assert again == fitted.results["columns"]
-    assert read_json_verified(results, "results", "")["results"] == fitted.results["columns"]["oracle"]
+    assert read_cached_measurement(results).results == fitted.results["columns"]["oracle"]
     assert read_checked_bytes(reference, "reference", "")  # rewritten with its digest
 
 
@@ -126,6 +157,10 @@ def test_bad_arguments_are_refused_with_the_value_named(tmp_path):
         UnlearningEvaluation(num_prompts=0)
     with pytest.raises(ValueError, match="every_n_train_steps"):
         UnlearningEvaluation(every_n_train_steps=-1)
+    with pytest.raises(ValueError, match="resamples must be at least 1"):
+        UnlearningEvaluation(resamples=0)
+    with pytest.raises(ValueError, match="confidence must lie in"):
+        UnlearningEvaluation(confidence=95)
 
 
 def test_a_datamodule_without_evaluation_sets_is_refused():
@@ -153,6 +188,13 @@ def test_markdown_table_and_gap_to_oracle():
     assert table[2] == "| forget | loss | 1.0000 | 3.0000 | 2.5000 | +0.5000 |"
     assert table[3] == "| forget | fad | 2.0000 | 5.0000 | – | – |"
     assert gap_to_oracle({"after": columns["after"]}, "after") == {}
+    cell = {"value": 3.0, "low": 2.5, "high": 3.5, "n": 16}
+    difference = {"value": 2.0, "low": 1.0, "high": 3.0, "n": 16, "excludes_zero": True}
+    table = markdown_table({"after": columns["after"]}, "after", {"after": {"forget": {"loss": cell}}},
+                           {"after − before": {"forget": {"loss": difference}}}).splitlines()
+    assert table[0] == "| set | metric | after | after − before |"
+    assert table[2] == "| forget | loss | 3.0000 [2.5000, 3.5000] | +2.0000 [+1.0000, +3.0000] * |"
+    assert "(n = 16)" in table[-1]
 
 
 def test_a_non_finite_loss_raises_naming_the_item_and_writes_no_results(tmp_path, tiny_corpus, tiny_model_dir,

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from callbacks import TargetCacheWriter
-from callbacks.evaluation import read_cached_results
+from callbacks.evaluation import read_cached_measurement, read_reference_embeddings
 from callbacks.sweep_writer import SweepWriter
 from datamodules import ForgetRetainDataModule, read_manifest
 from datamodules.items import ItemsDataModule
@@ -110,8 +110,15 @@ def _fad(tmp: Path) -> tuple[Path, Callable[[], Any]]:
 
 
 def _results(tmp: Path) -> tuple[Path, Callable[[], Any]]:
-    write_json_verified(tmp / "results.json", {"model": "oracle", "results": {"forget": {"loss": 0.5}}})
-    return tmp / "results.json", lambda: read_cached_results(tmp / "results.json")
+    save_verified({"model": "oracle", "results": {"forget": {"loss": 0.5}},
+                   "samples": {"forget": {"loss": [{"loss": torch.tensor([0.4, 0.6])}]}}}, tmp / "results.pt")
+    return tmp / "results.pt", lambda: read_cached_measurement(tmp / "results.pt")
+
+
+def _embeddings(tmp: Path) -> tuple[Path, Callable[[], Any]]:
+    save_verified({"embeddings": torch.ones(3, 8, dtype=torch.float64), "embedder": "projection-8"},
+                  tmp / "embeddings.pt")
+    return tmp / "embeddings.pt", lambda: read_reference_embeddings(tmp / "embeddings.pt", "projection-8")
 
 
 KINDS = {
@@ -127,7 +134,10 @@ KINDS = {
     "similarity scores": Kind(_scores, lambda path: write_scores(path.parent, "clap", ["a", "b"], ["q"],
                                                                  torch.rand(3, 2), "ClapSimilarity")),
     "fad reference": Kind(_fad, lambda path: save_verified({**_stats(NAN), "embedder": "projection-8"}, path)),
-    "cached results": Kind(_results, lambda path: write_json_verified(path, {"model": "oracle", "results": [1]})),
+    "cached results": Kind(_results, lambda path: save_verified(
+        {"model": "oracle", "results": {}, "samples": {"forget": {"loss": [{"loss": [0.5]}]}}}, path)),
+    "reference embeddings": Kind(_embeddings, lambda path: save_verified(
+        {"embeddings": torch.full((3, 8), NAN, dtype=torch.float64), "embedder": "projection-8"}, path)),
 }
 
 

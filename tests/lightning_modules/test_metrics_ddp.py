@@ -150,7 +150,7 @@ def run_loaded_reference(parts, path):
 
 
 def run_infinity(parts):
-    fad = FrechetAudioDistance(HashClap(), keep_embeddings=True)
+    fad = FrechetAudioDistance(HashClap())
     for items in parts:
         fad.update(items["real"], RATE, real=True)
         fad.update(items["generated"], RATE)
