@@ -94,7 +94,8 @@ class UnlearningEvaluation(Callback):
         recognition_template: the zero-shot prompt of a group, with ``{}`` for its name.
         judge: a second classifier over the groups that shares nothing with the CLAP (e.g. the toy world's
             `FeatureTagger`); adds ``recognition_judge``, so recognition never rests on one judge.
-        num_prompts: captions generated from per set, evenly spaced over the set's evaluation items.
+        num_prompts: generations per set, from captions evenly spaced over the set's evaluation items; more than the set
+            has items cycles through them, each generation with its own seed.
         every_n_train_steps: also evaluate every this many optimizer steps; 0 for start and end only.
         seed: generation uses seed ``seed + i`` for prompt ``i``; losses use it for their timesteps and noise.
         num_inference_steps: sampling steps; default the model's.
@@ -236,10 +237,12 @@ class UnlearningEvaluation(Callback):
             save_verified({"embeddings": embeddings.cpu(), "embedder": self.fad_embedder.name}, path)
         return embeddings
 
-    def _loader(self, trainer: L.Trainer, dataset: Any, indices: list[int] | None = None) -> DataLoader:
-        """This process's share of `indices` (default all) of `dataset`: every `world_size`-th, no padding."""
-        indices = list(range(len(dataset))) if indices is None else indices
-        return DataLoader(_Indexed(dataset, indices[trainer.global_rank::trainer.world_size]), self.batch_size)
+    def _prompt_loader(self, trainer: L.Trainer, dataset: Any) -> DataLoader:
+        """This process's share of the generations (`prompt_indices`): every `world_size`-th, no padding; each item
+        carries its generation's id as ``index`` (its seed offset and its place in the per-item values)."""
+        indices = self.prompt_indices(dataset)
+        generations = [(index, index + len(dataset) * (k // len(dataset))) for k, index in enumerate(indices)]
+        return DataLoader(_Indexed(dataset, generations[trainer.global_rank::trainer.world_size]), self.batch_size)
 
     # ------------------------------------------------------------------------------------------------ measuring
     def evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Measurement:
@@ -273,9 +276,12 @@ class UnlearningEvaluation(Callback):
         return fixed_losses(trainer, model, dataset, self.seed, self.batch_size)
 
     def prompt_indices(self, dataset: Any) -> list[int]:
-        """The evaluation items whose captions are generated from: `num_prompts` evenly spaced ones."""
-        count = min(self.num_prompts, len(dataset))
-        return torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()
+        """The evaluation items whose captions are generated from, one generation each: `num_prompts` evenly spaced
+        ones; past the set's size, every item once per round, round after round (each generation with its own seed:
+        item index + set size x round)."""
+        if self.num_prompts <= len(dataset):
+            return torch.linspace(0, len(dataset) - 1, self.num_prompts).round().long().unique().tolist()
+        return [k % len(dataset) for k in range(self.num_prompts)]
 
     def _generation_samples(self, trainer: L.Trainer, model: TextToMusicModel, split: str, dataset: Any
                             ) -> dict[str, list[Samples]]:
@@ -284,7 +290,7 @@ class UnlearningEvaluation(Callback):
         for metric in metrics.values():
             metric.to(device).reset()
         self._clips = []
-        for batch in self._loader(trainer, dataset, self.prompt_indices(dataset)):
+        for batch in self._prompt_loader(trainer, dataset):
             seeds = [self.seed + index for index in batch["index"].tolist()]
             with measuring_precision(trainer):
                 audio = model.generate(list(batch["caption"]), seed=seeds,
@@ -610,14 +616,15 @@ def read_cached_measurement(path: Path) -> Measurement:
 
 
 class _Indexed(Dataset):
-    """`indices` of `dataset`, each item carrying its index in `dataset` (the seed offset of its generation)."""
+    """Items of `dataset` by `(index in dataset, generation id)` pairs, each carrying its generation id as ``index``."""
 
-    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+    def __init__(self, dataset: Dataset, generations: list[tuple[int, int]]) -> None:
         self.dataset = dataset
-        self.indices = indices
+        self.generations = generations
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.generations)
 
     def __getitem__(self, position: int) -> dict:
-        return {**self.dataset[self.indices[position]], "index": self.indices[position]}
+        index, generation = self.generations[position]
+        return {**self.dataset[index], "index": generation}

@@ -7,7 +7,7 @@ and every random draw of training; the evaluation's prompts and noise stay fixed
 standard deviation over the seeds, beside the bootstrap interval of the evaluation (the mean of the seeds' interval
 bounds), and a method is called better than another on a column only where it is better in every seed.
 
-    python scripts/compare_methods.py --out reports/methods            # every method, ~90 s each on 2 CPU cores
+    python scripts/compare_methods.py --out reports/methods            # every method, 64 generations per set
     python scripts/compare_methods.py --methods esd npo --seeds 3 -- --trainer.max_steps=50
     python scripts/compare_methods.py --out reports/methods_aurora_vale \
         --data configs/data/toy_forget_aurora_vale.yaml --oracle checkpoints/toy/oracle_aurora_vale
@@ -83,20 +83,29 @@ def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], 
     return results
 
 
-def with_oracle(trainer: str, oracle: str, out: Path) -> str:
-    """A copy of the `trainer` config, in `out`, whose `UnlearningEvaluation` compares against `oracle` (a list of
-    callbacks cannot be edited from the command line)."""
+def with_evaluation(trainer: str, out: Path, oracle: str | None = None, generations: int | None = None) -> str:
+    """A copy of the `trainer` config, in `out`, whose `UnlearningEvaluation` compares against `oracle` and generates
+    `generations` clips per set, where given (a list of callbacks cannot be edited from the command line)."""
     config = yaml.safe_load((REPO / trainer).read_text())
     evaluations = [callback for callback in config.get("trainer", {}).get("callbacks", [])
                    if callback.get("class_path", "").endswith("UnlearningEvaluation")]
     if len(evaluations) != 1:
-        raise SystemExit(f"--oracle needs one UnlearningEvaluation callback in {trainer}; it has {len(evaluations)}.")
-    if not Path(oracle).is_dir():
-        raise SystemExit(f"--oracle {oracle}: no such model folder.")
-    evaluations[0]["init_args"]["oracle"] = os.path.relpath(Path(oracle).resolve(), REPO)  # train.py runs in REPO
+        raise SystemExit(f"--oracle / --generations need one UnlearningEvaluation callback in {trainer}; it has "
+                         f"{len(evaluations)}.")
+    changes = []
+    if oracle is not None:
+        if not Path(oracle).is_dir():
+            raise SystemExit(f"--oracle {oracle}: no such model folder.")
+        evaluations[0]["init_args"]["oracle"] = os.path.relpath(Path(oracle).resolve(), REPO)  # train.py runs in REPO
+        changes.append(f"the oracle {oracle}")
+    if generations is not None:
+        if generations < 2:
+            raise SystemExit(f"--generations must be at least 2 (FAD needs two clips), got {generations}.")
+        evaluations[0]["init_args"]["num_prompts"] = generations
+        changes.append(f"{generations} generations per set")
     path = out / "runs" / "trainer.yaml"
-    write_text_atomic(path, f"# {trainer} with the oracle {oracle} (written by scripts/compare_methods.py)\n"
-                      + yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(path, f"# {trainer} with {' and '.join(changes) or 'no change'} (written by "
+                      "scripts/compare_methods.py)\n" + yaml.safe_dump(config, sort_keys=False))
     return str(path)
 
 
@@ -191,6 +200,8 @@ def main() -> None:
     parser.add_argument("--oracle", help="the oracle model folder, in place of the trainer config's (an oracle "
                         "retrained without the data config's forget set)")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per method (seed_everything 0..N-1)")
+    parser.add_argument("--generations", type=int, default=64,
+                        help="generations per evaluation set (the trainer config's num_prompts otherwise: 0)")
     parser.add_argument("--force", action="store_true", help="rerun methods that have a finished run")
     args, extra = parser.parse_known_args()
     extra = [arg for arg in extra if arg != "--"]
@@ -199,7 +210,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"No config configs/unlearn/<name>.yaml for {unknown}.")
     out = Path(args.out).resolve()
-    trainer = with_oracle(args.trainer, args.oracle, out) if args.oracle else args.trainer
+    generations = args.generations or None
+    changed = args.oracle or generations
+    trainer = with_evaluation(args.trainer, out, args.oracle, generations) if changed else args.trainer
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be at least 1, got {args.seeds}.")
     reports = {name: [run_method(name, out, trainer, args.data, extra, args.force, seed) for seed in range(args.seeds)]
@@ -209,6 +222,7 @@ def main() -> None:
     write_json_atomic(out / "methods.json", {"rows": rows, "comparisons": comparisons, "seeds": args.seeds,
                                              "runs": {name: [r["run"] for r in runs] for name, runs in reports.items()},
                                              "trainer": args.trainer, "oracle": args.oracle, "data": args.data,
+                                             "generations": generations,
                                              "extra": extra})
     print(markdown)
 

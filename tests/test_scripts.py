@@ -17,19 +17,23 @@ def test_compare_methods_runs_the_toy_configs_only():
     assert not any(name.startswith(("musicgen", "musicldm", "stable_audio")) for name in methods)
 
 
-def test_with_oracle_changes_the_evaluation_oracle_only(tmp_path):
-    path = compare_methods.with_oracle("configs/trainer/toy.yaml", "checkpoints/toy/oracle_aurora_vale", tmp_path)
+def test_with_evaluation_changes_the_oracle_and_the_generations_only(tmp_path):
+    path = compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path, "checkpoints/toy/oracle_aurora_vale",
+                                           64)
     written, shipped = (yaml.safe_load(p.read_text()) for p in (tmp_path / "runs" / "trainer.yaml",
                                                                 REPO / "configs" / "trainer" / "toy.yaml"))
     assert path == str(tmp_path / "runs" / "trainer.yaml")
     assert written["trainer"]["callbacks"][0]["init_args"]["oracle"] == "checkpoints/toy/oracle_aurora_vale"
     shipped["trainer"]["callbacks"][0]["init_args"]["oracle"] = "checkpoints/toy/oracle_aurora_vale"
+    shipped["trainer"]["callbacks"][0]["init_args"]["num_prompts"] = 64
     assert written == shipped
 
 
-def test_with_oracle_refuses_a_missing_model(tmp_path):
+def test_with_evaluation_refuses_a_missing_model_and_too_few_generations(tmp_path):
     with pytest.raises(SystemExit, match="no_such_oracle"):
-        compare_methods.with_oracle("configs/trainer/toy.yaml", str(tmp_path / "no_such_oracle"), tmp_path)
+        compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path, str(tmp_path / "no_such_oracle"))
+    with pytest.raises(SystemExit, match="--generations must be at least 2"):
+        compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path, generations=1)
 
 
 def test_recognition_table_names_what_each_judge_heard_where_they_disagree():

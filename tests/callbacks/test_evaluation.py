@@ -210,3 +210,17 @@ def test_a_non_finite_loss_raises_naming_the_item_and_writes_no_results(tmp_path
         main(["fit", "--config", str(config)])  # the "before" evaluation, at fit start
     assert error.value.ids == [forget[1]]
     assert not list(tmp_path.rglob("results.*")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_more_generations_than_items_cycle_through_the_items_each_with_its_own_seed():
+    items = [{"caption": f"caption {i}"} for i in range(3)]
+    one_process = SimpleNamespace(global_rank=0, world_size=1)
+    cycled = UnlearningEvaluation(num_prompts=7)
+    assert cycled.prompt_indices(items) == [0, 1, 2, 0, 1, 2, 0]
+    generations = list(cycled._prompt_loader(one_process, items).dataset)
+    assert [g["index"] for g in generations] == list(range(7))  # seed offsets: item + 3 x round, all distinct
+    assert [g["caption"] for g in generations][3:] == ["caption 0", "caption 1", "caption 2", "caption 0"]
+    spaced = UnlearningEvaluation(num_prompts=2)
+    assert [g["index"] for g in spaced._prompt_loader(one_process, items).dataset] == [0, 2]  # the item indices
+    second_rank = SimpleNamespace(global_rank=1, world_size=2)
+    assert [g["index"] for g in cycled._prompt_loader(second_rank, items).dataset] == [1, 3, 5]
