@@ -59,6 +59,7 @@ from lightning_modules.metrics.fad import reference_key
 from lightning_modules.metrics.functional import (
     Samples,
     bootstrap_replicates,
+    centred,
     membership_auc,
     percentile_interval,
 )
@@ -326,16 +327,16 @@ class UnlearningEvaluation(Callback):
                 metrics["kl"].update(audio, reference, sample_rate, index=index)
 
     # ------------------------------------------------------------------------------------------------ statistics
-    def statistic(self, split: str, measure: str) -> tuple[Callable[..., Any], bool]:
-        """The statistic of `measure` on `split` from its groups of per-item values, and whether it takes a batch
-        of resamples at once (`bootstrap_replicates`)."""
+    def statistic(self, split: str, measure: str) -> tuple[Callable[..., Any], bool, bool]:
+        """The statistic of `measure` on `split` from its groups of per-item values, whether it takes a batch of
+        resamples at once (`bootstrap_replicates`), and whether resampling biases it (its replicates are centred)."""
         if measure == "loss":
-            return (lambda items: items["loss"].double().mean(-1)), True
+            return (lambda items: items["loss"].double().mean(-1)), True, False
         if measure == "mia_auc":
             return (lambda members, nonmembers: torch.tensor(membership_auc(members["loss"], nonmembers["loss"]),
-                                                              dtype=torch.float64)), False
+                                                              dtype=torch.float64)), False, False
         metric = self.metrics[split][measure]
-        return metric.statistic, metric.batched_statistic
+        return metric.statistic, metric.batched_statistic, metric.biased_under_resampling
 
     def results_of(self, samples: PerItem) -> Results:
         """Every metric's value from the per-item values."""
@@ -343,21 +344,24 @@ class UnlearningEvaluation(Callback):
         for split, measures in samples.items():
             results[split] = {}
             for measure, groups in measures.items():
-                statistic, _ = self.statistic(split, measure)
+                statistic, _, _ = self.statistic(split, measure)
                 results[split].update(_named(measure, statistic(*groups)))
         return results
 
     def replicates(self, samples: PerItem) -> Replicates:
         """Per set and metric: the value, its bootstrap replicates and the number of items. The draws depend only on
-        the seed and the items, so models measured on the same items are resampled alike (paired)."""
+        the seed and the items, so models measured on the same items are resampled alike (paired). The replicates of
+        a statistic that resampling biases (FAD) are centred on its value."""
         out: Replicates = {}
         for split, measures in samples.items():
             out[split] = {}
             for measure, groups in measures.items():
-                statistic, batched = self.statistic(split, measure)
+                statistic, batched, biased = self.statistic(split, measure)
                 value, replicates = bootstrap_replicates(statistic, groups, self.resamples, self.seed, batched)
                 n = min(len(next(iter(group.values()))) for group in groups)
                 values, draws = _named(measure, value), _named(measure, replicates)
+                if biased:
+                    draws = {name: centred(values[name], draws[name]) for name in draws}
                 out[split].update({name: (values[name], draws[name], n) for name in values})
         return out
 

@@ -50,6 +50,7 @@ class FrechetAudioDistance(PerItemMetric):
 
     higher_is_better = False
     fields = ("embedding",)
+    biased_under_resampling = True  # fewer distinct clips in a resample: a larger bias (benchmarks/sample_size.py)
 
     def __init__(self, embedder: AudioEmbedder, **kwargs) -> None:
         super().__init__(**kwargs)

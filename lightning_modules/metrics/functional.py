@@ -146,25 +146,34 @@ def median_pairwise_distance(embeddings: Tensor) -> Tensor:
     return torch.pdist(embeddings.double()).median()
 
 
-def kernel_audio_distance(generated: Tensor, reference: Tensor, bandwidth: Tensor | float) -> Tensor:
+def kernel_audio_distance(generated: Tensor, reference: Tensor, bandwidth: Tensor | float,
+                          generated_pairs: Tensor | None = None, reference_mean: Tensor | None = None) -> Tensor:
     """KAD (kadtk; Chung et al., 2025): the unbiased estimate of the squared maximum mean discrepancy between the
     embedding sets `generated` `(m, dim)` and `reference` `(n, dim)` with the Gaussian kernel
     ``exp(-|x - y|² / (2 bandwidth²))``, times 100 as kadtk reports it, in float64.
 
     Unbiased: the within-set means leave out the diagonal, so its expectation is the population MMD² at any m, n (it
-    can be slightly negative when the sets come from one distribution).
+    can be slightly negative when the sets come from one distribution). `generated_pairs` `(m, m)` bool, where given,
+    names the pairs of generated rows the generated set's kernel mean averages over instead of all distinct ones;
+    `reference_mean`, where given, is the reference set's own kernel mean (`kernel_mean`), computed once for many calls.
     """
     x, y = generated.double(), reference.double()
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"KAD needs at least 2 generated and 2 reference embeddings, got {len(x)} and {len(y)}.")
     gamma = 1.0 / (2.0 * torch.as_tensor(bandwidth, dtype=torch.float64) ** 2)
-
-    def within(z: Tensor) -> Tensor:
-        kernel = torch.exp(-gamma * torch.cdist(z, z).square())
-        return (kernel.sum() - kernel.diagonal().sum()) / (len(z) * (len(z) - 1))
-
     across = torch.exp(-gamma * torch.cdist(x, y).square()).mean()
-    return 100 * (within(x) + within(y) - 2 * across)
+    reference_mean = kernel_mean(y, bandwidth) if reference_mean is None else reference_mean
+    return 100 * (kernel_mean(x, bandwidth, generated_pairs) + reference_mean - 2 * across)
+
+
+def kernel_mean(embeddings: Tensor, bandwidth: Tensor | float, pairs: Tensor | None = None) -> Tensor:
+    """Mean Gaussian kernel over the pairs of distinct rows of `embeddings` `(n, dim)`, or over `pairs` `(n, n)`."""
+    z = embeddings.double()
+    gamma = 1.0 / (2.0 * torch.as_tensor(bandwidth, dtype=torch.float64) ** 2)
+    kernel = torch.exp(-gamma * torch.cdist(z, z).square())
+    if pairs is not None:
+        return kernel[pairs].sum() / pairs.sum()
+    return (kernel.sum() - kernel.diagonal().sum()) / (len(z) * (len(z) - 1))
 
 
 Samples = dict[str, Tensor]  # per-item values sharing their first dimension, resampled together
@@ -227,25 +236,39 @@ def bootstrap_replicates(
     return value, replicates
 
 
+def centred(value: Tensor | float, replicates: Tensor) -> Tensor:
+    """`replicates` shifted so that their median is `value`: for a statistic that resampling itself biases (a resample
+    repeats items), the spread of the replicates around the value, without the shift."""
+    replicates = replicates.double()
+    return replicates - replicates.nanmedian() + float(value)
+
+
 def percentile_interval(value: Tensor | float, replicates: Tensor, level: float, n: int) -> Interval:
-    """The `level` percentile interval of bootstrap `replicates` around `value`, measured on `n` items."""
+    """The `level` percentile interval of bootstrap `replicates` around `value`, measured on `n` items. Replicates
+    that are NaN (a resample on which the statistic is undefined: KAD of a resample holding a single distinct clip)
+    are left out."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}.")
     tail = (1 - level) / 2
-    low, high = replicates.double().cpu().quantile(torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    low, high = replicates.double().cpu().nanquantile(torch.tensor([tail, 1 - tail], dtype=torch.float64))
     return Interval(float(value), float(low), float(high), n)
 
 
 def bootstrap(
     statistic: Statistic, samples: Sequence[Samples], resamples: int = 1000, level: float = 0.95, seed: int = 0,
-    batched: bool = False,
+    batched: bool = False, centre: bool = False,
 ) -> Interval | dict[str, Interval]:
     """Percentile bootstrap interval of ``statistic(*samples)`` (`bootstrap_replicates`); a dict of intervals where
-    `statistic` returns a dict. `n` is the smallest group's length."""
+    `statistic` returns a dict. `n` is the smallest group's length. `centre`: the replicates are `centred` on the value
+    first (for a statistic biased by resampling itself, such as FAD)."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}.")
     value, replicates = bootstrap_replicates(statistic, samples, resamples, seed, batched)
     n = min(len(next(iter(group.values()))) for group in samples)
+
+    def interval(point: Tensor, draws: Tensor) -> Interval:
+        return percentile_interval(point, centred(point, draws) if centre else draws, level, n)
+
     if isinstance(value, dict):
-        return {key: percentile_interval(point, replicates[key], level, n) for key, point in value.items()}
-    return percentile_interval(value, replicates, level, n)
+        return {key: interval(point, replicates[key]) for key, point in value.items()}
+    return interval(value, replicates)

@@ -13,7 +13,12 @@ import torch
 from torch import Tensor
 
 from lightning_modules.metrics.embedder import AudioEmbedder, embed_or_given
-from lightning_modules.metrics.functional import Samples, kernel_audio_distance, median_pairwise_distance
+from lightning_modules.metrics.functional import (
+    Samples,
+    kernel_audio_distance,
+    kernel_mean,
+    median_pairwise_distance,
+)
 from lightning_modules.metrics.per_item import PerItemMetric
 
 BANDWIDTH_ROWS = 4096  # the median pairwise distance of a larger reference comes from this many rows drawn at seed 0
@@ -35,6 +40,7 @@ class KernelAudioDistance(PerItemMetric):
         self.embedder = embedder.eval()
         self.reference: Tensor | None = None
         self.bandwidth: Tensor | None = None
+        self._reference_mean: Tensor | None = None
 
     def set_reference(self, embeddings: Tensor) -> None:
         """The reference set's embeddings `(n, dim)` or `(n, frames, dim)` (the same on every process); kept across
@@ -54,6 +60,7 @@ class KernelAudioDistance(PerItemMetric):
             raise ValueError(f"The reference embeddings of {self.embedder.name} are all identical: KAD's bandwidth "
                              "(their median pairwise distance) is 0.")
         self.reference, self.bandwidth = rows, bandwidth
+        self._reference_mean = kernel_mean(rows, bandwidth)  # once, not once per bootstrap resample
 
     def update(self, audio: Tensor | None = None, sample_rate: int | None = None, *,
                embeddings: Tensor | None = None, index: Tensor | None = None) -> None:
@@ -65,7 +72,23 @@ class KernelAudioDistance(PerItemMetric):
         self.keep(index, embedding=embeddings)
 
     def statistic(self, samples: Samples) -> Tensor:
+        """KAD of the clips in `samples`. In a bootstrap resample a clip can come twice; the pairs of a clip with its
+        own copy are left out of the generated set's kernel mean (with ``index`` in `samples`), as a U-statistic is
+        bootstrapped, so that the repeats do not bias the replicates upwards; a resample of one distinct clip has no
+        pair left and gives NaN, which the percentile interval leaves out."""
         if self.reference is None:
             raise ValueError("KernelAudioDistance needs the reference embeddings: call set_reference() first.")
-        generated = samples["embedding"].reshape(-1, samples["embedding"].shape[-1])
-        return kernel_audio_distance(generated, self.reference.to(generated.device), self.bandwidth)
+        embeddings = samples["embedding"]
+        generated = embeddings.reshape(-1, embeddings.shape[-1])
+        items = samples.get("index")
+        if items is not None and len(items.unique()) < len(items):
+            frames = generated.shape[0] // len(items)
+            draw = torch.arange(len(items), device=generated.device).repeat_interleave(frames)
+            item = items.to(generated.device).repeat_interleave(frames)
+            pairs = (item[:, None] != item[None, :]) | ((draw[:, None] == draw[None, :])
+                                                         & ~torch.eye(len(draw), dtype=torch.bool,
+                                                                      device=generated.device))
+        else:
+            pairs = None
+        return kernel_audio_distance(generated, self.reference.to(generated.device), self.bandwidth, pairs,
+                                     self._reference_mean)
