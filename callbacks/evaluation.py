@@ -60,7 +60,7 @@ from lightning_modules.metrics.functional import (
     Samples,
     bootstrap_replicates,
     centred,
-    membership_auc,
+    pairwise_membership_auc,
     percentile_interval,
 )
 from lightning_modules.models.base import TextToMusicModel
@@ -68,6 +68,7 @@ from lightning_modules.passes import measuring
 
 log = logging.getLogger(__name__)
 
+MEASUREMENT_FORMAT = 2  # what a cached measurement holds; raise it when that changes, so old caches are not read
 Results = dict[str, dict[str, float]]  # split -> metric -> value
 PerItem = dict[str, dict[str, list[Samples]]]  # split -> measure -> its groups of per-item values (`bootstrap`)
 Intervals = dict[str, dict[str, dict[str, float]]]  # split -> metric -> value, low, high, n
@@ -327,16 +328,17 @@ class UnlearningEvaluation(Callback):
                 metrics["kl"].update(audio, reference, sample_rate, index=index)
 
     # ------------------------------------------------------------------------------------------------ statistics
-    def statistic(self, split: str, measure: str) -> tuple[Callable[..., Any], bool, bool]:
+    def statistic(self, split: str, measure: str) -> tuple[Callable[..., Any], bool, bool, float | None]:
         """The statistic of `measure` on `split` from its groups of per-item values, whether it takes a batch of
-        resamples at once (`bootstrap_replicates`), and whether resampling biases it (its replicates are centred)."""
+        resamples at once (`bootstrap_replicates`), whether resampling biases it (its replicates are centred) and
+        its lower bound."""
         if measure == "loss":
-            return (lambda items: items["loss"].double().mean(-1)), True, False
+            return (lambda items: items["loss"].double().mean(-1)), True, False, None
         if measure == "mia_auc":
-            return (lambda members, nonmembers: torch.tensor(membership_auc(members["loss"], nonmembers["loss"]),
-                                                              dtype=torch.float64)), False, False
+            return (lambda members, nonmembers: pairwise_membership_auc(members["loss"], nonmembers["loss"])), True, \
+                False, None
         metric = self.metrics[split][measure]
-        return metric.statistic, metric.batched_statistic, metric.biased_under_resampling
+        return metric.statistic, metric.batched_statistic, metric.biased_under_resampling, metric.minimum
 
     def results_of(self, samples: PerItem) -> Results:
         """Every metric's value from the per-item values."""
@@ -344,7 +346,7 @@ class UnlearningEvaluation(Callback):
         for split, measures in samples.items():
             results[split] = {}
             for measure, groups in measures.items():
-                statistic, _, _ = self.statistic(split, measure)
+                statistic = self.statistic(split, measure)[0]
                 results[split].update(_named(measure, statistic(*groups)))
         return results
 
@@ -356,12 +358,12 @@ class UnlearningEvaluation(Callback):
         for split, measures in samples.items():
             out[split] = {}
             for measure, groups in measures.items():
-                statistic, batched, biased = self.statistic(split, measure)
+                statistic, batched, biased, minimum = self.statistic(split, measure)
                 value, replicates = bootstrap_replicates(statistic, groups, self.resamples, self.seed, batched)
                 n = min(len(next(iter(group.values()))) for group in groups)
                 values, draws = _named(measure, value), _named(measure, replicates)
                 if biased:
-                    draws = {name: centred(values[name], draws[name]) for name in draws}
+                    draws = {name: centred(values[name], draws[name], minimum) for name in draws}
                 out[split].update({name: (values[name], draws[name], n) for name in values})
         return out
 
@@ -417,6 +419,7 @@ class UnlearningEvaluation(Callback):
     def settings(self, trainer: L.Trainer, model: TextToMusicModel) -> dict[str, Any]:
         """Everything the numbers depend on besides the model's weights."""
         return {
+            "measurement": MEASUREMENT_FORMAT,
             "datasets": {split: describe_items(dataset.items, dataset.num_samples)
                          for split, dataset in self.datasets.items()},
             "clap": self.clap.name if self.clap else None,

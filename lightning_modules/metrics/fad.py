@@ -51,6 +51,8 @@ class FrechetAudioDistance(PerItemMetric):
     higher_is_better = False
     fields = ("embedding",)
     biased_under_resampling = True  # fewer distinct clips in a resample: a larger bias (benchmarks/sample_size.py)
+    batched_statistic = True
+    minimum = 0.0
 
     def __init__(self, embedder: AudioEmbedder, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -102,12 +104,15 @@ class FrechetAudioDistance(PerItemMetric):
         return moments
 
     def statistic(self, samples: Samples) -> Tensor:
-        """The Fréchet distance (float64 scalar) of the generated clips in `samples` from the reference. Raises on
-        fewer than 2 reference or generated embeddings."""
+        """The Fréchet distance (float64) of the generated clips in `samples` from the reference; with a batch of
+        resamples (``index`` `(resamples, clips)`), one per resample. Raises on fewer than 2 reference or generated
+        embeddings."""
         mean, cov, root = self._reference_moments()
-        features = samples["embedding"].reshape(-1, samples["embedding"].shape[-1])
-        if len(features) < 2:
-            raise ValueError(f"FAD needs at least 2 generated embeddings, got {len(features)}.")
+        embeddings = samples["embedding"]
+        lead = samples["index"].dim() - 1 if "index" in samples else 0
+        features = embeddings.reshape(*embeddings.shape[:lead], -1, embeddings.shape[-1])
+        if features.shape[-2] < 2:
+            raise ValueError(f"FAD needs at least 2 generated embeddings, got {features.shape[-2]}.")
         return frechet_distance_to_embeddings(mean, cov, features, root)
 
     def compute_infinity(self, num_points: int = 15, min_samples: int = 500, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -50,26 +50,29 @@ def psd_sqrt(matrix: Tensor) -> Tensor:
 
 def frechet_distance_to_embeddings(mean: Tensor, cov: Tensor, embeddings: Tensor, root: Tensor | None = None
                                    ) -> Tensor:
-    """`frechet_distance` of N(mean, cov) from the Gaussian fitted to `embeddings` `(n, dim)`, given `root`, the
-    square root of `cov` (`psd_sqrt`), computed once for many calls against one reference (a bootstrap).
+    """`frechet_distance` of N(mean, cov) from the Gaussian fitted to `embeddings` `(..., n, dim)` (leading dimensions:
+    a batch of sets, e.g. bootstrap resamples), given `root`, the square root of `cov` (`psd_sqrt`), computed once for
+    many calls against one reference.
 
     With fewer embeddings than dimensions the trace term comes from the n x n matrix ``A Aᵀ / (n - 1)``,
     ``A = (embeddings - their mean) cov^½``, which has the non-zero eigenvalues of ``cov^½ cov₂ cov^½``: a 64-clip
     resample against a 512-dimensional reference costs a 64 x 64 eigendecomposition, not a 512 x 512 one.
     """
     x = embeddings.double()
-    n = len(x)
+    n, dim = x.shape[-2:]
     if n < 2:
         raise ValueError(f"A covariance needs at least 2 samples, got {n}.")
     root = psd_sqrt(cov) if root is None else root.double()
-    centred = x - x.mean(0)
-    if n <= x.shape[1]:
+    own_mean = x.mean(-2, keepdim=True)
+    centred = x - own_mean
+    if n <= dim:
         product = centred @ root
-        middle = product @ product.T / (n - 1)
+        middle = product @ product.transpose(-1, -2) / (n - 1)
     else:
-        middle = root @ (centred.T @ centred / (n - 1)) @ root
-    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
-    distance = (mean.double() - x.mean(0)).square().sum() + cov.double().trace() + centred.square().sum() / (n - 1)
+        middle = root @ (centred.transpose(-1, -2) @ centred / (n - 1)) @ root
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.transpose(-1, -2)) / 2).clamp(min=0).sqrt().sum(-1)
+    distance = ((mean.double() - own_mean.squeeze(-2)).square().sum(-1) + cov.double().trace()
+                + centred.square().sum((-2, -1)) / (n - 1))
     return (distance - 2 * trace_sqrt).clamp(min=0)
 
 
@@ -120,6 +123,14 @@ def membership_auc(member_losses: Tensor, nonmember_losses: Tensor) -> float:
     return (u / (m * n)).item()
 
 
+def pairwise_membership_auc(member_losses: Tensor, nonmember_losses: Tensor) -> Tensor:
+    """`membership_auc` as the mean over every (member, non-member) pair, batched over leading dimensions:
+    `(..., m)` and `(..., k)` losses give `(...)` AUCs. O(m k) memory: for bootstrap resamples of evaluation sets, where
+    one call replaces a thousand."""
+    gap = nonmember_losses.double().unsqueeze(-2) - member_losses.double().unsqueeze(-1)  # (..., m, k)
+    return ((gap > 0).double() + 0.5 * (gap == 0).double()).mean((-2, -1))
+
+
 def kl_divergence(reference_logits: Tensor, generated_logits: Tensor) -> Tensor:
     """Per-pair KL(reference ‖ generated) of softmax tag distributions, `(batch,)` in nats (AudioLDM's KL_softmax)."""
     reference = reference_logits.double().log_softmax(dim=-1)
@@ -149,31 +160,34 @@ def median_pairwise_distance(embeddings: Tensor) -> Tensor:
 def kernel_audio_distance(generated: Tensor, reference: Tensor, bandwidth: Tensor | float,
                           generated_pairs: Tensor | None = None, reference_mean: Tensor | None = None) -> Tensor:
     """KAD (kadtk; Chung et al., 2025): the unbiased estimate of the squared maximum mean discrepancy between the
-    embedding sets `generated` `(m, dim)` and `reference` `(n, dim)` with the Gaussian kernel
-    ``exp(-|x - y|² / (2 bandwidth²))``, times 100 as kadtk reports it, in float64.
+    embedding sets `generated` `(..., m, dim)` (leading dimensions: a batch of sets) and `reference` `(n, dim)` with
+    the Gaussian kernel ``exp(-|x - y|² / (2 bandwidth²))``, times 100 as kadtk reports it, in float64.
 
     Unbiased: the within-set means leave out the diagonal, so its expectation is the population MMD² at any m, n (it
-    can be slightly negative when the sets come from one distribution). `generated_pairs` `(m, m)` bool, where given,
+    can be slightly negative when the sets come from one distribution). `generated_pairs` `(..., m, m)` bool, if given,
     names the pairs of generated rows the generated set's kernel mean averages over instead of all distinct ones;
     `reference_mean`, where given, is the reference set's own kernel mean (`kernel_mean`), computed once for many calls.
     """
     x, y = generated.double(), reference.double()
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError(f"KAD needs at least 2 generated and 2 reference embeddings, got {len(x)} and {len(y)}.")
+    if x.shape[-2] < 2 or len(y) < 2:
+        raise ValueError(f"KAD needs at least 2 generated and 2 reference embeddings, got {x.shape[-2]} and "
+                         f"{len(y)}.")
     gamma = 1.0 / (2.0 * torch.as_tensor(bandwidth, dtype=torch.float64) ** 2)
-    across = torch.exp(-gamma * torch.cdist(x, y).square()).mean()
+    across = torch.exp(-gamma * torch.cdist(x, y.expand(*x.shape[:-2], *y.shape)).square()).mean((-2, -1))
     reference_mean = kernel_mean(y, bandwidth) if reference_mean is None else reference_mean
     return 100 * (kernel_mean(x, bandwidth, generated_pairs) + reference_mean - 2 * across)
 
 
 def kernel_mean(embeddings: Tensor, bandwidth: Tensor | float, pairs: Tensor | None = None) -> Tensor:
-    """Mean Gaussian kernel over the pairs of distinct rows of `embeddings` `(n, dim)`, or over `pairs` `(n, n)`."""
+    """Mean Gaussian kernel over the pairs of distinct rows of `embeddings` `(..., n, dim)`, or over `pairs`
+    `(..., n, n)` (NaN where a set has no pair)."""
     z = embeddings.double()
     gamma = 1.0 / (2.0 * torch.as_tensor(bandwidth, dtype=torch.float64) ** 2)
     kernel = torch.exp(-gamma * torch.cdist(z, z).square())
     if pairs is not None:
-        return kernel[pairs].sum() / pairs.sum()
-    return (kernel.sum() - kernel.diagonal().sum()) / (len(z) * (len(z) - 1))
+        return (kernel * pairs).sum((-2, -1)) / pairs.sum((-2, -1))
+    n = z.shape[-2]
+    return (kernel.sum((-2, -1)) - kernel.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
 
 
 Samples = dict[str, Tensor]  # per-item values sharing their first dimension, resampled together
@@ -196,6 +210,7 @@ class Interval:
 
 
 Statistic = Callable[..., "Tensor | dict[str, Tensor]"]
+_CHUNK = 100  # resamples per call of a batched statistic
 
 
 def bootstrap_replicates(
@@ -227,8 +242,10 @@ def bootstrap_replicates(
         return [{name: values[draw[r].to(values.device)] for name, values in group.items()}
                 for group, draw in zip(samples, draws, strict=True)]
 
-    if batched:
-        replicates = statistic(*resample(slice(None)))
+    if batched:  # in chunks, so that a batched statistic's intermediates stay small
+        chunks = [statistic(*resample(slice(start, start + _CHUNK))) for start in range(0, resamples, _CHUNK)]
+        replicates = ({key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+                      if isinstance(chunks[0], dict) else torch.cat(chunks))
     else:
         each = [statistic(*resample(r)) for r in range(resamples)]
         replicates = ({key: torch.stack([one[key] for one in each]) for key in value} if isinstance(value, dict)
@@ -236,11 +253,13 @@ def bootstrap_replicates(
     return value, replicates
 
 
-def centred(value: Tensor | float, replicates: Tensor) -> Tensor:
+def centred(value: Tensor | float, replicates: Tensor, minimum: float | None = None) -> Tensor:
     """`replicates` shifted so that their median is `value`: for a statistic that resampling itself biases (a resample
-    repeats items), the spread of the replicates around the value, without the shift."""
+    repeats items), the spread of the replicates around the value, without the shift; clamped at the statistic's
+    `minimum` where it has one (FAD: 0)."""
     replicates = replicates.double()
-    return replicates - replicates.nanmedian() + float(value)
+    shifted = replicates - replicates.nanmedian() + float(value)
+    return shifted if minimum is None else shifted.clamp(min=minimum)
 
 
 def percentile_interval(value: Tensor | float, replicates: Tensor, level: float, n: int) -> Interval:
@@ -256,18 +275,18 @@ def percentile_interval(value: Tensor | float, replicates: Tensor, level: float,
 
 def bootstrap(
     statistic: Statistic, samples: Sequence[Samples], resamples: int = 1000, level: float = 0.95, seed: int = 0,
-    batched: bool = False, centre: bool = False,
+    batched: bool = False, centre: bool = False, minimum: float | None = None,
 ) -> Interval | dict[str, Interval]:
     """Percentile bootstrap interval of ``statistic(*samples)`` (`bootstrap_replicates`); a dict of intervals where
     `statistic` returns a dict. `n` is the smallest group's length. `centre`: the replicates are `centred` on the value
-    first (for a statistic biased by resampling itself, such as FAD)."""
+    (and clamped at `minimum`) first, for a statistic biased by resampling itself, such as FAD."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}.")
     value, replicates = bootstrap_replicates(statistic, samples, resamples, seed, batched)
     n = min(len(next(iter(group.values()))) for group in samples)
 
     def interval(point: Tensor, draws: Tensor) -> Interval:
-        return percentile_interval(point, centred(point, draws) if centre else draws, level, n)
+        return percentile_interval(point, centred(point, draws, minimum) if centre else draws, level, n)
 
     if isinstance(value, dict):
         return {key: interval(point, replicates[key]) for key, point in value.items()}

@@ -34,6 +34,7 @@ class KernelAudioDistance(PerItemMetric):
 
     higher_is_better = False
     fields = ("embedding",)
+    batched_statistic = True
 
     def __init__(self, embedder: AudioEmbedder, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -75,20 +76,20 @@ class KernelAudioDistance(PerItemMetric):
         """KAD of the clips in `samples`. In a bootstrap resample a clip can come twice; the pairs of a clip with its
         own copy are left out of the generated set's kernel mean (with ``index`` in `samples`), as a U-statistic is
         bootstrapped, so that the repeats do not bias the replicates upwards; a resample of one distinct clip has no
-        pair left and gives NaN, which the percentile interval leaves out."""
+        pair left and gives NaN, which the percentile interval leaves out. With a batch of resamples (``index``
+        `(resamples, clips)`), one value per resample."""
         if self.reference is None:
             raise ValueError("KernelAudioDistance needs the reference embeddings: call set_reference() first.")
-        embeddings = samples["embedding"]
-        generated = embeddings.reshape(-1, embeddings.shape[-1])
-        items = samples.get("index")
-        if items is not None and len(items.unique()) < len(items):
-            frames = generated.shape[0] // len(items)
-            draw = torch.arange(len(items), device=generated.device).repeat_interleave(frames)
-            item = items.to(generated.device).repeat_interleave(frames)
-            pairs = (item[:, None] != item[None, :]) | ((draw[:, None] == draw[None, :])
-                                                         & ~torch.eye(len(draw), dtype=torch.bool,
-                                                                      device=generated.device))
-        else:
-            pairs = None
+        embeddings, items = samples["embedding"], samples.get("index")
+        lead = items.dim() - 1 if items is not None else 0
+        generated = embeddings.reshape(*embeddings.shape[:lead], -1, embeddings.shape[-1])
+        pairs = None
+        if items is not None:
+            frames = generated.shape[-2] // items.shape[-1]
+            item = items.to(generated.device).repeat_interleave(frames, dim=-1)  # (..., rows)
+            draw = torch.arange(item.shape[-1], device=generated.device) // frames
+            same_draw = draw[:, None] == draw[None, :]
+            distinct = ~torch.eye(item.shape[-1], dtype=torch.bool, device=generated.device)
+            pairs = (item.unsqueeze(-1) != item.unsqueeze(-2)) | (same_draw & distinct)
         return kernel_audio_distance(generated, self.reference.to(generated.device), self.bandwidth, pairs,
                                      self._reference_mean)

@@ -37,6 +37,7 @@ class PerItemMetric(Metric):
     # the statistic is biased upwards on resamples that repeat items (FAD: a resample of n clips holds about 0.63 n
     # distinct ones, and FAD's bias grows as its sample shrinks): its replicates are centred on the value
     biased_under_resampling = False
+    minimum: float | None = None  # the statistic's lower bound, where the centred replicates are clamped
     is_differentiable = False
     full_state_update = False
 
@@ -92,4 +93,4 @@ class PerItemMetric(Metric):
     def interval(self, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Interval | dict[str, Interval]:
         """The value and its percentile bootstrap interval over the items (call on every process under DDP)."""
         return bootstrap(self.statistic, [self.samples()], resamples, level, seed, self.batched_statistic,
-                         self.biased_under_resampling)
+                         self.biased_under_resampling, self.minimum)

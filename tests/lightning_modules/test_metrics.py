@@ -255,6 +255,18 @@ def test_membership_auc_equals_pairwise_count():
     assert membership_auc(identical, identical.flip(0)) == pytest.approx(0.5, abs=1e-12)
 
 
+def test_pairwise_membership_auc_is_membership_auc_batched():
+    from lightning_modules.metrics.functional import pairwise_membership_auc
+
+    generator = torch.Generator().manual_seed(5)
+    members = torch.randint(0, 6, (3, 7), generator=generator).double()  # ties, within and across the sets
+    nonmembers = torch.randint(0, 6, (3, 9), generator=generator).double()
+    batched = pairwise_membership_auc(members, nonmembers)
+    assert batched.shape == (3,)
+    for row in range(3):
+        assert batched[row].item() == pytest.approx(membership_auc(members[row], nonmembers[row]), abs=1e-12)
+
+
 def test_membership_auc_of_large_or_negative_losses():
     assert membership_auc(torch.tensor([800.0, 900.0]), torch.tensor([1000.0, 1100.0])) == 1.0
     assert membership_auc(torch.tensor([-100.0, -90.0]), torch.tensor([-50.0, -40.0])) == 1.0

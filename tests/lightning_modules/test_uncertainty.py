@@ -286,3 +286,35 @@ def test_a_resample_of_one_distinct_clip_is_left_out_of_the_interval():
     assert metric.statistic(one).isnan()
     replicates = torch.tensor([float("nan"), 1.0, 2.0, 3.0], dtype=torch.float64)
     assert percentile_interval(2.0, replicates, 0.5, 3) == Interval(2.0, 1.5, 2.5, 3)
+
+
+def test_fad_interval_never_goes_below_zero():
+    """Generated and reference clips from one distribution: FAD is near 0 and its centred replicates would spread
+    below it; FAD is never negative, so they are clamped there."""
+    from lightning_modules.metrics.functional import bootstrap_replicates, centred
+
+    metric = FrechetAudioDistance(Identity())
+    metric.update(embeddings=gaussian(2000, 0), real=True)
+    metric.freeze_reference()
+    metric.update(embeddings=gaussian(50, 1), index=torch.arange(50))  # FAD 0.219; the lowest centred draw -0.054
+    value, replicates = bootstrap_replicates(metric.statistic, [metric.samples()], 300, 0)
+    assert centred(value, replicates).min() < 0  # the case the clamp is for
+    assert metric.interval(resamples=300).low >= 0.0
+
+
+@pytest.mark.parametrize("frames", [None, 3])  # clip-level embeddings, and three frames per clip
+def test_fad_and_kad_take_a_batch_of_resamples_in_one_call(frames):
+    from lightning_modules.metrics.functional import bootstrap_replicates
+
+    reference = gaussian(60, 0)
+    generated = gaussian(10 * (frames or 1), 1, 0.4).reshape(10, *([frames] if frames else []), DIM)
+    fad, kad = FrechetAudioDistance(Identity()), KernelAudioDistance(Identity())
+    fad.update(embeddings=reference, real=True)
+    fad.freeze_reference()
+    kad.set_reference(reference)
+    for metric in (fad, kad):
+        metric.update(embeddings=generated, index=torch.arange(10))
+        assert metric.batched_statistic
+        _, looped = bootstrap_replicates(metric.statistic, [metric.samples()], resamples=250, seed=4)
+        _, batched = bootstrap_replicates(metric.statistic, [metric.samples()], resamples=250, seed=4, batched=True)
+        torch.testing.assert_close(batched, looped, rtol=1e-9, atol=1e-12, equal_nan=True)
