@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -72,6 +72,17 @@ MEASUREMENT_FORMAT = 2  # what a cached measurement holds; raise it when that ch
 Results = dict[str, dict[str, float]]  # split -> metric -> value
 PerItem = dict[str, dict[str, list[Samples]]]  # split -> measure -> its groups of per-item values (`bootstrap`)
 Intervals = dict[str, dict[str, dict[str, float]]]  # split -> metric -> value, low, high, n
+
+
+class Estimator(NamedTuple):
+    """A measure's statistic of its groups of per-item values, and how to bootstrap it: in one call for a batch of
+    resamples (`batched`), with the replicates centred on the value and clamped at `minimum` (`centred`: resampling
+    itself biases the statistic, as it does FAD)."""
+
+    statistic: Callable[..., Any]
+    batched: bool = False
+    centred: bool = False
+    minimum: float | None = None
 
 
 @dataclass
@@ -328,17 +339,15 @@ class UnlearningEvaluation(Callback):
                 metrics["kl"].update(audio, reference, sample_rate, index=index)
 
     # ------------------------------------------------------------------------------------------------ statistics
-    def statistic(self, split: str, measure: str) -> tuple[Callable[..., Any], bool, bool, float | None]:
-        """The statistic of `measure` on `split` from its groups of per-item values, whether it takes a batch of
-        resamples at once (`bootstrap_replicates`), whether resampling biases it (its replicates are centred) and
-        its lower bound."""
+    def estimator(self, split: str, measure: str) -> Estimator:
+        """How `measure` on `split` is computed from its groups of per-item values and bootstrapped."""
         if measure == "loss":
-            return (lambda items: items["loss"].double().mean(-1)), True, False, None
+            return Estimator(lambda items: items["loss"].double().mean(-1), batched=True)
         if measure == "mia_auc":
-            return (lambda members, nonmembers: pairwise_membership_auc(members["loss"], nonmembers["loss"])), True, \
-                False, None
+            return Estimator(lambda members, nonmembers: pairwise_membership_auc(members["loss"], nonmembers["loss"]),
+                             batched=True)
         metric = self.metrics[split][measure]
-        return metric.statistic, metric.batched_statistic, metric.biased_under_resampling, metric.minimum
+        return Estimator(metric.statistic, metric.batched_statistic, metric.biased_under_resampling, metric.minimum)
 
     def results_of(self, samples: PerItem) -> Results:
         """Every metric's value from the per-item values."""
@@ -346,8 +355,7 @@ class UnlearningEvaluation(Callback):
         for split, measures in samples.items():
             results[split] = {}
             for measure, groups in measures.items():
-                statistic = self.statistic(split, measure)[0]
-                results[split].update(_named(measure, statistic(*groups)))
+                results[split].update(_named(measure, self.estimator(split, measure).statistic(*groups)))
         return results
 
     def replicates(self, samples: PerItem) -> Replicates:
@@ -358,12 +366,13 @@ class UnlearningEvaluation(Callback):
         for split, measures in samples.items():
             out[split] = {}
             for measure, groups in measures.items():
-                statistic, batched, biased, minimum = self.statistic(split, measure)
-                value, replicates = bootstrap_replicates(statistic, groups, self.resamples, self.seed, batched)
+                estimator = self.estimator(split, measure)
+                value, replicates = bootstrap_replicates(estimator.statistic, groups, self.resamples, self.seed,
+                                                         estimator.batched)
                 n = min(len(next(iter(group.values()))) for group in groups)
                 values, draws = _named(measure, value), _named(measure, replicates)
-                if biased:
-                    draws = {name: centred(values[name], draws[name], minimum) for name in draws}
+                if estimator.centred:
+                    draws = {name: centred(values[name], draws[name], estimator.minimum) for name in draws}
                 out[split].update({name: (values[name], draws[name], n) for name in values})
         return out
 
