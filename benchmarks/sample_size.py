@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from callbacks.evaluation import reference_statistics  # noqa: E402
 from datamodules import ToyCorpus, read_manifest  # noqa: E402
 from lightning_modules.io import write_json_atomic  # noqa: E402
 from lightning_modules.metrics import ClapEmbedder, FrechetAudioDistance, KernelAudioDistance  # noqa: E402
+from lightning_modules.metrics.fad import reference_statistics  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 from scripts.toy_recognition import load_clips  # noqa: E402
 

@@ -55,7 +55,7 @@ from lightning_modules.metrics import (
     TextAudioEmbedder,
     ZeroShotTagger,
 )
-from lightning_modules.metrics.fad import reference_key
+from lightning_modules.metrics.fad import reference_key, reference_statistics
 from lightning_modules.metrics.functional import (
     Samples,
     bootstrap_replicates,
@@ -594,14 +594,6 @@ def _named(measure: str, value: Any) -> dict[str, Any]:
 def _to_cpu(samples: PerItem) -> PerItem:
     return {split: {measure: [{name: values.cpu() for name, values in group.items()} for group in groups]
                     for measure, groups in measures.items()} for split, measures in samples.items()}
-
-
-def reference_statistics(embeddings: Tensor) -> dict[str, Tensor]:
-    """FAD reference statistics (``sum``, ``outer_sum``, ``count``) of `(items, dim)` or `(items, frames, dim)`
-    embeddings, every frame a sample."""
-    rows = embeddings.reshape(-1, embeddings.shape[-1]).double()
-    return {"sum": rows.sum(0), "outer_sum": rows.T @ rows, "count": torch.tensor(float(len(rows)),
-                                                                                   dtype=torch.float64)}
 
 
 _REFERENCE = "reference embeddings"

@@ -40,6 +40,14 @@ def reference_key(embedder: AudioEmbedder, sample_rate: int, description: object
     return cache_key(embedder.name, sample_rate, description)
 
 
+def reference_statistics(embeddings: Tensor) -> dict[str, Tensor]:
+    """FAD reference statistics (``sum``, ``outer_sum``, ``count``) of `(items, dim)` or `(items, frames, dim)`
+    embeddings, every frame a sample."""
+    rows = embeddings.reshape(-1, embeddings.shape[-1]).double()
+    return {"sum": rows.sum(0), "outer_sum": rows.T @ rows, "count": torch.tensor(float(len(rows)),
+                                                                                   dtype=torch.float64)}
+
+
 class FrechetAudioDistance(PerItemMetric):
     """FAD between the audio given with ``real=True`` (or frozen reference statistics) and with ``real=False``.
 
@@ -81,10 +89,10 @@ class FrechetAudioDistance(PerItemMetric):
         if not real:
             self.keep(index, embedding=features)
             return
-        features = features.reshape(-1, features.shape[-1])
-        self.real_sum += features.sum(0)
-        self.real_outer_sum += features.T @ features
-        self.real_count += len(features)
+        stats = reference_statistics(features)
+        self.real_sum += stats["sum"]
+        self.real_outer_sum += stats["outer_sum"]
+        self.real_count += stats["count"]
 
     def _reference_gaussian(self) -> tuple[Tensor, Tensor]:
         stats = self._reference or {name: getattr(self, f"real_{name}") for name in STATISTICS}
