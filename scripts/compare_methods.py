@@ -13,12 +13,17 @@ bounds), and a method is called better than another on a column only where it is
         --data configs/data/toy_forget_aurora_vale.yaml --oracle checkpoints/toy/oracle_aurora_vale
 
 A run that finished is not run again (delete its folder under ``<out>/runs`` or pass ``--force``), so a stopped
-comparison resumes; the table is rebuilt from every finished run. Arguments after ``--`` go to every ``train.py fit``.
+comparison resumes; the table is rebuilt from every finished run. Each run leaves a small record,
+``<out>/runs/<method>/seed<k>/results.json`` with its digest, which git keeps (the rest of ``runs`` is ignored), so a
+comparison longer than a session resumes on another machine from a commit. A record is reused only with the inputs it
+was run with (the digests of the three configs, the extra arguments, the seed); otherwise the script stops and says
+which differ. Arguments after ``--`` go to every ``train.py fit``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -32,7 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E402
+from lightning_modules.io import (  # noqa: E402
+    read_json_verified,
+    write_json_atomic,
+    write_json_verified,
+    write_text_atomic,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # (set, metric, column title, which way is better for unlearning: +1 higher, -1 lower, 0 neither): what the table
@@ -51,6 +61,8 @@ COLUMNS = [
     ("near", "recognition_judge", "near recognition ↑ (features)", 1),
     ("forget", "mia_auc", "MIA AUC", 0),
 ]
+# the keys of a run's report that its record under <out>/runs keeps
+RECORDED = ("columns", "intervals", "differences", "against_oracle", "gap_to_oracle", "timing")
 
 
 def toy_methods() -> list[str]:
@@ -63,8 +75,14 @@ def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], 
     """The evaluation report of one method's run with `seed`, running it unless a finished run is there."""
     folder = out / "runs" / name / f"seed{seed}"
     report = folder / "results.json"
+    inputs = run_inputs(name, trainer, data, extra, seed)
     if report.exists() and not force:
-        return json.loads(report.read_text())
+        results = read_json_verified(report, f"{name}'s record of seed {seed}", "delete its folder and run again")
+        if results.get("inputs") != inputs:
+            raise SystemExit(f"{report} was run with other inputs than this comparison's (its configs, data config, "
+                             f"arguments or seed differ: {_changed(results.get('inputs'), inputs)}); rerun it with "
+                             "--force, or delete its folder.")
+        return results
     shutil.rmtree(folder, ignore_errors=True)
     command = [sys.executable, "train.py", "fit", "--config", trainer, "--config", f"configs/unlearn/{name}.yaml",
                "--data", data, f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false",
@@ -75,12 +93,28 @@ def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], 
     if result.returncode != 0:
         raise SystemExit(f"[{name} seed {seed}] failed with exit code {result.returncode}:\n{result.stderr[-4000:]}")
     (run,) = (folder / "lightning_logs").iterdir()
-    results = json.loads((run / "results.json").read_text())
-    results["run"] = str(run.relative_to(REPO) if run.is_relative_to(REPO) else run)
-    results["process_seconds"] = time.perf_counter() - started
-    write_json_atomic(report, results)
+    full = json.loads((run / "results.json").read_text())
+    # what the table needs, small enough to commit (a comparison that outlives a machine resumes from these); the
+    # full report, with the datasets' listing and the history, stays in the run's folder
+    results = {key: full[key] for key in RECORDED if key in full}
+    results.update(run=str(run.relative_to(REPO) if run.is_relative_to(REPO) else run),
+                   process_seconds=time.perf_counter() - started, inputs=inputs)
+    write_json_verified(report, results)
     print(f"[{name} seed {seed}] done in {results['process_seconds']:.0f} s", flush=True)
     return results
+
+
+def run_inputs(name: str, trainer: str, data: str, extra: list[str], seed: int) -> dict:
+    """What decides a run's result: the text of its three configs (by digest), its extra arguments and its seed."""
+    digest = lambda path: hashlib.sha256((REPO / path).read_bytes()).hexdigest()[:16]  # noqa: E731
+    return {"trainer": digest(trainer), "method": digest(f"configs/unlearn/{name}.yaml"), "data": digest(data),
+            "extra": list(extra), "seed": seed}
+
+
+def _changed(old: dict | None, new: dict) -> str:
+    if old is None:
+        return "it records none"
+    return ", ".join(key for key in new if old.get(key) != new[key])
 
 
 def with_evaluation(trainer: str, out: Path, oracle: str | None = None, generations: int | None = None) -> str:

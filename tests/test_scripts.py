@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from lightning_modules.io import write_json_verified
 from scripts import compare_methods, toy_recognition
 from tests.conftest import REPO
 
@@ -82,3 +83,19 @@ def test_compare_methods_table_over_seeds_and_the_wins_that_hold_in_every_seed()
     assert "mean ± standard deviation over 2 training seeds" in markdown
     with pytest.raises(SystemExit, match="'before' column differs"):
         compare_methods.table({"a": [_report(2.0)], "b": [_report(2.0, before=0.9)]})
+
+
+def test_a_finished_run_is_reused_only_with_the_inputs_it_was_run_with(tmp_path, monkeypatch):
+    trainer = compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path, generations=64)
+    inputs = compare_methods.run_inputs("esd", trainer, "configs/data/toy_forget.yaml", ["--x=1"], 0)
+    record = {"columns": {"after": {}}, "inputs": inputs}
+    write_json_verified(tmp_path / "runs" / "esd" / "seed0" / "results.json", record)
+    monkeypatch.setattr(compare_methods.subprocess, "run", lambda *a, **k: pytest.fail("a finished run ran again"))
+    run = lambda trainer, extra: compare_methods.run_method(  # noqa: E731
+        "esd", tmp_path, trainer, "configs/data/toy_forget.yaml", extra, force=False, seed=0)
+    assert run(trainer, ["--x=1"]) == record
+    with pytest.raises(SystemExit, match=r"other inputs .*: extra\)"):
+        run(trainer, ["--x=2"])
+    other = compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path / "other", generations=16)
+    with pytest.raises(SystemExit, match=r"other inputs .*: trainer\).*--force"):
+        run(other, ["--x=1"])
