@@ -39,8 +39,9 @@ def ks_pvalue(first: Tensor, second: Tensor) -> float:
 
 
 def _normal_score(p_value: float) -> float:
-    """The two-sided normal score of a p-value: 1.96 for 0.05."""
-    return NormalDist().inv_cdf(1 - max(p_value, 1e-300) / 2)
+    """The two-sided normal score of a p-value: 1.96 for 0.05; from the lower tail, which stays exact where
+    ``1 - p / 2`` rounds to 1 (p below about 1e-16, as a KS test of two clearly different sets gives)."""
+    return -NormalDist().inv_cdf(min(max(p_value, 1e-300), 1.0) / 2)
 
 
 def _gap_score(gap: Tensor | float, replicates: Tensor) -> float:

@@ -71,3 +71,13 @@ def test_utility_is_the_harmonic_mean_of_ratios_to_the_base_and_skips_non_positi
 def test_ks_pvalue():
     assert ks_pvalue(draws(0), draws(0)) == 1.0
     assert ks_pvalue(draws(0), draws(1, shift=2.0)) < 1e-10
+
+
+def test_the_normal_score_of_a_p_value_holds_far_into_the_tail():
+    """A KS p-value of 1e-20 (measured on a 64-generation methods run) once raised: 1 - p/2 rounds to 1."""
+    from callbacks.oracle_scores import _normal_score
+
+    assert _normal_score(0.05) == pytest.approx(1.959964, abs=1e-6)
+    assert _normal_score(1.0) == 0.0
+    assert _normal_score(1e-20) == pytest.approx(9.336045, abs=1e-5)  # scipy.stats.norm.isf(5e-21)
+    assert _normal_score(0.0) == pytest.approx(37.065788, abs=1e-5)  # capped at p = 1e-300: norm.isf(5e-301)
