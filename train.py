@@ -72,7 +72,8 @@ class TextToMusicCLI(LightningCLI):
     before_validate = before_test = before_predict = _last_of_run
 
 
-def main(args: list[str] | None = None) -> TextToMusicCLI:
+def main(args: list[str] | None = None, run: bool = True) -> TextToMusicCLI:
+    """The CLI on `args` (default ``sys.argv``); with ``run=False`` it only builds the model, data and trainer."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for package in ("lightning_modules", "datamodules", "callbacks"):
@@ -89,6 +90,7 @@ def main(args: list[str] | None = None) -> TextToMusicCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
+        run=run,
     )
 
 

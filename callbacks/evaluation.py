@@ -31,7 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from callbacks.measuring import fixed_losses, measuring_precision, per_item_values
 from callbacks.oracle_scores import Replicates, scores_against_oracle
-from callbacks.report import describe_items, describe_model, gap_to_oracle, markdown_table, mel_image
+from callbacks.report import (
+    describe_items,
+    describe_model,
+    describe_weights,
+    gap_to_oracle,
+    markdown_table,
+    mel_image,
+)
+from datamodules.provenance import RECORD_FILE, DefinesOracle, TrainingRecord, check_oracle
 from lightning_modules.io import (
     CorruptFileError,
     TensorField,
@@ -116,12 +124,21 @@ class UnlearningEvaluation(Callback):
         batch_size: prompts or items per batch.
         memorization_threshold: highest CLAP similarity to a forget track above which a generation counts as a copy.
         oracle: folder of the oracle (the same backend retrained without the forget set); evaluated once and cached.
+            Its record of its training data (``training_data.json``, see `datamodules.provenance`) must show it trained
+            on the run's training manifest without exactly the run's forget set, or the run stops before training.
+        oracle_unchecked: accept an oracle that has no such record (one trained before records existed, or
+            elsewhere); the report then says its provenance is unchecked. A record that contradicts the forget set
+            is refused either way.
         base: folder of the model before unlearning, for the "before" column of ``validate`` / ``test`` runs.
         log_audio: clips per set (of the first process) logged to TensorBoard with their mel spectrograms.
         cache_dir: cache of reference embeddings and oracle results; default ``$TTM_UNLEARNING_CACHE`` or
             ``~/.cache/ttm_unlearning``.
         resamples: bootstrap resamples of every interval (items, prompts or clips drawn with replacement).
         confidence: level of the percentile intervals.
+        cache_before: read "before" from the cache when a run started from the same model at the same settings (every
+            method and seed from one base model measures it once); the model is described by what its
+            ``save_pretrained`` writes, into a temporary folder (``$TMPDIR``: as much disk as the weights, seconds for a
+            billion parameters). False measures "before" in every fit.
     """
 
     def __init__(
@@ -139,11 +156,13 @@ class UnlearningEvaluation(Callback):
         batch_size: int = 16,
         memorization_threshold: float = 0.9,
         oracle: str | None = None,
+        oracle_unchecked: bool = False,
         base: str | None = None,
         log_audio: int = 2,
         cache_dir: str | None = None,
         resamples: int = 1000,
         confidence: float = 0.95,
+        cache_before: bool = True,
     ) -> None:
         for name, value in (("num_prompts", num_prompts), ("batch_size", batch_size), ("resamples", resamples)):
             if value < 1:
@@ -171,11 +190,14 @@ class UnlearningEvaluation(Callback):
         self.batch_size = batch_size
         self.memorization_threshold = memorization_threshold
         self.oracle = oracle
+        self.oracle_unchecked = oracle_unchecked
+        self.oracle_provenance: str | None = None  # what the oracle's record says, once `setup` checked it
         self.base = base
         self.log_audio = log_audio
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.resamples = resamples
         self.confidence = confidence
+        self.cache_before = cache_before
         self.columns: dict[str, Results] = {}
         self.samples: dict[str, PerItem] = {}  # column -> its per-item values
         self._latest: tuple[int, Measurement] | None = None  # the last evaluation during training, with its step
@@ -195,6 +217,8 @@ class UnlearningEvaluation(Callback):
             raise TypeError(f"UnlearningEvaluation needs a DataModule with eval_datasets() (such as "
                             f"ForgetRetainDataModule), got {type(datamodule).__name__}.")
         self.datasets = datamodule.eval_datasets()
+        if self.oracle is not None:
+            self.oracle_provenance = self._check_oracle(datamodule)
         if self.clap is None:
             return
         groups = sorted({item.group for items in datamodule.sets.values() for item in items if item.group})
@@ -219,6 +243,27 @@ class UnlearningEvaluation(Callback):
                 metrics["memorization"] = Memorization(self.clap, self.memorization_threshold)
             self.metrics[split] = metrics
         self._references_ready = False
+
+    def _check_oracle(self, datamodule: Any) -> str:
+        """What the oracle was trained on, after checking it is this run's forget set's oracle."""
+        record = TrainingRecord.read(self.oracle)
+        if record is None:
+            if not self.oracle_unchecked:
+                raise ValueError(
+                    f"The oracle {self.oracle} has no {RECORD_FILE}: nothing says which forget set it was trained "
+                    f"without, so its column could belong to another one. Models trained with `SavePretrained` on an "
+                    f"`AudioTextDataModule` keep this record; for a model trained before, write it with `python "
+                    f"scripts/record_training_data.py --config <its training config>`, or accept the oracle as it is "
+                    f"with oracle_unchecked: true.")
+            log.warning("The oracle %s has no record of its training data: it is used unchecked (oracle_unchecked).",
+                        self.oracle)
+            return "unchecked: the oracle has no record of its training data"
+        if not isinstance(datamodule, DefinesOracle):
+            raise TypeError(f"Checking the oracle {self.oracle} needs a DataModule that says what its oracle trains on "
+                            f"(`oracle_training_set()`, as ForgetRetainDataModule does); "
+                            f"{type(datamodule).__name__} does not.")
+        check_oracle(self.oracle, record, datamodule.manifest, *datamodule.oracle_training_set())
+        return f"checked: trained on {record.describe()}"
 
     def _prepare_references(self, trainer: L.Trainer, sample_rate: int) -> None:
         """Each set's audio embedded by the FAD embedder (read from the cache, or embedded once and cached): FAD's
@@ -411,17 +456,32 @@ class UnlearningEvaluation(Callback):
     # ------------------------------------------------------------------------------------------------- references
     def evaluate_pretrained(self, trainer: L.Trainer, model: TextToMusicModel, folder: str) -> Measurement:
         """The measurement of the model saved in `folder` (same backend as `model`), cached with its per-item values
-        by its weights and the settings."""
-        key = cache_key(describe_model(folder), self.settings(trainer, model))
-        path = self.cache_dir / "evaluation" / f"{key}.pt"
+        by its files and the settings."""
+        def measure() -> Measurement:  # the loaded model is freed once measured
+            return self.evaluate(trainer, type(model).from_pretrained(folder).to(trainer.strategy.root_device))
+
+        return self._cached(trainer, model, describe_model(folder), str(folder), measure)
+
+    def evaluate_before(self, trainer: L.Trainer, model: TextToMusicModel) -> Measurement:
+        """The measurement of `model` as the fit starts, cached by what it would save (`describe_weights`): every
+        run from one base model at one evaluation's settings (each method, each seed) measures "before" once."""
+        if not self.cache_before:
+            return self.evaluate(trainer, model)
+        weights = trainer.strategy.broadcast(describe_weights(model) if trainer.is_global_zero else None)
+        return self._cached(trainer, model, weights, f"the model at fit start (weights {weights[:16]})",
+                            lambda: self.evaluate(trainer, model))
+
+    def _cached(self, trainer: L.Trainer, model: TextToMusicModel, described: Any, what: str,
+                measure: Callable[[], Measurement]) -> Measurement:
+        """`measure()`'s measurement of the model `described` describes (of `model`'s backend), read from the cache
+        when there (verified, with its per-item values), measured and written there otherwise."""
+        path = self.cache_dir / "evaluation" / f"{cache_key(described, self.settings(trainer, model))}.pt"
         if trainer.strategy.broadcast(reusable(path, read_cached_measurement)):  # rank 0 verified it
-            log.info("Results of %s read from the cache %s (delete it to measure again)", folder, path)
+            log.info("Results of %s read from the cache %s (delete it to measure again)", what, path)
             return read_cached_measurement(path)
-        reference = type(model).from_pretrained(folder).to(trainer.strategy.root_device)
-        measurement = self.evaluate(trainer, reference)
-        del reference
+        measurement = measure()
         if trainer.is_global_zero:
-            save_verified({"model": str(folder), "results": measurement.results,
+            save_verified({"model": what, "results": measurement.results,
                            "samples": _to_cpu(measurement.samples)}, path)
         return measurement
 
@@ -453,7 +513,7 @@ class UnlearningEvaluation(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "before" not in self.columns:  # a resumed run keeps the "before" of its start, restored from the checkpoint
-            self._record(trainer, "before", self.evaluate(trainer, pl_module.model))
+            self._record(trainer, "before", self.evaluate_before(trainer, pl_module.model))
             self._clock["carried"] = 0.0
             self._clock["start_step"] = trainer.global_step
 
@@ -520,6 +580,8 @@ class UnlearningEvaluation(Callback):
         if not trainer.is_global_zero:
             return
         table = markdown_table(columns, column, intervals, differences, self.confidence) + oracle_summary(scores)
+        if "oracle" in names:
+            table += f"\n\nThe oracle, {self.oracle}, {self.oracle_provenance}."
         if column == "after" and self.items_per_step:
             sizes = " + ".join(f"{count} {name}" for name, count in self.items_per_step.items())
             table += (f"\n\nTrained {self.timing['steps']} steps on {trainer.world_size} process(es), {sizes} items "
@@ -530,7 +592,8 @@ class UnlearningEvaluation(Callback):
             "bootstrap": {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed,
                           "seconds": bootstrap_seconds},
             "gap_to_oracle": gap_to_oracle(columns, column), "history": self.history,
-            "timing": self.timing if column == "after" else {}, "settings": self.settings(trainer, pl_module.model)})
+            "timing": self.timing if column == "after" else {}, "oracle_provenance": self.oracle_provenance,
+            "settings": self.settings(trainer, pl_module.model)})
         write_text_atomic(folder / "results.md", table + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +31,22 @@ def describe_model(folder: str | os.PathLike) -> list:
     files = sorted(path for path in folder.rglob("*") if path.is_file())
     return [str(folder), [[str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns]
                           for path in files]]
+
+
+def describe_weights(model: torch.nn.Module) -> str:
+    """What an in-memory model's outputs depend on: a SHA-256 over the files its ``save_pretrained`` writes (each
+    relative path and its bytes), so two models with one description load as one model (its weights, its
+    configuration, its tokenizer); adapters are merged by the save, so a fresh adapter is the model it adapts."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    with tempfile.TemporaryDirectory(prefix="ttm_describe_") as folder:
+        model.save_pretrained(folder)
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                digest.update(str(path.relative_to(folder)).encode() + b"\0")
+                with path.open("rb") as file:
+                    for block in iter(lambda: file.read(1 << 24), b""):
+                        digest.update(block)
+    return digest.hexdigest()
 
 
 def gap_to_oracle(columns: dict[str, dict[str, dict[str, float]]], column: str) -> dict[str, dict[str, float]]:

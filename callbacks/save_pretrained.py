@@ -1,4 +1,6 @@
-"""`SavePretrained`: writes the trained model in its native format when fit ends, atomically, on rank zero."""
+"""`SavePretrained`: writes the trained model in its native format when fit ends, atomically, on rank zero, with the
+record of its training data where the DataModule keeps one (`datamodules.provenance`: what makes a model checkable as
+an oracle)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from datamodules.provenance import RECORD_FILE, RecordsTrainingData
 from lightning_modules.io import atomic_directory
 
 log = logging.getLogger(__name__)
 
 
 class SavePretrained(Callback):
-    """Calls the LightningModule's ``save_pretrained`` at the end of `fit`.
+    """Calls the LightningModule's ``save_pretrained`` at the end of `fit`; beside it, ``training_data.json`` when the
+    DataModule implements `RecordsTrainingData` (such as `AudioTextDataModule`).
 
     Args:
         dirpath: the folder to write; default ``<log dir>/pretrained``. An existing folder is replaced whole.
@@ -29,7 +33,12 @@ class SavePretrained(Callback):
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         target = Path(self.dirpath) if self.dirpath else run_dir / "pretrained"
         if trainer.is_global_zero:
+            datamodule = trainer.datamodule
+            record = datamodule.training_record() if isinstance(datamodule, RecordsTrainingData) else None
             with atomic_directory(target) as tmp:
                 pl_module.save_pretrained(tmp)
-            log.info("Saved the trained model to %s", target)
+                if record is not None:
+                    record.write(tmp)
+            log.info("Saved the trained model to %s%s", target,
+                     f" (trained on {record.describe()}: {RECORD_FILE})" if record else "")
         trainer.strategy.barrier("save_pretrained")

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from datamodules.audio import make_loader
 from datamodules.base import ManifestDataModule, check_batch_sizes, per_process_batch
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
+from datamodules.provenance import TrainingRecord
 from datamodules.source import DataSource
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ class AudioTextDataModule(ManifestDataModule):
         manifest: JSONL or CSV manifest of the training items.
         val_manifest: manifest of validation items; none when not given.
         exclude_groups: groups left out of both sets (an oracle trained without the forget artist).
+        exclude_ids: ids of training items to leave out (an oracle trained without a list of tracks).
+        exclude_manifest: a manifest of training items to leave out (each must be in `manifest`).
         batch_size: items per batch and process; default 16, unless `global_batch_size` is given.
         num_workers: DataLoader worker processes.
         sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
@@ -40,6 +43,8 @@ class AudioTextDataModule(ManifestDataModule):
         manifest: str,
         val_manifest: str | None = None,
         exclude_groups: list[str] | None = None,
+        exclude_ids: list[str] | None = None,
+        exclude_manifest: str | None = None,
         batch_size: int | None = None,
         num_workers: int = 0,
         sample_rate: int = 16000,
@@ -54,26 +59,43 @@ class AudioTextDataModule(ManifestDataModule):
         self.manifest = manifest
         self.val_manifest = val_manifest
         self.exclude_groups = list(exclude_groups or [])
+        self.exclude_ids = list(exclude_ids or [])
+        self.exclude_manifest = exclude_manifest
         check_batch_sizes(batch_size=batch_size, global_batch_size=global_batch_size)
         self.batch_size = batch_size
         self.global_batch_size = global_batch_size
         self.seed = seed
 
-    def _read(self, manifest: str) -> list[ManifestItem]:
-        items = read_manifest(manifest)
+    def _kept(self, manifest: str, items: list[ManifestItem], excluded_ids: frozenset[str] = frozenset()
+              ) -> list[ManifestItem]:
+        """The items of `manifest` that are not left out, their audio checked."""
         groups = {item.group for item in items}
         unknown = [group for group in self.exclude_groups if group not in groups]
         if unknown:
             raise ValueError(f"exclude_groups {unknown} are not groups of {manifest}; its groups: {sorted(groups)}.")
-        items = [item for item in items if item.group not in self.exclude_groups]
+        items = [item for item in items if item.group not in self.exclude_groups and item.id not in excluded_ids]
         if not items:
-            raise ValueError(f"No item of {manifest} is left after excluding groups {self.exclude_groups}.")
+            raise ValueError(f"No item of {manifest} is left after excluding groups {self.exclude_groups} and "
+                             f"{len(excluded_ids)} listed id(s).")
         check_audio_files(items, manifest)
         return items
 
+    def _excluded_ids(self, members: list[ManifestItem]) -> frozenset[str]:
+        """The ids `exclude_ids` and `exclude_manifest` name, each checked to be a training item."""
+        wanted = self.exclude_ids + ([item.id for item in read_manifest(self.exclude_manifest)]
+                                     if self.exclude_manifest else [])
+        unknown = sorted(set(wanted) - {item.id for item in members})
+        if unknown:
+            source = " and ".join(name for name, value in (("exclude_ids", self.exclude_ids),
+                                                           ("exclude_manifest", self.exclude_manifest)) if value)
+            raise ValueError(f"{len(unknown)} id(s) of {source} are not in {self.manifest}: {unknown[:10]}; only "
+                             "training items can be left out.")
+        return frozenset(wanted)
+
     def setup(self, stage: str) -> None:
-        self.train_items = self._read(self.manifest)
-        self.val_items = self._read(self.val_manifest) if self.val_manifest else []
+        self.members = read_manifest(self.manifest)
+        self.train_items = self._kept(self.manifest, self.members, self._excluded_ids(self.members))
+        self.val_items = self._kept(self.val_manifest, read_manifest(self.val_manifest)) if self.val_manifest else []
         self._open_cache(writing=stage == "predict")
         self.train_set = self.dataset(self.train_items, with_audio=False)
         self.val_set = self.dataset(self.val_items) if self.val_items else None
@@ -85,6 +107,12 @@ class AudioTextDataModule(ManifestDataModule):
 
     def all_items(self) -> list[ManifestItem]:
         return self.train_items + self.val_items
+
+    def training_record(self) -> TrainingRecord:
+        """What a model trained on this DataModule saw (`SavePretrained` keeps it beside the weights)."""
+        trained = {item.id for item in self.train_items}
+        return TrainingRecord.of(self.manifest, self.train_items,
+                                 [item for item in self.members if item.id not in trained], self.exclude_groups)
 
     def train_dataloader(self) -> DataLoader:
         return self.train_loader(self.train_set, self.train_batch, self.seed, drop_last=True)

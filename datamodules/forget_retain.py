@@ -147,6 +147,7 @@ class ForgetRetainDataModule(ManifestDataModule):
         for items, what in ((forget, "the forget set"), (retain, "the retain set"), (heldout, "the held-out set")):
             check_audio_files(items, what)
         self.sets = {"forget": forget, "retain": retain, "heldout": heldout}
+        self.members = members
         self.eval_sets = {"forget": forget, **self._near_and_far(retain), "heldout": heldout}
         self._open_cache(writing=stage == "predict")
         if stage == "fit":
@@ -184,6 +185,12 @@ class ForgetRetainDataModule(ManifestDataModule):
 
     def all_items(self) -> list[ManifestItem]:
         return [item for split in ("forget", "retain", "heldout") for item in self.sets[split]]
+
+    def oracle_training_set(self) -> tuple[list[ManifestItem], list[ManifestItem]]:
+        """(what an oracle of this forget set trains on: the training manifest without the forget set, the forget
+        set), whatever the retain set used for training is."""
+        forget = {item.id for item in self.sets["forget"]}
+        return [item for item in self.members if item.id not in forget], self.sets["forget"]
 
     def split_dataset(self, split: str, with_audio: bool = False) -> AudioTextDataset:
         """Every item of one set: "forget", "retain" or "heldout" (methods that need a pass over a whole set); the

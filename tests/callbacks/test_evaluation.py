@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import UnlearningEvaluation
 from callbacks.evaluation import read_cached_measurement
-from callbacks.report import gap_to_oracle, markdown_table
+from callbacks.report import describe_weights, gap_to_oracle, markdown_table
 from datamodules.manifest import ManifestItem, read_manifest
+from datamodules.provenance import RECORD_FILE, TrainingRecord
 from lightning_modules.io import read_checked_bytes
 from lightning_modules.passes import NonFiniteLossError
 from tests.conftest import poison_loss, write_config
@@ -24,13 +27,14 @@ GENERATION_METRICS = {"fad", "clap_score", "recognition", "recognition_judge", "
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_corpus, tiny_model_dir, tiny_clap_dir, tiny_judge_dir):
-    """A 3-step fit evaluated at the start, at step 2 and at the end, beside an "oracle" (the tiny model itself), with
-    recognition by the CLAP and by a feature tagger."""
+    """A 3-step fit evaluated at the start, at step 2 and at the end, beside an "oracle" (the tiny model itself, which
+    has no training record: accepted unchecked), with recognition by the CLAP and by a feature tagger."""
     from train import main
 
     tmp_path = tmp_path_factory.mktemp("fit")
     config = write_config(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir,
-                          evaluation={"oracle": str(tiny_model_dir), "every_n_train_steps": 2, "log_audio": 1,
+                          evaluation={"oracle": str(tiny_model_dir), "oracle_unchecked": True,
+                                      "every_n_train_steps": 2, "log_audio": 1,
                                       "judge": {"class_path": "lightning_modules.metrics.FeatureTagger",
                                                 "init_args": {"pretrained": str(tiny_judge_dir)}}})
     cli = main(["fit", "--config", str(config)])
@@ -102,17 +106,19 @@ def test_fit_logs_metrics_audio_mel_images_and_hparams_to_tensorboard(fitted):
     assert "_hparams_/session_start_info" in plugins
 
 
-def test_oracle_and_reference_statistics_are_cached(fitted):
-    assert len(list((fitted.cache / "evaluation").glob("*.pt"))) == 1  # with its per-item values
+def test_oracle_before_and_reference_statistics_are_cached(fitted):
+    assert len(list((fitted.cache / "evaluation").glob("*.pt"))) == 2  # the oracle, "before"; with per-item values
     assert len(list((fitted.cache / "reference_embeddings").glob("*.pt"))) == 3  # forget, retain, heldout
 
 
-def test_a_second_run_reads_the_cache_and_trains_exactly_as_the_first(fitted):
-    """The evaluation leaves the global random state alone: reading references from the cache instead of loading
-    audio must not change which batches and noise training draws."""
+def test_a_second_run_reads_the_cache_and_trains_exactly_as_the_first(fitted, caplog):
+    """The evaluation leaves the global random state alone: reading references and "before" from the cache instead of
+    measuring them must not change which batches and noise training draws."""
     from train import main
 
-    cli = main(["fit", "--config", str(fitted.config)])
+    with caplog.at_level(logging.INFO, logger="callbacks"):
+        cli = main(["fit", "--config", str(fitted.config)])
+    assert "Results of the model at fit start (weights " in caplog.text and "read from the cache" in caplog.text
     again = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())["columns"]
     assert again == fitted.results["columns"]
 
@@ -121,16 +127,18 @@ def test_corrupt_cached_results_and_references_are_measured_again(fitted, caplog
     """A damaged cache file is named in a warning and measured again (to the same numbers), never trusted."""
     from train import main
 
-    results = next((fitted.cache / "evaluation").glob("*.pt"))
+    results = sorted((fitted.cache / "evaluation").glob("*.pt"))  # the oracle's and "before"'s
     reference = sorted((fitted.cache / "reference_embeddings").glob("*.pt"))[0]
-    results.write_bytes(b"\xff\xfe not a tensor file")
+    for path in results:
+        path.write_bytes(b"\xff\xfe not a tensor file")
     reference.write_bytes(reference.read_bytes()[: reference.stat().st_size // 2])
     with caplog.at_level(logging.WARNING, logger="lightning_modules.io"):
         cli = main(["fit", "--config", str(fitted.config)])
-    assert str(results) in caplog.text and str(reference) in caplog.text
+    assert all(str(path) in caplog.text for path in [*results, reference])
     again = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())["columns"]
     assert again == fitted.results["columns"]
-    assert read_cached_measurement(results).results == fitted.results["columns"]["oracle"]
+    assert sorted(str(read_cached_measurement(path).results) for path in results) == sorted(
+        str(fitted.results["columns"][column]) for column in ("oracle", "before"))
     assert read_checked_bytes(reference, "reference", "")  # rewritten with its digest
 
 
@@ -161,6 +169,43 @@ def test_bad_arguments_are_refused_with_the_value_named(tmp_path):
         UnlearningEvaluation(resamples=0)
     with pytest.raises(ValueError, match="confidence must lie in"):
         UnlearningEvaluation(confidence=95)
+
+
+def test_a_model_is_described_by_what_it_saves(tiny_model_dir):
+    """The cache key of "before": equal for two loads of one folder, different after one weight moves."""
+    from lightning_modules.models import ToyTextToMusic
+
+    first, second = ToyTextToMusic.from_pretrained(tiny_model_dir), ToyTextToMusic.from_pretrained(tiny_model_dir)
+    assert describe_weights(first) == describe_weights(second)
+    with torch.no_grad():
+        next(second.unet.parameters()).view(-1)[0] += 1e-3
+    assert describe_weights(first) != describe_weights(second)
+
+
+def test_the_report_says_the_oracle_is_unchecked(fitted):
+    assert fitted.results["oracle_provenance"] == "unchecked: the oracle has no record of its training data"
+    assert "unchecked: the oracle has no record" in (fitted.run / "results.md").read_text()
+
+
+def test_a_run_stops_before_training_on_an_oracle_of_another_forget_set(tmp_path, tiny_corpus, tiny_model_dir):
+    """The new user's mistake: the shipped oracle (trained without one artist) kept while forgetting another."""
+    from train import main
+
+    oracle = Path(shutil.copytree(tiny_model_dir, tmp_path / "oracle"))
+    members = read_manifest(tiny_corpus.train_manifest)
+    other = [item for item in members if item.group == tiny_corpus.artists[1]]
+    TrainingRecord.of(str(tiny_corpus.train_manifest), [item for item in members if item not in other], other,
+                      [tiny_corpus.artists[1]]).write(oracle)
+    config = write_config(tmp_path, tiny_corpus, tiny_model_dir, evaluation={"oracle": str(oracle)})
+    other_artist = tiny_corpus.artists[1]
+    with pytest.raises(ValueError, match=rf"The oracle {oracle} is not the oracle of this run's forget set: it was "
+                                         rf"trained on .*without \['{other_artist}'\], while this run forgets"):
+        main(["fit", "--config", str(config), "--trainer.max_steps=1"])
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))  # refused before any training step
+
+    (oracle / RECORD_FILE).unlink()
+    with pytest.raises(ValueError, match=f"The oracle {oracle} has no training_data.json.*oracle_unchecked: true"):
+        main(["fit", "--config", str(config), "--trainer.max_steps=1"])
 
 
 def test_a_datamodule_without_evaluation_sets_is_refused():
