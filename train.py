@@ -13,14 +13,39 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import transformers
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_modules  # noqa: F401  (checks the torch / torchaudio pair first)
+from callbacks.progress import StepProgressBar
+from callbacks.summary import ParameterSummary
+
+
+class _DropInstallTips(logging.Filter):
+    """Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines: advertising, not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def quiet() -> None:
+    """Silence what a normal run prints that is not about the run, each by its exact source and message: Lightning's
+    install tips, its warning about modules in eval mode at the start of training (here by design: the frozen text
+    encoder, VAE or codec, a method's frozen reference model), and transformers' "Loading weights" bars."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(existing, _DropInstallTips) for existing in rank_zero.filters):
+        rank_zero.addFilter(_DropInstallTips())
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training",
+                            category=PossibleUserWarning)
+    transformers.utils.logging.disable_progress_bar()
 
 
 class TextToMusicCLI(LightningCLI):
@@ -41,7 +66,17 @@ class TextToMusicCLI(LightningCLI):
                                  "trainer.logger is set; unset run_name, or give that logger a fixed version instead.")
             save_dir = trainer.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(save_dir, name="lightning_logs", version=run_name)
-        return super().instantiate_trainer(**kwargs)
+        # Lightning's default summary and rich bar (not ones the config names) in their quieter forms: no module modes
+        # or FLOPs (hundreds of modules are frozen by design; the FLOPs read 0), no "Epoch 0/-2" under max_steps.
+        # A copy: the Trainer appends its defaults to the config's own list.
+        chosen = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
+        trainer = super().instantiate_trainer(**kwargs)
+        defaults = {ModelSummary: ParameterSummary, RichModelSummary: ParameterSummary,
+                    RichProgressBar: StepProgressBar}
+        trainer.callbacks = [defaults[type(callback)]() if type(callback) in defaults
+                             and not any(callback is mine for mine in chosen) else callback
+                             for callback in trainer.callbacks]
+        return trainer
 
     def before_fit(self) -> None:
         """A fresh fit (no ``--ckpt_path``) into a named run's folder that is not empty would mix its logs, report and
@@ -74,6 +109,7 @@ class TextToMusicCLI(LightningCLI):
 
 def main(args: list[str] | None = None, run: bool = True) -> TextToMusicCLI:
     """The CLI on `args` (default ``sys.argv``); with ``run=False`` it only builds the model, data and trainer."""
+    quiet()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for package in ("lightning_modules", "datamodules", "callbacks"):
