@@ -212,14 +212,15 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
                 raise ValueError(f"The sweeps in {data.before_dir} and {folder / 'sweep'} cover other tracks; "
                                  "delete the query's folder and run again.")
             scores = attribution_scores(before, after)
-            rows = write_ranking(folder, ids, captions, groups, scores, self.top_k)
+            named = f"{query.id}, “{query.caption}”"
+            rows = write_ranking(folder, ids, captions, groups, scores, self.top_k, query=named)
             per_group = group_scores(groups, scores)
             settings = read_delta_settings(folder / "delta.pt")
             summary.append({"query": query.id, "caption": query.caption, "group": query.group,
                             "query_loss": settings["query_loss"], "top_tracks": [row["id"] for row in rows[:5]],
                             "top_group": per_group[0]["group"] if per_group else ""})
             if experiment is not None:
-                log_ranking(experiment, rows, tag=f"attribution/{query.id}", top_k=self.top_k)
+                log_ranking(experiment, rows, tag=f"attribution/{query.id}", top_k=self.top_k, query=named)
         write_json_atomic(Path(data.out_dir) / SUMMARY_FILE, summary)
         lines = ["| query | caption | top group | top tracks | query loss before -> after |", "|---|---|---|---|---|"]
         lines += [f"| {row['query']} | {row['caption']} | {row['top_group']} | {', '.join(row['top_tracks'])} | "

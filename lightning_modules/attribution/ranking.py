@@ -35,6 +35,7 @@ from lightning_modules.io import (
 )
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
+from lightning_modules.passes import progress
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         """Features `(n_queries, dim)` of every query, in manifest order: this rank's share, gathered."""
         rank, world = self.global_rank, self.trainer.world_size
         loader = self.trainer.datamodule.query_dataloader(rank, world)
-        parts = [self.features(batch) for batch in loader]
+        parts = [self.features(batch) for batch in progress(self.trainer, loader, "The queries' features", len(loader))]
         vectors = torch.cat([part.vectors for part in parts]) if parts else torch.zeros(0, 0)
         positions = torch.arange(rank, len(self.query_ids), world)
         if positions.numel() != vectors.shape[0]:
@@ -251,10 +252,10 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         boards = [logger.experiment for logger in self.trainer.loggers if isinstance(logger, TensorBoardLogger)]
         for query_id, scores in zip(self.query_ids, self.scores, strict=True):
             rows = write_ranking(self.out_dir / query_id / self.name, self.train_ids, captions, groups, scores,
-                                 top_k=self.top_k, score_label=self.score_label)
+                                 top_k=self.top_k, score_label=self.score_label, query=query_id)
             for board in boards:
                 log_ranking(board, rows, tag=f"similarity/{self.name}/{query_id}", top_k=self.top_k,
-                            score_label=self.score_label)
+                            score_label=self.score_label, query=query_id)
         write_scores(self.out_dir, self.name, self.train_ids, self.query_ids, self.scores, type(self.baseline).__name__)
         log.info("%s similarity of %d training items to %d queries written to %s/<query id>/%s and %s.",
                  self.name, len(self.train_ids), len(self.query_ids), self.out_dir, self.name,

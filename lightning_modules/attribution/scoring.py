@@ -73,6 +73,12 @@ def rank(scores: Tensor) -> Tensor:
     return ranks
 
 
+def rank_value(value: Tensor | float) -> int | float:
+    """A rank as written: an int (3), or the mean rank of a tie where it falls between two (2.5)."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
 def ranking_rows(ids: Sequence[str], captions: Sequence[str], groups: Sequence[str], scores: Tensor
                  ) -> list[dict[str, Any]]:
     """One row per track (id, caption, group, score, rank), most attributed first (ties in id order).
@@ -88,7 +94,7 @@ def ranking_rows(ids: Sequence[str], captions: Sequence[str], groups: Sequence[s
         raise ValueError("Track ids repeat; each track must be scored once.")
     ranks = rank(scores.reshape(-1))
     rows = [{"id": ids[i], "caption": captions[i], "group": groups[i], "score": float(scores.reshape(-1)[i]),
-             "rank": float(ranks[i])} for i in range(n)]
+             "rank": rank_value(ranks[i])} for i in range(n)]
     return sorted(rows, key=lambda row: (row["rank"], row["id"]))
 
 
@@ -107,7 +113,7 @@ def group_scores(groups: Sequence[str], scores: Tensor) -> list[dict[str, Any]]:
     sums = torch.tensor([math.fsum(values) for values in totals.values()], dtype=torch.float64)
     ranks = rank(sums) if len(totals) else sums
     rows = [{"group": group, "sum": math.fsum(values), "mean": math.fsum(values) / len(values), "count": len(values),
-             "rank": float(group_rank)} for (group, values), group_rank in zip(totals.items(), ranks, strict=True)]
+             "rank": rank_value(group_rank)} for (group, values), group_rank in zip(totals.items(), ranks, strict=True)]
     return sorted(rows, key=lambda row: (row["rank"], row["group"]))
 
 
@@ -122,22 +128,29 @@ def markdown_table(rows: Sequence[dict[str, Any]], top_k: int = 10) -> str:
 
 def bar_plot(rows: Sequence[dict[str, Any]], top_k: int = 10, title: str = "Most attributed training tracks",
              score_label: str = UNLEARNING_SCORE_LABEL):
-    """A matplotlib figure: horizontal bars of the first `top_k` rows' scores, the top track at the top, the x
-    axis labelled `score_label` (what the score is: a loss difference, a cosine similarity)."""
+    """A matplotlib figure: horizontal bars of the first `top_k` rows' scores, the top track at the top, coloured by
+    group (artist) with a legend, titled `title` (name the query there), the x axis labelled `score_label` (what the
+    score is: a loss difference, a cosine similarity)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     shown = list(rows[:top_k])
-    figure = Figure(figsize=(8, 0.4 * max(len(shown), 1) + 1.2))
+    groups = sorted({row["group"] for row in shown})
+    palette = matplotlib.colormaps["tab10"]
+    colour = {group: palette(i % palette.N) for i, group in enumerate(groups)}
+    figure = Figure(figsize=(8, 0.4 * max(len(shown), 1) + 1.4))
     axes = figure.add_subplot()
-    labels = [f"{row['id']} ({row['group']})" if row["group"] else str(row["id"]) for row in shown]
-    axes.barh(range(len(shown)), [row["score"] for row in shown], color="tab:blue")
-    axes.set_yticks(range(len(shown)), labels, fontsize=8)
+    axes.barh(range(len(shown)), [row["score"] for row in shown], color=[colour[row["group"]] for row in shown])
+    axes.set_yticks(range(len(shown)), [str(row["id"]) for row in shown], fontsize=8)
     axes.invert_yaxis()
     axes.set_xlabel(score_label)
-    axes.set_title(title)
+    axes.set_title(title, fontsize=10)
+    if any(groups):
+        axes.legend(handles=[Patch(color=colour[group], label=group or "(no group)") for group in groups],
+                    fontsize=7, loc="lower right", title="group", title_fontsize=7)
     figure.tight_layout()
     return figure
 
@@ -151,12 +164,12 @@ def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_ranking(folder: str | os.PathLike, ids: Sequence[str], captions: Sequence[str], groups: Sequence[str],
-                  scores: Tensor, top_k: int = 20, score_label: str = UNLEARNING_SCORE_LABEL
+                  scores: Tensor, top_k: int = 20, score_label: str = UNLEARNING_SCORE_LABEL, query: str = ""
                   ) -> list[dict[str, Any]]:
     """Write ``ranking.csv`` / ``ranking.json`` (id, caption, group, score, rank; most attributed first),
     ``groups.csv`` / ``groups.json`` (group, sum, mean, count, rank), ``top_tracks.md`` and ``top_tracks.png`` (the
-    first `top_k` tracks, the plot's axis labelled `score_label`) into `folder`, each atomically; returns the ranking
-    rows."""
+    first `top_k` tracks, the plot titled by the `query` and its axis labelled `score_label`) into `folder`, each
+    atomically; returns the ranking rows."""
     folder = Path(folder)
     rows = ranking_rows(ids, captions, groups, scores)
     per_group = group_scores(groups, scores)
@@ -166,14 +179,18 @@ def write_ranking(folder: str | os.PathLike, ids: Sequence[str], captions: Seque
     write_json_atomic(folder / "groups.json", per_group)
     write_text_atomic(folder / "top_tracks.md", markdown_table(rows, top_k) + "\n")
     with atomic_file(folder / "top_tracks.png") as tmp:
-        bar_plot(rows, top_k, score_label=score_label).savefig(tmp, format="png", dpi=100)
+        bar_plot(rows, top_k, plot_title(query), score_label).savefig(tmp, format="png", dpi=100)
     return rows
 
 
+def plot_title(query: str) -> str:
+    return f"Most attributed training tracks: {query}" if query else "Most attributed training tracks"
+
+
 def log_ranking(experiment: Any, rows: Sequence[dict[str, Any]], tag: str = "attribution", top_k: int = 20,
-                step: int = 0, score_label: str = UNLEARNING_SCORE_LABEL) -> None:
+                step: int = 0, score_label: str = UNLEARNING_SCORE_LABEL, query: str = "") -> None:
     """Add the top-`top_k` table (text, markdown) and bar plot (image, axis labelled `score_label`) to a
     TensorBoard ``SummaryWriter`` (``trainer.logger.experiment`` of a `TensorBoardLogger`) under `tag`."""
     experiment.add_text(f"{tag}/top_tracks", markdown_table(rows, top_k), global_step=step)
-    figure = bar_plot(rows, top_k, score_label=score_label)
+    figure = bar_plot(rows, top_k, plot_title(query), score_label)
     experiment.add_figure(f"{tag}/top_tracks", figure, global_step=step, close=False)

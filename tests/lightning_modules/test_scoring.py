@@ -10,9 +10,11 @@ import torch
 
 from lightning_modules.attribution.scoring import (
     attribution_scores,
+    bar_plot,
     group_scores,
     log_ranking,
     markdown_table,
+    plot_title,
     rank,
     write_ranking,
 )
@@ -56,9 +58,9 @@ def test_write_ranking_writes_csv_json_groups_table_and_plot(tmp_path):
     with open(tmp_path / "out" / "ranking.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["id", "caption", "group", "score", "rank"]
-    assert [(r["id"], r["caption"], r["group"], float(r["score"]), float(r["rank"])) for r in table] == [
-        ("t1", "b|piece", "B", 0.7, 1.0), ("t0", "a piece, by A", "A", 0.2, 2.5), ("t2", "c", "A", 0.2, 2.5),
-        ("t3", "d", "B", -0.1, 4.0)]
+    assert [(r["id"], r["caption"], r["group"], float(r["score"]), r["rank"]) for r in table] == [
+        ("t1", "b|piece", "B", 0.7, "1"), ("t0", "a piece, by A", "A", 0.2, "2.5"), ("t2", "c", "A", 0.2, "2.5"),
+        ("t3", "d", "B", -0.1, "4")]  # whole ranks as integers, a tie's mean rank as it is
     assert json.loads((tmp_path / "out" / "ranking.json").read_text()) == rows
     assert [g["group"] for g in json.loads((tmp_path / "out" / "groups.json").read_text())] == ["B", "A"]
     with open(tmp_path / "out" / "groups.csv", newline="") as f:
@@ -84,3 +86,15 @@ def test_log_ranking_adds_a_text_table_and_an_image_to_tensorboard(tmp_path):
     assert events.Tags()["images"] == ["query0/top_tracks"]
     assert "query0/top_tracks/text_summary" in events.Tags()["tensors"]
     assert markdown_table(rows, 1).splitlines()[-1].startswith("| 1 | y | h |")
+
+
+def test_the_plot_names_the_query_and_colours_each_group():
+    rows = [{"id": "t1", "group": "Kestrel Drive", "score": 0.7}, {"id": "t0", "group": "Neon Harbor", "score": 0.2},
+            {"id": "t2", "group": "Kestrel Drive", "score": 0.1}]
+    figure = bar_plot(rows, 3, plot_title("query0, “a piece by Kestrel Drive”"))
+    axes = figure.axes[0]
+
+    assert axes.get_title() == "Most attributed training tracks: query0, “a piece by Kestrel Drive”"
+    colours = [bar.get_facecolor() for bar in axes.patches]
+    assert colours[0] == colours[2] != colours[1]  # one colour per group
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["Kestrel Drive", "Neon Harbor"]
