@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from datamodules.manifest import ManifestItem, check_audio_files, read_utf8, write_manifest
+from datamodules.manifest import ManifestItem, check_audio_files, read_manifest, read_utf8, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def manifest_from_captions(
     end_column: str | None = None,
     extensions: Sequence[str] = AUDIO_EXTENSIONS,
     skip_missing: bool = False,
+    merge_with: str | os.PathLike | None = None,
 ) -> list[ManifestItem]:
     """Write a JSONL manifest of the rows of `captions_csv` whose audio is in `audio_dir`; return its items.
 
@@ -72,13 +73,16 @@ def manifest_from_captions(
             not given.
         extensions: the audio file extensions to look for.
         skip_missing: leave out rows without an audio file (the count is logged) instead of failing.
+        merge_with: an existing manifest (e.g. the model's training manifest) whose items come first in `out`, with
+            their paths rewritten relative to `out`'s folder; an id in both is refused. `out` may be this manifest
+            itself, to append to it.
 
     Raises:
         FileNotFoundError: the table or the folder does not exist, or rows have no audio file.
         ValueError: the table is not UTF-8 (a byte order mark is fine), a column is missing, a row has more or fewer
             cells than the header, an id or caption is empty or blank, a time is not a finite number >= 0, an id
-            repeats, a clip is empty, or a file does not decode or holds non-finite samples (each message names the
-            row or file).
+            repeats (also across `merge_with`), a clip is empty, or a file does not decode or holds non-finite
+            samples (each message names the row or file).
     """
     table = Path(captions_csv)
     if not table.is_file():
@@ -131,6 +135,14 @@ def manifest_from_captions(
     if not items:
         raise ValueError(f"No row of {table} has an audio file under {audio_dir}.")
     check_audio_files(items, str(table))
+    if merge_with is not None:
+        existing = read_manifest(merge_with)
+        clashes = sorted({item.id for item in existing} & {item.id for item in items})
+        if clashes:
+            raise ValueError(f"{len(clashes)} id(s) of {table} are already in {merge_with}: {clashes[:10]}; give "
+                             "those tracks other ids (ids name the tracks in every report).")
+        log.info("Merged %d items of %s before the %d new ones.", len(existing), merge_with, len(items))
+        items = existing + items
     write_manifest(items, out)
     log.info("Wrote %d items to %s.", len(items), out)
     return items

@@ -126,3 +126,23 @@ def test_malformed_rows_are_named(folder, row, match):
 
     with pytest.raises(ValueError, match=match):
         manifest_from_captions(table, folder / "audio", folder / "m.jsonl")
+
+
+def test_new_tracks_merge_into_a_training_manifest_with_their_paths_rewritten(folder):
+    """The own-data path: a user's tracks added to the model's training manifest, which lives elsewhere."""
+    elsewhere = folder / "train" / "deep"
+    elsewhere.mkdir(parents=True)
+    sf.write(elsewhere / "old.wav", np.zeros(16000, dtype=np.float32), 16000)
+    (elsewhere / "train.jsonl").write_text('{"id": "old", "path": "old.wav", "caption": "an old track", '
+                                           '"group": "Old Band"}\n')
+    table = _table(folder / "caps.csv", [("abc", 0, 1, "[]", "calm piano", "Me")])
+    out = folder / "mine" / "train.jsonl"
+    items = manifest_from_captions(table, folder / "audio", out, group_column="author_id",
+                                   merge_with=elsewhere / "train.jsonl")
+
+    merged = read_manifest(out)
+    assert [(i.id, i.group) for i in merged] == [("old", "Old Band"), ("abc", "Me")] == [(i.id, i.group) for i in items]
+    assert merged[0].path == (elsewhere / "old.wav").resolve()  # resolved from out's folder, as written there
+    assert '"path": "../train/deep/old.wav"' in out.read_text()
+    with pytest.raises(ValueError, match=r"1 id\(s\) of .*caps.csv are already in .*mine/train.jsonl: \['abc'\]"):
+        manifest_from_captions(table, folder / "audio", out, group_column="author_id", merge_with=out)
