@@ -23,21 +23,24 @@ from typing import Any, NamedTuple
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from callbacks.html_report import write_html_report
 from callbacks.measuring import fixed_losses, measuring_precision, per_item_values
 from callbacks.oracle_scores import Replicates, scores_against_oracle
+from callbacks.plots import mel_png, metric_bars, png_array, tradeoff_figure
 from callbacks.report import (
     describe_items,
     describe_model,
     describe_weights,
     gap_to_oracle,
     markdown_table,
-    mel_image,
+    run_hyperparameters,
 )
 from datamodules.provenance import RECORD_FILE, DefinesOracle, TrainingRecord, check_oracle
 from lightning_modules.io import (
@@ -72,11 +75,11 @@ from lightning_modules.metrics.functional import (
     percentile_interval,
 )
 from lightning_modules.models.base import TextToMusicModel
-from lightning_modules.passes import measuring
+from lightning_modules.passes import measuring, progress, timed
 
 log = logging.getLogger(__name__)
 
-MEASUREMENT_FORMAT = 2  # what a cached measurement holds; raise it when that changes, so old caches are not read
+MEASUREMENT_FORMAT = 3  # what a cached measurement holds; raise it when that changes, so old caches are not read
 Results = dict[str, dict[str, float]]  # split -> metric -> value
 PerItem = dict[str, dict[str, list[Samples]]]  # split -> measure -> its groups of per-item values (`bootstrap`)
 Intervals = dict[str, dict[str, dict[str, float]]]  # split -> metric -> value, low, high, n
@@ -95,10 +98,12 @@ class Estimator(NamedTuple):
 
 @dataclass
 class Measurement:
-    """One model's numbers and the per-item values they are statistics of."""
+    """One model's numbers, the per-item values they are statistics of, and per set the first `log_audio` generations
+    of the first process, as (prompt, `(channels, samples)` audio) pairs: what TensorBoard and the report play."""
 
     results: Results
     samples: PerItem = field(default_factory=dict)
+    clips: dict[str, list[tuple[str, Tensor]]] = field(default_factory=dict)
 
 
 class UnlearningEvaluation(Callback):
@@ -200,6 +205,8 @@ class UnlearningEvaluation(Callback):
         self.cache_before = cache_before
         self.columns: dict[str, Results] = {}
         self.samples: dict[str, PerItem] = {}  # column -> its per-item values
+        self.clips: dict[str, dict[str, list[tuple[str, Tensor]]]] = {}  # column -> set -> (prompt, audio) pairs
+        self.mels: dict[str, dict[str, list[bytes]]] = {}  # column -> set -> each clip's mel spectrogram (PNG)
         self._latest: tuple[int, Measurement] | None = None  # the last evaluation during training, with its step
         self.history: list[dict[str, Any]] = []
         self.timing: dict[str, Any] = {}
@@ -227,6 +234,18 @@ class UnlearningEvaluation(Callback):
             raise ValueError(f"Recognition needs a group for every item, but {len(ungrouped)} item(s) have none, e.g. "
                              f"{ungrouped[:5]}; give every manifest line a 'group' or none of them.")
         recognizer = ZeroShotTagger(self.clap, groups, self.recognition_template) if groups else None
+        if recognizer is not None and recognizer.unreadable_labels():
+            log.warning("Recognition by the CLAP (%s) cannot name %s: its tokenizer does not know the words %s, so "
+                        "their recognition reads about 0 whatever the audio. Use a CLAP that reads them (LAION's reads "
+                        "any text), or judge recognition with a `judge` trained on your groups.", self.clap.name,
+                        sorted(recognizer.unreadable_labels()), recognizer.unreadable_labels())
+        small = {split: min(self.num_prompts, len(dataset)) for split, dataset in self.datasets.items()
+                 if min(self.num_prompts, len(dataset)) < self.fad_embedder.dim}
+        if small:
+            log.warning("FAD compares fewer clips than its embeddings have dimensions (%d) in %s: its covariances "
+                        "are then rank-deficient and FAD is biased upward (README, 'How many generations'); compare "
+                        "FADs at one n only, and read KAD, which is unbiased.", self.fad_embedder.dim,
+                        ", ".join(f"{split} ({n} clips)" for split, n in small.items()))
         kl_tagger = self.tagger or recognizer
         self.recognizer = recognizer
         for split in self.datasets:
@@ -278,7 +297,8 @@ class UnlearningEvaluation(Callback):
             if split == "forget":
                 if self.fad_embedder is not self.clap:
                     embeddings = per_item_values(trainer, dataset, self.batch_size,
-                                                 lambda batch: self.clap(batch["audio"], sample_rate))
+                                                 lambda batch: self.clap(batch["audio"], sample_rate),
+                                                 what=f"Embedding the {split} set's audio (CLAP)")
                 self.metrics[split]["memorization"].to(device).set_reference(embeddings)
         self._references_ready = True
 
@@ -290,7 +310,8 @@ class UnlearningEvaluation(Callback):
             log.info("Reference embeddings of the %s set read from %s", split, path)
             return read(path).to(trainer.strategy.root_device)
         embeddings = per_item_values(trainer, dataset, self.batch_size,
-                                     lambda batch: self.fad_embedder(batch["audio"], sample_rate).double())
+                                     lambda batch: self.fad_embedder(batch["audio"], sample_rate).double(),
+                                     what=f"Embedding the {split} set's audio")
         if trainer.is_global_zero:
             save_verified({"embeddings": embeddings.cpu(), "embedder": self.fad_embedder.name}, path)
         return embeddings
@@ -303,35 +324,34 @@ class UnlearningEvaluation(Callback):
         return DataLoader(_Indexed(dataset, generations[trainer.global_rank::trainer.world_size]), self.batch_size)
 
     # ------------------------------------------------------------------------------------------------ measuring
-    def evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Measurement:
+    def evaluate(self, trainer: L.Trainer, model: TextToMusicModel, what: str = "the model") -> Measurement:
         """Every configured metric of every evaluation set for `model`, and the per-item values they come from;
-        identical on every process.
+        identical on every process. `what` names the model in the progress bars and the log line of its time.
 
         The global random state and the modules' train / eval modes are restored afterwards, so training is the same
         whether an evaluation ran, read its references from the cache or was switched off.
         """
-        with measuring(model, trainer.strategy.root_device):
-            return self._evaluate(trainer, model)
+        with measuring(model, trainer.strategy.root_device), timed(trainer, f"Evaluating {what}"):
+            return self._evaluate(trainer, model, what)
 
-    def _evaluate(self, trainer: L.Trainer, model: TextToMusicModel) -> Measurement:
+    def _evaluate(self, trainer: L.Trainer, model: TextToMusicModel, what: str) -> Measurement:
         self._prepare_references(trainer, model.sample_rate)
         samples: PerItem = {split: {} for split in self.datasets}
-        losses = {split: self._losses(trainer, model, dataset) for split, dataset in self.datasets.items()}
+        losses = {split: fixed_losses(trainer, model, dataset, self.seed, self.batch_size,
+                                      what=f"Evaluating {what}: {split} losses")
+                  for split, dataset in self.datasets.items()}
         for split, values in losses.items():
             samples[split]["loss"] = [{"loss": values.double()}]
         if "heldout" in losses:
             for split in ("forget", "near", "retain"):
                 if split in losses:
                     samples[split]["mia_auc"] = [{"loss": losses[split]}, {"loss": losses["heldout"]}]
+        clips = {}
         if self.clap is not None:
             for split, dataset in self.datasets.items():
-                samples[split].update(self._generation_samples(trainer, model, split, dataset))
-        return Measurement(self.results_of(samples), samples)
-
-    def _losses(self, trainer: L.Trainer, model: TextToMusicModel, dataset: Any) -> Tensor:
-        """Per-item losses at fixed timesteps and noise, gathered from all processes `(items,)`; a NaN or infinite one
-        raises `NonFiniteLossError` naming the items, before any result is recorded or written."""
-        return fixed_losses(trainer, model, dataset, self.seed, self.batch_size)
+                generated, clips[split] = self._generation_samples(trainer, model, split, dataset, what)
+                samples[split].update(generated)
+        return Measurement(self.results_of(samples), samples, clips)
 
     def prompt_indices(self, dataset: Any) -> list[int]:
         """The evaluation items whose captions are generated from, one generation each: `num_prompts` evenly spaced
@@ -341,24 +361,24 @@ class UnlearningEvaluation(Callback):
             return torch.linspace(0, len(dataset) - 1, self.num_prompts).round().long().unique().tolist()
         return [k % len(dataset) for k in range(self.num_prompts)]
 
-    def _generation_samples(self, trainer: L.Trainer, model: TextToMusicModel, split: str, dataset: Any
-                            ) -> dict[str, list[Samples]]:
+    def _generation_samples(self, trainer: L.Trainer, model: TextToMusicModel, split: str, dataset: Any, what: str
+                            ) -> tuple[dict[str, list[Samples]], list[tuple[str, Tensor]]]:
         device = trainer.strategy.root_device
         metrics = self.metrics[split]
         for metric in metrics.values():
             metric.to(device).reset()
-        self._clips = []
-        for batch in self._prompt_loader(trainer, dataset):
+        clips: list[tuple[str, Tensor]] = []
+        loader = self._prompt_loader(trainer, dataset)
+        for batch in progress(trainer, loader, f"Evaluating {what}: {split} generations", len(loader)):
             seeds = [self.seed + index for index in batch["index"].tolist()]
             with measuring_precision(trainer):
                 audio = model.generate(list(batch["caption"]), seed=seeds,
                                        num_inference_steps=self.num_inference_steps,
                                        guidance_scale=self.guidance_scale).float()
             self._update(metrics, audio, batch, model.sample_rate, device)
-            keep = max(0, self.log_audio - len(self._clips)) if trainer.is_global_zero else 0
-            self._clips.extend(zip(batch["caption"][:keep], audio[:keep].cpu(), strict=True))
-        self._log_clips(trainer, split, model.sample_rate)
-        return {name: [metric.samples()] for name, metric in metrics.items()}
+            keep = max(0, self.log_audio - len(clips)) if trainer.is_global_zero else 0
+            clips.extend(zip(batch["caption"][:keep], audio[:keep].cpu(), strict=True))
+        return {name: [metric.samples()] for name, metric in metrics.items()}, clips
 
     def _update(self, metrics: dict, audio: Tensor, batch: dict, sample_rate: int, device: torch.device) -> None:
         index = batch["index"]  # the prompt's place in the set: the per-item values come back in this order
@@ -442,23 +462,32 @@ class UnlearningEvaluation(Callback):
                 out[split][name] = {**interval.as_dict(), "excludes_zero": interval.excludes(0.0)}
         return out
 
-    def _log_clips(self, trainer: L.Trainer, split: str, sample_rate: int) -> None:
+    def _log_clips(self, trainer: L.Trainer, column: str, measurement: Measurement, sample_rate: int) -> None:
+        """On rank zero, each kept generation's mel spectrogram rendered once (for TensorBoard and ``report.html``),
+        and in TensorBoard under ``clips/<set>/<i>/<column>`` (audio, and its mel under ``.../mel``), so before, after
+        and oracle sit side by side under one prompt (``clips/<set>/<i>/prompt``)."""
+        if not trainer.is_global_zero:
+            return
+        self.mels[column] = {split: [mel_png(clip, sample_rate) for _, clip in clips]
+                             for split, clips in measurement.clips.items()}
         for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger) or not trainer.is_global_zero:
+            if not isinstance(logger, TensorBoardLogger):
                 continue
-            for i, (caption, clip) in enumerate(self._clips):
-                tag = f"eval/{split}/{i}"
-                mono = clip.mean(0, keepdim=True).clamp(-1, 1)
-                logger.experiment.add_audio(tag, mono, trainer.global_step, sample_rate)
-                logger.experiment.add_image(f"{tag}/mel", mel_image(clip, sample_rate), trainer.global_step)
-                logger.experiment.add_text(f"{tag}/prompt", caption, trainer.global_step)
+            for split, clips in measurement.clips.items():
+                for i, (caption, clip) in enumerate(clips):
+                    tag = f"clips/{split}/{i}"
+                    mono = clip.mean(0, keepdim=True).clamp(-1, 1)
+                    logger.experiment.add_audio(f"{tag}/{column}", mono, trainer.global_step, sample_rate)
+                    logger.experiment.add_image(f"{tag}/{column}/mel", png_array(self.mels[column][split][i]),
+                                                trainer.global_step, dataformats="HWC")
+                    logger.experiment.add_text(f"{tag}/prompt", caption, trainer.global_step)
 
     # ------------------------------------------------------------------------------------------------- references
-    def evaluate_pretrained(self, trainer: L.Trainer, model: TextToMusicModel, folder: str) -> Measurement:
+    def evaluate_pretrained(self, trainer: L.Trainer, model: TextToMusicModel, folder: str, what: str) -> Measurement:
         """The measurement of the model saved in `folder` (same backend as `model`), cached with its per-item values
         by its files and the settings."""
         def measure() -> Measurement:  # the loaded model is freed once measured
-            return self.evaluate(trainer, type(model).from_pretrained(folder).to(trainer.strategy.root_device))
+            return self.evaluate(trainer, type(model).from_pretrained(folder).to(trainer.strategy.root_device), what)
 
         return self._cached(trainer, model, describe_model(folder), str(folder), measure)
 
@@ -466,10 +495,10 @@ class UnlearningEvaluation(Callback):
         """The measurement of `model` as the fit starts, cached by what it would save (`describe_weights`): every
         run from one base model at one evaluation's settings (each method, each seed) measures "before" once."""
         if not self.cache_before:
-            return self.evaluate(trainer, model)
+            return self.evaluate(trainer, model, "before")
         weights = trainer.strategy.broadcast(describe_weights(model) if trainer.is_global_zero else None)
         return self._cached(trainer, model, weights, f"the model at fit start (weights {weights[:16]})",
-                            lambda: self.evaluate(trainer, model))
+                            lambda: self.evaluate(trainer, model, "before"))
 
     def _cached(self, trainer: L.Trainer, model: TextToMusicModel, described: Any, what: str,
                 measure: Callable[[], Measurement]) -> Measurement:
@@ -482,7 +511,7 @@ class UnlearningEvaluation(Callback):
         measurement = measure()
         if trainer.is_global_zero:
             save_verified({"model": what, "results": measurement.results,
-                           "samples": _to_cpu(measurement.samples)}, path)
+                           "samples": _to_cpu(measurement.samples), "clips": measurement.clips}, path)
         return measurement
 
     def settings(self, trainer: L.Trainer, model: TextToMusicModel) -> dict[str, Any]:
@@ -502,18 +531,41 @@ class UnlearningEvaluation(Callback):
         }
 
     # ----------------------------------------------------------------------------------------------------- hooks
-    def _record(self, trainer: L.Trainer, column: str, measurement: Measurement) -> None:
+    def _record(self, trainer: L.Trainer, column: str, measurement: Measurement, sample_rate: int,
+                scalars: bool = True) -> None:
+        """Keep `column`'s measurement and log it: its scalars at this step (unless `scalars` is False: the step's
+        evaluation already logged them) and its clips."""
         self.columns[column] = measurement.results
         self.samples[column] = measurement.samples
+        self.clips[column] = measurement.clips
         self.history.append({"step": trainer.global_step, "column": column, "results": measurement.results})
-        if trainer.logger is not None:
+        if trainer.logger is not None and scalars:
             trainer.logger.log_metrics({f"{_prefix(column)}/{split}/{name}": value
                                         for split, values in measurement.results.items()
                                         for name, value in values.items()}, step=trainer.global_step)
+        self._log_clips(trainer, column, measurement, sample_rate)
+
+    def _log_reference_lines(self, trainer: L.Trainer, oracle: Measurement) -> None:
+        """The oracle's scalars at the first and the last step of the run, so each draws a flat reference line
+        (``eval_oracle/<set>/<metric>``), and a custom-scalars layout that puts each metric's model curve and oracle
+        line on one chart (TensorBoard's "Custom Scalars" tab)."""
+        if trainer.logger is None:
+            return
+        values = {f"eval_oracle/{split}/{name}": value for split, metrics in oracle.results.items()
+                  for name, value in metrics.items()}
+        for step in sorted({self._clock["start_step"], trainer.global_step}):
+            trainer.logger.log_metrics(values, step=step)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                charts = {split: {name: ["Multiline", [f"eval/{split}/{name}", f"eval_oracle/{split}/{name}"]]
+                                  for name in metrics} for split, metrics in oracle.results.items()}
+                logger.experiment.add_custom_scalars({f"model and oracle: {split}": chart
+                                                      for split, chart in charts.items()})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "before" not in self.columns:  # a resumed run keeps the "before" of its start, restored from the checkpoint
-            self._record(trainer, "before", self.evaluate_before(trainer, pl_module.model))
+            self._record(trainer, "before", self.evaluate_before(trainer, pl_module.model),
+                         pl_module.model.sample_rate)
             self._clock["carried"] = 0.0
             self._clock["start_step"] = trainer.global_step
 
@@ -536,9 +588,9 @@ class UnlearningEvaluation(Callback):
         step = trainer.global_step
         if self.every_n_train_steps and step % self.every_n_train_steps == 0:
             started = time.perf_counter()
-            measurement = self.evaluate(trainer, pl_module.model)
+            measurement = self.evaluate(trainer, pl_module.model, f"step {step}")
             self._latest = (step, measurement)
-            self._record(trainer, "step", measurement)
+            self._record(trainer, "step", measurement, pl_module.model.sample_rate)
             self._clock["evaluating"] += time.perf_counter() - started
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -546,7 +598,8 @@ class UnlearningEvaluation(Callback):
         self.timing = {"train_seconds": self._train_seconds(), "steps": trainer.global_step - self._clock["start_step"],
                        "processes": trainer.world_size, "items_per_step": self.items_per_step}
         evaluated_now = self._latest is not None and self._latest[0] == trainer.global_step
-        self._record(trainer, "after", self._latest[1] if evaluated_now else self.evaluate(trainer, pl_module.model))
+        after = self._latest[1] if evaluated_now else self.evaluate(trainer, pl_module.model, "after")
+        self._record(trainer, "after", after, pl_module.model.sample_rate, scalars=not evaluated_now)
         self._report(trainer, pl_module, "after")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -558,14 +611,18 @@ class UnlearningEvaluation(Callback):
 
     def _evaluate_stage(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "before" not in self.columns and self.base is not None:
-            base = self.evaluate_pretrained(trainer, pl_module.model, self.base)
+            base = self.evaluate_pretrained(trainer, pl_module.model, self.base, "before (the base model)")
             self.columns["before"], self.samples["before"] = base.results, base.samples
-        self._record(trainer, "model", self.evaluate(trainer, pl_module.model))
+            self.clips["before"] = base.clips
+        model = self.evaluate(trainer, pl_module.model, "the model")
+        self._record(trainer, "model", model, pl_module.model.sample_rate)
         self._report(trainer, pl_module, "model")
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, column: str) -> None:
         if self.oracle is not None:
-            self._record(trainer, "oracle", self.evaluate_pretrained(trainer, pl_module.model, self.oracle))
+            oracle = self.evaluate_pretrained(trainer, pl_module.model, self.oracle, "the oracle")
+            self._record(trainer, "oracle", oracle, pl_module.model.sample_rate, scalars=False)
+            self._log_reference_lines(trainer, oracle)
         names = [name for name in ("before", column, "oracle") if name in self.columns]
         columns = {name: self.columns[name] for name in names}
         started = time.perf_counter()
@@ -595,24 +652,44 @@ class UnlearningEvaluation(Callback):
             "timing": self.timing if column == "after" else {}, "oracle_provenance": self.oracle_provenance,
             "settings": self.settings(trainer, pl_module.model)})
         write_text_atomic(folder / "results.md", table + "\n")
+        figures = {"tradeoff": tradeoff_figure(intervals), "metrics": metric_bars(intervals)}
+        sample_rate = pl_module.model.sample_rate
+        for name in names:  # clips restored from a checkpoint or read for `base` were not rendered yet
+            if name in self.clips and name not in self.mels:
+                self.mels[name] = {split: [mel_png(clip, sample_rate) for _, clip in clips]
+                                   for split, clips in self.clips[name].items()}
+        shown = [name for name in names if name in self.mels]
+        write_html_report(folder, f"{type(pl_module).__name__}: {folder.name}", table,
+                          {name: self.clips[name] for name in shown}, {name: self.mels[name] for name in shown},
+                          sample_rate, figures)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 bounds = {f"{_prefix(name)}/{split}/{metric}_{end}": interval[end]
                           for name in names for split, metrics in intervals[name].items()
                           for metric, interval in metrics.items() for end in ("low", "high")}
                 logger.log_metrics(bounds, step=trainer.global_step)
-                final = {f"eval/{split}/{name}": value for split, values in columns[column].items()
+                for name, figure in figures.items():
+                    logger.experiment.add_figure(f"report/{name}", figure, trainer.global_step, close=False)
+                # the final values under their own tags: under eval/... they would add a second point at the last step
+                final = {f"final/{split}/{name}": value for split, values in columns[column].items()
                          for name, value in values.items()}
-                logger.log_hyperparams({"method": type(pl_module).__name__}, metrics=final, step=trainer.global_step)
+                params = run_hyperparameters(folder / "config.yaml", {"method": type(pl_module).__name__,
+                                                                      **dict(pl_module.hparams)})
+                logger.log_hyperparams(params, metrics=final, step=trainer.global_step)
+                # Lightning writes hparams.yaml once, early (still empty), and never again: write what was logged
+                write_text_atomic(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE,
+                                  yaml.safe_dump(dict(logger.hparams), sort_keys=False))
 
     # ------------------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "history": self.history, "samples": _to_cpu(self.samples.get("before", {})),
+                "clips": self.clips.get("before", {}),
                 "clock": {"carried": self._train_seconds(), "start_step": self._clock["start_step"]}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.columns = {k: v for k, v in state_dict["columns"].items() if k == "before"}
         self.samples = {"before": state_dict["samples"]} if "before" in self.columns else {}
+        self.clips = {"before": state_dict.get("clips", {})} if "before" in self.columns else {}
         self.history = state_dict["history"]
         self._clock.update(state_dict.get("clock", {}))
 
@@ -676,14 +753,18 @@ def read_reference_embeddings(path: Path, embedder: str) -> Tensor:
 
 def read_cached_measurement(path: Path) -> Measurement:
     """The measurement `evaluate_pretrained` cached in `path`, verified (digest, results and per-item values)."""
-    saved = load_verified(path, _CACHED_RESULTS, _MEASURE_AGAIN, {"results": dict, "samples": dict})
+    saved = load_verified(path, _CACHED_RESULTS, _MEASURE_AGAIN, {"results": dict, "samples": dict, "clips": dict})
     for split, measures in saved["samples"].items():
         for measure, groups in measures.items():
             if not (isinstance(groups, list) and all(isinstance(group, dict) and all(
                     isinstance(values, Tensor) for values in group.values()) for group in groups)):
                 raise CorruptFileError(path, _CACHED_RESULTS, f"holds no per-item tensors for {split}/{measure}",
                                        _MEASURE_AGAIN)
-    return Measurement(saved["results"], saved["samples"])
+    for split, clips in saved["clips"].items():
+        if not (isinstance(clips, list) and all(
+                isinstance(prompt, str) and isinstance(audio, Tensor) and audio.dim() == 2 for prompt, audio in clips)):
+            raise CorruptFileError(path, _CACHED_RESULTS, f"holds no (prompt, audio) clips for {split}", _MEASURE_AGAIN)
+    return Measurement(saved["results"], saved["samples"], saved["clips"])
 
 
 class _Indexed(Dataset):

@@ -129,7 +129,8 @@ class UnlearningGuard(Callback):
         and the model's train / eval mode are left as they were."""
         indices = list(range(min(self.num_items, len(self.dataset))))
         with measuring(pl_module.model, trainer.strategy.root_device):
-            losses = fixed_losses(trainer, pl_module.model, self.dataset, self.seed, self.batch_size, indices)
+            losses = fixed_losses(trainer, pl_module.model, self.dataset, self.seed, self.batch_size, indices,
+                                  what=f"UnlearningGuard: the retain loss at step {trainer.global_step}")
         return losses.double().mean().item()
 
     def _snapshot_weights(self, pl_module: L.LightningModule, step: int, loss: float) -> None:

@@ -47,20 +47,21 @@ def measuring_precision(trainer: L.Trainer) -> AbstractContextManager:
 
 
 def per_item_values(trainer: L.Trainer, dataset: Any, batch_size: int, measure: Callable[[dict], Tensor],
-                    indices: list[int] | None = None) -> Tensor:
+                    indices: list[int] | None = None, what: str | None = None) -> Tensor:
     """`measure(batch)` `(batch, ...)` over `indices` (default all) of `dataset`: each process measures every
-    `world_size`-th item (no padding) and all get every item's value, in the order of `indices`."""
+    `world_size`-th item (no padding) and all get every item's value, in the order of `indices`; with a progress bar
+    named `what` where given."""
     indices = list(range(len(dataset))) if indices is None else indices
     gathered: Any = _InOrder().to(trainer.strategy.root_device)
     share = torch.arange(len(indices))[trainer.global_rank::trainer.world_size]
-    for batch, positions in zip(sharded_batches(trainer, dataset, batch_size, indices), share.split(batch_size),
-                                strict=True):
+    for batch, positions in zip(sharded_batches(trainer, dataset, batch_size, indices, what),
+                                share.split(batch_size), strict=True):
         gathered.update(measure(batch), positions)
     return gathered.samples()["value"]
 
 
 def fixed_losses(trainer: L.Trainer, model: TextToMusicModel, dataset: AudioTextDataset, seed: int, batch_size: int,
-                 indices: list[int] | None = None) -> Tensor:
+                 indices: list[int] | None = None, what: str | None = None) -> Tensor:
     """Per-item losses `(items,)` of `indices` (default all) of `dataset` at the timesteps and noise fixed by each
     item's id and `seed`, in the order of `indices` on every process (`per_item_values`). A NaN or infinite loss raises
     `NonFiniteLossError` naming the items, on every process alike (the check runs on the gathered losses)."""
@@ -69,7 +70,7 @@ def fixed_losses(trainer: L.Trainer, model: TextToMusicModel, dataset: AudioText
         with measuring_precision(trainer):
             return model.loss(batch, **model.fixed_loss_inputs(batch["id"], seed)).float()
 
-    losses = per_item_values(trainer, dataset, batch_size, loss, indices)
+    losses = per_item_values(trainer, dataset, batch_size, loss, indices, what)
     indices = list(range(len(dataset))) if indices is None else indices
     check_finite(losses, [dataset.items[index].id for index in indices],
                  f"fixed-noise loss of the {dataset.split or 'evaluation'} set")

@@ -8,10 +8,10 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-import torchaudio
-from torch import Tensor
+import yaml
 
 from datamodules.manifest import ManifestItem
 
@@ -47,6 +47,42 @@ def describe_weights(model: torch.nn.Module) -> str:
                     for block in iter(lambda: file.read(1 << 24), b""):
                         digest.update(block)
     return digest.hexdigest()
+
+
+def run_hyperparameters(config_path: str | os.PathLike, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The method's hyperparameters as TensorBoard's hparams take them: the `LightningModule`'s ``init_args`` from the
+    config the CLI saved (``config.yaml`` in the run's folder), flattened to ``optimizer.lr``-style keys (a component
+    by its class, ``model`` for the backend), lists as text, unset values left out; plus the seed, the step budget and
+    the forget set. `fallback` (the module's own ``hparams``) where no config was saved (a run outside the CLI)."""
+    path = Path(config_path)
+    if not path.is_file():
+        return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
+                for name, value in fallback.items() if value is not None}
+    config = yaml.safe_load(path.read_text()) or {}
+    model = config.get("model") or {}
+    params: dict[str, Any] = {"method": str(model.get("class_path", "")).rsplit(".", 1)[-1]}
+    _flatten(model.get("init_args") or {}, "", params)
+    data = (config.get("data") or {}).get("init_args") or {}
+    for name in ("forget_groups", "forget_ids", "forget_manifest"):
+        if data.get(name):
+            params[f"data.{name}"] = str(data[name])
+    trainer = config.get("trainer") or {}
+    params.update({"seed_everything": config.get("seed_everything"), "max_steps": trainer.get("max_steps")})
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def _flatten(values: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and "class_path" in value:
+            out[key] = str(value["class_path"]).rsplit(".", 1)[-1]
+            _flatten(value.get("init_args") or {}, f"{key}.", out)
+        elif isinstance(value, dict):
+            _flatten(value, f"{key}.", out)
+        elif isinstance(value, (list, tuple)):
+            out[key] = str(list(value))
+        elif value is not None:
+            out[key] = value
 
 
 def gap_to_oracle(columns: dict[str, dict[str, dict[str, float]]], column: str) -> dict[str, dict[str, float]]:
@@ -100,11 +136,3 @@ def _format(value: float | None, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def mel_image(clip: Tensor, sample_rate: int, n_mels: int = 64) -> Tensor:
-    """A `(channels, samples)` clip as a `(1, n_mels, frames)` log-mel image in [0, 1], low pitches at the bottom."""
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=n_mels)(clip.mean(0))
-    image = torch.log(mel + 1e-5)
-    image = (image - image.min()) / (image.max() - image.min()).clamp(min=1e-8)
-    return image.flip(0).unsqueeze(0)

@@ -1,19 +1,27 @@
 """Passes over data inside a training run: `measuring`, the context that leaves the run as it found it, and
 `sharded_batches`, a whole dataset split over processes: each takes every `world_size`-th item (no padding, no
-duplicates), so per-item results can be gathered and sums reduced without double counting. `check_finite` and
+duplicates), so per-item results can be gathered and sums reduced without double counting. A named pass shows a bar
+on rank zero where the trainer shows progress (`progress`); `timed` logs how long a pass took. `check_finite` and
 `check_finite_terms` are every pass's guard against a loss that is NaN or infinite: they raise `NonFiniteLossError`
 naming the items, before the pass writes anything."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SHOWN_IDS = 10  # item ids a non-finite-loss error lists before it counts the rest
 NON_FINITE_ADVICE = ("check those items' input audio and cached targets (a NaN or infinite sample, a stale or corrupt "
@@ -90,10 +98,31 @@ def measuring(model: nn.Module, device: torch.device, grad: bool = False) -> Ite
                 module.training = training
 
 
-def sharded_batches(trainer: L.Trainer, dataset: Dataset, batch_size: int,
-                    indices: list[int] | None = None) -> Iterator[dict]:
-    """This process's share of `indices` (default all) of `dataset`, in batches on the training device."""
+def progress(trainer: L.Trainer | None, iterable: Iterable[T], what: str, total: int | None = None) -> Iterator[T]:
+    """`iterable`, with a bar named `what` on rank zero (cleared when done) where the trainer shows progress (not
+    under ``enable_progress_bar: false``, nor without a trainer)."""
+    if trainer is None or not trainer.is_global_zero or trainer.progress_bar_callback is None:
+        yield from iterable
+        return
+    yield from tqdm(iterable, desc=what, total=total, leave=False, dynamic_ncols=True)
+
+
+@contextmanager
+def timed(trainer: L.Trainer | None, what: str) -> Iterator[None]:
+    """Log on rank zero how long the block took: "<what> took 12.3 s"."""
+    started = time.perf_counter()
+    yield
+    if trainer is None or trainer.is_global_zero:
+        log.info("%s took %.1f s", what, time.perf_counter() - started)
+
+
+def sharded_batches(trainer: L.Trainer, dataset: Dataset, batch_size: int, indices: list[int] | None = None,
+                    what: str | None = None) -> Iterator[dict]:
+    """This process's share of `indices` (default all) of `dataset`, in batches on the training device; with a bar
+    named `what` (`progress`) where given."""
     indices = list(range(len(dataset))) if indices is None else indices  # type: ignore[arg-type]
     device = trainer.strategy.root_device
-    for batch in DataLoader(Subset(dataset, indices[trainer.global_rank::trainer.world_size]), batch_size):
+    loader = DataLoader(Subset(dataset, indices[trainer.global_rank::trainer.world_size]), batch_size)
+    batches = loader if what is None else progress(trainer, loader, what, len(loader))
+    for batch in batches:
         yield move_data_to_device(batch, device)

@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
+from callbacks.plots import TRADEOFFS, tradeoff_figure  # noqa: E402
 from lightning_modules.io import (  # noqa: E402
+    atomic_file,
     read_json_verified,
     write_json_atomic,
     write_json_verified,
@@ -192,6 +194,26 @@ def _cells(runs: list[dict], column: str) -> dict:
     return cells
 
 
+def tradeoff_points(reports: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, dict]]]:
+    """The trade-off figure's points: base and oracle (from the first run), then each method's "after" over its seeds
+    (the mean value and the mean interval bounds), for the sets and metrics of `plots.TRADEOFFS`."""
+    first = next(iter(reports.values()))[0]
+    axes = [axis[:2] for pair in TRADEOFFS for axis in pair]
+    sources = {"base (before)": [(first, "before")]}
+    if "oracle" in first.get("intervals", {}):
+        sources["oracle"] = [(first, "oracle")]
+    sources.update({name: [(run, "after") for run in runs] for name, runs in reports.items()})
+    points: dict[str, dict[str, dict[str, dict]]] = {}
+    for name, cells in sources.items():
+        for split, metric in axes:
+            found = [run.get("intervals", {}).get(column, {}).get(split, {}).get(metric) for run, column in cells]
+            if None in found:
+                continue
+            points.setdefault(name, {}).setdefault(split, {})[metric] = {
+                key: sum(cell[key] for cell in found) / len(found) for key in ("value", "low", "high")}
+    return points
+
+
 def consistent_wins(reports: dict[str, list[dict]]) -> list[str]:
     """Per column with a direction, the pairs of methods where one is better than the other in every seed (paired
     by seed), as "column: A > B, ..." lines; the comparison needs the same number of seeds for every method."""
@@ -253,6 +275,9 @@ def main() -> None:
                for name in methods}
     markdown, rows, comparisons = table(reports)
     write_text_atomic(out / "methods.md", markdown + "\n")
+    with atomic_file(out / "tradeoff.png") as tmp:
+        tradeoff_figure(tradeoff_points(reports), f"{out.name}: forget against retain (mean over seeds; bars: the "
+                        "mean 95 % interval)").savefig(tmp, format="png", dpi=100)
     write_json_atomic(out / "methods.json", {"rows": rows, "comparisons": comparisons, "seeds": args.seeds,
                                              "runs": {name: [r["run"] for r in runs] for name, runs in reports.items()},
                                              "trainer": args.trainer, "oracle": args.oracle, "data": args.data,

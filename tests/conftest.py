@@ -9,7 +9,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -126,3 +128,23 @@ def poison_loss(monkeypatch: pytest.MonkeyPatch, bad_ids: set[str]) -> None:
         return losses.mean() if reduction == "mean" else losses
 
     monkeypatch.setattr(ToyTextToMusic, "loss", poisoned)
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory, tiny_corpus, tiny_model_dir, tiny_clap_dir, tiny_judge_dir):
+    """(For the evaluation's and the report's tests.) A 3-step fit evaluated at the start, at step 2 and at the end,
+    beside an "oracle" (the tiny model itself, which has no training record: accepted unchecked), with recognition by
+    the CLAP and by a feature tagger."""
+    from train import main
+
+    tmp_path = tmp_path_factory.mktemp("fit")
+    config = write_config(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir,
+                          evaluation={"oracle": str(tiny_model_dir), "oracle_unchecked": True,
+                                      "every_n_train_steps": 2, "log_audio": 1,
+                                      "judge": {"class_path": "lightning_modules.metrics.FeatureTagger",
+                                                "init_args": {"pretrained": str(tiny_judge_dir)}}})
+    cli = main(["fit", "--config", str(config)])
+    run = Path(cli.trainer.log_dir)
+    return SimpleNamespace(config=config, run=run, results=json.loads((run / "results.json").read_text()),
+                           cache=tmp_path / "cache", checkpoint=cli.trainer.checkpoint_callback.best_model_path,
+                           forget_group=tiny_corpus.artists[0])

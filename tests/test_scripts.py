@@ -99,3 +99,18 @@ def test_a_finished_run_is_reused_only_with_the_inputs_it_was_run_with(tmp_path,
     other = compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path / "other", generations=16)
     with pytest.raises(SystemExit, match=r"other inputs .*: trainer\).*--force"):
         run(other, ["--x=1"])
+
+
+def test_the_tradeoff_points_are_each_methods_mean_over_seeds():
+    def run(forget: float, retain: float) -> dict:
+        cell = lambda v: {"value": v, "low": v - 0.1, "high": v + 0.1, "n": 8}  # noqa: E731
+        after = {"forget": {"loss": cell(forget)}, "retain": {"loss": cell(retain)}}
+        return {"intervals": {"before": {"forget": {"loss": cell(0.1)}, "retain": {"loss": cell(0.1)}},
+                              "oracle": {"forget": {"loss": cell(0.3)}, "retain": {"loss": cell(0.1)}},
+                              "after": after}}
+
+    points = compare_methods.tradeoff_points({"esd": [run(0.2, 0.2), run(0.4, 0.3)], "npo": [run(0.5, 0.1)]})
+    assert list(points) == ["base (before)", "oracle", "esd", "npo"]
+    assert points["esd"]["forget"]["loss"] == pytest.approx({"value": 0.3, "low": 0.2, "high": 0.4})
+    assert points["oracle"]["forget"]["loss"]["value"] == 0.3
+    assert "recognition" not in points["esd"]["forget"]  # not measured: left out, not drawn as 0

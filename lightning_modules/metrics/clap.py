@@ -52,6 +52,13 @@ class ClapEmbedder(TextAudioEmbedder):
         output = self.model.get_audio_features(input_features=features["input_features"].to(self.device))
         return F.normalize(output.pooler_output, dim=-1)
 
+    def unknown_words(self, text: str) -> list[str]:
+        tokenizer = self.processor.tokenizer
+        if tokenizer.unk_token_id is None:
+            return []
+        return [word for word in text.split() if set(tokenizer(word, add_special_tokens=False)["input_ids"])
+                <= {tokenizer.unk_token_id}]
+
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> Tensor:
         tokens = self.processor.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")

@@ -92,6 +92,11 @@ class TextAudioEmbedder(AudioEmbedder):
         """Inverse temperature of audio-text similarities (the trained value where the model has one)."""
         return 100.0
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` the text tower cannot read (its tokenizer maps them to the unknown token only); none
+        where the tokenizer reads anything (byte-level BPE)."""
+        return []
+
 
 class AudioTagger(AudioEmbedder):
     """An embedder whose output is one logit per class `(batch, len(labels))` (a classifier, or CLAP zero-shot)."""

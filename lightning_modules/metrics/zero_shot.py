@@ -35,6 +35,12 @@ class ZeroShotTagger(AudioTagger):
         self.sample_rate = embedder.sample_rate
         self._label_embeddings: Tensor | None = None
 
+    def unreadable_labels(self) -> dict[str, list[str]]:
+        """The labels whose prompt has words the CLAP's text tower cannot read, with those words: it cannot name
+        them, so recognition of them reads about 0 whatever the audio."""
+        unreadable = {label: self.embedder.unknown_words(label) for label in self.labels}
+        return {label: words for label, words in unreadable.items() if words}
+
     @property
     def name(self) -> str:
         return f"zero-shot[{self.template}:{','.join(self.labels)}]@{self.embedder.name}"

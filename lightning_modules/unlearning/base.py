@@ -20,7 +20,14 @@ from torch import Tensor
 from datamodules.audio import AudioTextDataset
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import TextToMusicModule
-from lightning_modules.passes import NonFiniteLossError, check_finite_terms, listed_ids, measuring, sharded_batches
+from lightning_modules.passes import (
+    NonFiniteLossError,
+    check_finite_terms,
+    listed_ids,
+    measuring,
+    sharded_batches,
+    timed,
+)
 
 GradientStatistic = Callable[..., tuple[list[Tensor], int]]  # (model, parameters, batches, **kwargs) -> (sums, count)
 
@@ -81,8 +88,9 @@ class UnlearningModule(TextToMusicModule):
         parameters (`gradients.loss_gradient`, `gradients.squared_gradients`, given `kwargs`), at the current weights,
         in eval mode and full precision: each process takes its share of the items and the sums are added across
         processes. Training's random state and modes are left as they were."""
-        batches = sharded_batches(self.trainer, self.split_dataset(split), batch_size)
-        with measuring(self.model, self.device, grad=True):
+        what = f"{type(self).__name__}: {getattr(statistic, '__name__', 'gradient statistic')} over the {split} set"
+        batches = sharded_batches(self.trainer, self.split_dataset(split), batch_size, what=what)
+        with measuring(self.model, self.device, grad=True), timed(self.trainer, what):
             sums, count = statistic(self.model, self.trainable, batches, **kwargs)
         strategy = self.trainer.strategy
         total = int(strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum"))

@@ -60,6 +60,7 @@ def test_a_fit_prints_no_tips_summary_noise_or_loading_bars(tmp_path, tiny_corpu
     assert [type(callback) for callback in summaries] == [ParameterSummary]
     assert "Trainable params" in printed and "Total Flops" not in printed and "Modules in eval mode" not in printed
     assert "Tip:" not in printed and "Loading weights" not in printed
+    assert "Evaluating before took" in printed and "Evaluating after took" in printed  # each long pass says its time
     assert not [warning for warning in recwarn if "module(s) in eval mode" in str(warning.message)]
 
 
@@ -70,3 +71,14 @@ def test_a_summary_the_config_names_is_kept(tmp_path, tiny_corpus, tiny_model_di
     cli = main(["fit", "--config", str(config), "--trainer.callbacks+=RichModelSummary",
                 "--trainer.enable_model_summary=true"])
     assert [type(c) for c in cli.trainer.callbacks if isinstance(c, ModelSummary)] == [RichModelSummary]
+
+
+def test_fit_help_lists_the_unlearning_methods_and_data_modules(capsys):
+    from train import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # the help wraps lines
+    for name in ("lightning_modules.unlearning.GradientDifference", "lightning_modules.unlearning.SalUn",
+                 "lightning_modules.training.TextToMusicTraining", "datamodules.ForgetRetainDataModule"):
+        assert name in text

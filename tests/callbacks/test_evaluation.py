@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import UnlearningEvaluation
@@ -23,24 +24,6 @@ from lightning_modules.passes import NonFiniteLossError
 from tests.conftest import poison_loss, write_config
 
 GENERATION_METRICS = {"fad", "clap_score", "recognition", "recognition_judge", "kl"}
-
-
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory, tiny_corpus, tiny_model_dir, tiny_clap_dir, tiny_judge_dir):
-    """A 3-step fit evaluated at the start, at step 2 and at the end, beside an "oracle" (the tiny model itself, which
-    has no training record: accepted unchecked), with recognition by the CLAP and by a feature tagger."""
-    from train import main
-
-    tmp_path = tmp_path_factory.mktemp("fit")
-    config = write_config(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir,
-                          evaluation={"oracle": str(tiny_model_dir), "oracle_unchecked": True,
-                                      "every_n_train_steps": 2, "log_audio": 1,
-                                      "judge": {"class_path": "lightning_modules.metrics.FeatureTagger",
-                                                "init_args": {"pretrained": str(tiny_judge_dir)}}})
-    cli = main(["fit", "--config", str(config)])
-    run = Path(cli.trainer.log_dir)
-    return SimpleNamespace(config=config, run=run, results=json.loads((run / "results.json").read_text()),
-                           cache=tmp_path / "cache", checkpoint=cli.trainer.checkpoint_callback.best_model_path)
 
 
 def test_fit_reports_before_after_and_oracle_for_every_set_and_metric(fitted):
@@ -99,11 +82,20 @@ def test_fit_logs_metrics_audio_mel_images_and_hparams_to_tensorboard(fitted):
     scalars = events.Tags()["scalars"]
     assert {"eval/forget/fad", "eval/retain/clap_score", "eval/forget/loss", "eval_oracle/forget/fad"} <= set(scalars)
     assert {"eval/forget/fad_low", "eval/forget/fad_high", "eval_oracle/retain/kad_high"} <= set(scalars)
-    assert [event.step for event in events.Scalars("eval/forget/loss")] == [0, 2, 3, 3]  # 3: after, hparams
-    assert "eval/forget/0" in events.Tags()["audio"] and "eval/forget/1" not in events.Tags()["audio"]
-    assert "eval/retain/0/mel" in events.Tags()["images"]
+    assert [event.step for event in events.Scalars("eval/forget/loss")] == [0, 2, 3]  # each evaluation once
+    assert [event.step for event in events.Scalars("eval_oracle/forget/loss")] == [0, 3]  # a line across the run
+    assert [event.step for event in events.Scalars("final/forget/loss")] == [3]  # the hparams' metric
+    audio = set(events.Tags()["audio"])
+    assert {"clips/forget/0/before", "clips/forget/0/step", "clips/forget/0/after", "clips/forget/0/oracle"} <= audio
+    assert "clips/forget/1/after" not in audio  # log_audio: 1
+    assert [event.step for event in events.Audio("clips/forget/0/after")] == [3]
+    assert {"clips/retain/0/before/mel", "clips/retain/0/oracle/mel"} <= set(events.Tags()["images"])
     plugins = events.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
+    hparams = yaml.safe_load((fitted.run / "hparams.yaml").read_text())
+    assert hparams["method"] == "GradientAscent" and hparams["optimizer.lr"] == 0.05
+    assert hparams["data.forget_groups"] == str([fitted.forget_group])
+    assert events.PluginTagToContent("custom_scalars")  # the layout that puts model and oracle on one chart
 
 
 def test_oracle_before_and_reference_statistics_are_cached(fitted):
@@ -269,3 +261,21 @@ def test_more_generations_than_items_cycle_through_the_items_each_with_its_own_s
     assert [g["index"] for g in spaced._prompt_loader(one_process, items).dataset] == [0, 2]  # the item indices
     second_rank = SimpleNamespace(global_rank=1, world_size=2)
     assert [g["index"] for g in cycled._prompt_loader(second_rank, items).dataset] == [1, 3, 5]
+
+
+def test_setup_warns_of_groups_the_clap_cannot_read_and_of_a_fad_on_too_few_clips(tiny_clap_dir, tiny_corpus,
+                                                                                    caplog):
+    """The toy CLAP's tokenizer knows only its corpus's words: a user's own artist reads as unknown tokens."""
+    from lightning_modules.metrics import ClapEmbedder
+
+    known = ManifestItem(id="a", path=Path("a.wav"), caption="x", group=tiny_corpus.artists[0])
+    mine = ManifestItem(id="b", path=Path("b.wav"), caption="y", group="Zyxw Garage")
+    datamodule = SimpleNamespace(eval_datasets=lambda: {"forget": [known], "retain": [mine, known, mine]},
+                                 sets={"forget": [known], "retain": [mine]})
+    with caplog.at_level(logging.WARNING, logger="callbacks"):
+        UnlearningEvaluation(clap=ClapEmbedder(tiny_clap_dir), num_prompts=3).setup(
+            SimpleNamespace(datamodule=datamodule), None, "")
+    assert "cannot name ['Zyxw Garage']: its tokenizer does not know the words {'Zyxw Garage': ['Zyxw', 'Garage']}" \
+        in caplog.text
+    assert "FAD compares fewer clips than its embeddings have dimensions (16) in forget (1 clips), retain (3 clips)" \
+        in caplog.text

@@ -111,7 +111,8 @@ def _fad(tmp: Path) -> tuple[Path, Callable[[], Any]]:
 
 def _results(tmp: Path) -> tuple[Path, Callable[[], Any]]:
     save_verified({"model": "oracle", "results": {"forget": {"loss": 0.5}},
-                   "samples": {"forget": {"loss": [{"loss": torch.tensor([0.4, 0.6])}]}}}, tmp / "results.pt")
+                   "samples": {"forget": {"loss": [{"loss": torch.tensor([0.4, 0.6])}]}},
+                   "clips": {"forget": [("a prompt", torch.zeros(1, 8))]}}, tmp / "results.pt")
     return tmp / "results.pt", lambda: read_cached_measurement(tmp / "results.pt")
 
 
@@ -135,7 +136,7 @@ KINDS = {
                                                                  torch.rand(3, 2), "ClapSimilarity")),
     "fad reference": Kind(_fad, lambda path: save_verified({**_stats(NAN), "embedder": "projection-8"}, path)),
     "cached results": Kind(_results, lambda path: save_verified(
-        {"model": "oracle", "results": {}, "samples": {"forget": {"loss": [{"loss": [0.5]}]}}}, path)),
+        {"model": "oracle", "results": {}, "samples": {"forget": {"loss": [{"loss": [0.5]}]}}, "clips": {}}, path)),
     "reference embeddings": Kind(_embeddings, lambda path: save_verified(
         {"embeddings": torch.full((3, 8), NAN, dtype=torch.float64), "embedder": "projection-8"}, path)),
 }
