@@ -49,12 +49,15 @@ class _DropInstallTips(logging.Filter):
 def quiet() -> None:
     """Silence what a normal run prints that is not about the run, each by its exact source and message: Lightning's
     install tips, its warning about modules in eval mode at the start of training (here by design: the frozen text
-    encoder, VAE or codec, a method's frozen reference model), and transformers' "Loading weights" bars."""
+    encoder, VAE or codec, a method's frozen reference model), the FutureWarning torch 2.11 raises inside Lightning
+    2.6's own pytree code (``LeafSpec``; nothing a user can change), and transformers' "Loading weights" bars."""
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(existing, _DropInstallTips) for existing in rank_zero.filters):
         rank_zero.addFilter(_DropInstallTips())
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training",
                             category=PossibleUserWarning)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
     transformers.utils.logging.disable_progress_bar()
 
 

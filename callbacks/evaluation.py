@@ -548,7 +548,7 @@ class UnlearningEvaluation(Callback):
     def _log_reference_lines(self, trainer: L.Trainer, oracle: Measurement) -> None:
         """The oracle's scalars at the first and the last step of the run, so each draws a flat reference line
         (``eval_oracle/<set>/<metric>``), and a custom-scalars layout that puts each metric's model curve and oracle
-        line on one chart (TensorBoard's "Custom Scalars" tab)."""
+        line, each with its interval bounds, on one chart (TensorBoard's "Custom Scalars" tab)."""
         if trainer.logger is None:
             return
         values = {f"eval_oracle/{split}/{name}": value for split, metrics in oracle.results.items()
@@ -557,7 +557,8 @@ class UnlearningEvaluation(Callback):
             trainer.logger.log_metrics(values, step=step)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                charts = {split: {name: ["Multiline", [f"eval/{split}/{name}", f"eval_oracle/{split}/{name}"]]
+                charts = {split: {name: ["Multiline", [rf"^{prefix}/{split}/{name}(_low|_high)?$"  # regexes
+                                                       for prefix in ("eval", "eval_oracle")]]
                                   for name in metrics} for split, metrics in oracle.results.items()}
                 logger.experiment.add_custom_scalars({f"model and oracle: {split}": chart
                                                       for split, chart in charts.items()})
@@ -664,10 +665,16 @@ class UnlearningEvaluation(Callback):
                           sample_rate, figures)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                bounds = {f"{_prefix(name)}/{split}/{metric}_{end}": interval[end]
-                          for name in names for split, metrics in intervals[name].items()
-                          for metric, interval in metrics.items() for end in ("low", "high")}
-                logger.log_metrics(bounds, step=trainer.global_step)
+                # each column's interval at the step it was measured at, beside its value (before and after share
+                # the eval/ tags; the oracle's bounds draw lines like its value)
+                steps = {"before": [self._clock["start_step"]], "oracle": sorted({self._clock["start_step"],
+                                                                                  trainer.global_step})}
+                for name in names:
+                    bounds = {f"{_prefix(name)}/{split}/{metric}_{end}": interval[end]
+                              for split, metrics in intervals[name].items()
+                              for metric, interval in metrics.items() for end in ("low", "high")}
+                    for step in steps.get(name, [trainer.global_step]):
+                        logger.log_metrics(bounds, step=step)
                 for name, figure in figures.items():
                     logger.experiment.add_figure(f"report/{name}", figure, trainer.global_step, close=False)
                 # the final values under their own tags: under eval/... they would add a second point at the last step

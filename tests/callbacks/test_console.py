@@ -34,7 +34,7 @@ def test_the_epoch_is_shown_with_its_bound_only_where_there_is_one(max_epochs, e
     assert bar._get_train_description(3) == f"{expected:10}"  # padded to "Validation", as Lightning pads it
 
 
-def test_lightnings_frozen_module_warning_is_dropped_and_no_other_of_its_kind():
+def test_the_known_harmless_warnings_are_dropped_and_no_other_of_their_kind():
     from train import quiet
 
     with warnings.catch_warnings(record=True) as caught:
@@ -44,7 +44,10 @@ def test_lightnings_frozen_module_warning_is_dropped_and_no_other_of_its_kind():
                       "behavior during training.", PossibleUserWarning, stacklevel=1)
         warnings.warn("The number of training batches (3) is smaller than the logging interval", PossibleUserWarning,
                       stacklevel=1)
-    assert [str(warning.message)[:30] for warning in caught] == ["The number of training batches"]
+        leaf = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+        warnings.warn_explicit(leaf, FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(leaf, FutureWarning, "mine.py", 1, module="my_code")  # from elsewhere: kept
+    assert [str(warning.message)[:30] for warning in caught] == ["The number of training batches", leaf[:30]]
 
 
 def test_a_fit_prints_no_tips_summary_noise_or_loading_bars(tmp_path, tiny_corpus, tiny_model_dir, caplog, capsys,

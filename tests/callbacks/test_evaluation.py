@@ -82,6 +82,9 @@ def test_fit_logs_metrics_audio_mel_images_and_hparams_to_tensorboard(fitted):
     scalars = events.Tags()["scalars"]
     assert {"eval/forget/fad", "eval/retain/clap_score", "eval/forget/loss", "eval_oracle/forget/fad"} <= set(scalars)
     assert {"eval/forget/fad_low", "eval/forget/fad_high", "eval_oracle/retain/kad_high"} <= set(scalars)
+    # each interval at the step of its value: before's at 0, after's at the end; the oracle's across the run
+    assert [event.step for event in events.Scalars("eval/forget/loss_low")] == [0, 3]
+    assert [event.step for event in events.Scalars("eval_oracle/forget/loss_high")] == [0, 3]
     assert [event.step for event in events.Scalars("eval/forget/loss")] == [0, 2, 3]  # each evaluation once
     assert [event.step for event in events.Scalars("eval_oracle/forget/loss")] == [0, 3]  # a line across the run
     assert [event.step for event in events.Scalars("final/forget/loss")] == [3]  # the hparams' metric
