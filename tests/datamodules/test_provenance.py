@@ -118,3 +118,29 @@ def test_save_pretrained_keeps_the_record_beside_the_weights(corpus, tmp_path):
     trainer.datamodule = forget_run(corpus, forget_groups=[COPPER])
     SavePretrained(str(tmp_path / "unlearned")).on_fit_end(trainer, module)
     assert TrainingRecord.read(tmp_path / "unlearned") is None
+
+
+def test_record_training_data_writes_the_record_a_training_config_implies(tmp_path, tiny_corpus, tiny_model_dir):
+    """For a model trained before records existed: the record from its config, into its SavePretrained folder."""
+    import yaml
+
+    from scripts.record_training_data import record
+
+    oracle = tmp_path / "oracle"
+    oracle.mkdir()
+    config = {"trainer": {"callbacks": [{"class_path": "callbacks.SavePretrained",
+                                         "init_args": {"dirpath": str(oracle)}}]},
+              "model": {"class_path": "lightning_modules.training.TextToMusicTraining",
+                        "init_args": {"model": {"class_path": "lightning_modules.models.ToyTextToMusic",
+                                                "init_args": {"pretrained": str(tiny_model_dir)}}}},
+              "data": {"class_path": "datamodules.AudioTextDataModule",
+                       "init_args": {"manifest": str(tiny_corpus.train_manifest),
+                                     "exclude_groups": [tiny_corpus.artists[1]]}}}
+    path = tmp_path / "oracle.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    assert record(str(path)) == oracle / RECORD_FILE
+    written = TrainingRecord.read(oracle)
+    assert written.excluded_groups == [tiny_corpus.artists[1]] and list(written.groups) == [tiny_corpus.artists[0]]
+    with pytest.raises(SystemExit, match="no such model folder"):
+        record(str(path), into=str(tmp_path / "missing"))
