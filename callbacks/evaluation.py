@@ -654,6 +654,14 @@ class UnlearningEvaluation(Callback):
             "settings": self.settings(trainer, pl_module.model)})
         write_text_atomic(folder / "results.md", table + "\n")
         figures = {"tradeoff": tradeoff_figure(intervals), "metrics": metric_bars(intervals)}
+        self._write_html(folder, pl_module, names, table, figures)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                self._log_report(trainer, pl_module, logger, columns[column], intervals, figures, folder)
+
+    def _write_html(self, folder: Path, pl_module: L.LightningModule, names: list[str], table: str,
+                    figures: dict[str, Any]) -> None:
+        """``report.html``: `table`, the `figures`, and the clips of the columns `names` side by side."""
         sample_rate = pl_module.model.sample_rate
         for name in names:  # clips restored from a checkpoint or read for `base` were not rendered yet
             if name in self.clips and name not in self.mels:
@@ -663,29 +671,30 @@ class UnlearningEvaluation(Callback):
         write_html_report(folder, f"{type(pl_module).__name__}: {folder.name}", table,
                           {name: self.clips[name] for name in shown}, {name: self.mels[name] for name in shown},
                           sample_rate, figures)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # each column's interval at the step it was measured at, beside its value (before and after share
-                # the eval/ tags; the oracle's bounds draw lines like its value)
-                steps = {"before": [self._clock["start_step"]], "oracle": sorted({self._clock["start_step"],
-                                                                                  trainer.global_step})}
-                for name in names:
-                    bounds = {f"{_prefix(name)}/{split}/{metric}_{end}": interval[end]
-                              for split, metrics in intervals[name].items()
-                              for metric, interval in metrics.items() for end in ("low", "high")}
-                    for step in steps.get(name, [trainer.global_step]):
-                        logger.log_metrics(bounds, step=step)
-                for name, figure in figures.items():
-                    logger.experiment.add_figure(f"report/{name}", figure, trainer.global_step, close=False)
-                # the final values under their own tags: under eval/... they would add a second point at the last step
-                final = {f"final/{split}/{name}": value for split, values in columns[column].items()
-                         for name, value in values.items()}
-                params = run_hyperparameters(folder / "config.yaml", {"method": type(pl_module).__name__,
-                                                                      **dict(pl_module.hparams)})
-                logger.log_hyperparams(params, metrics=final, step=trainer.global_step)
-                # Lightning writes hparams.yaml once, early (still empty), and never again: write what was logged
-                write_text_atomic(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE,
-                                  yaml.safe_dump(dict(logger.hparams), sort_keys=False))
+
+    def _log_report(self, trainer: L.Trainer, pl_module: L.LightningModule, logger: TensorBoardLogger,
+                    final: Results, intervals: dict[str, Intervals], figures: dict[str, Any], folder: Path) -> None:
+        """The report in TensorBoard: each column's interval at the step it was measured at, beside its value
+        (before and after share the eval/ tags; the oracle's bounds draw lines like its value), the figures, and
+        the hparams with the `final` values under their own tags (under eval/... they would add a second point at
+        the last step)."""
+        steps = {"before": [self._clock["start_step"]], "oracle": sorted({self._clock["start_step"],
+                                                                          trainer.global_step})}
+        for name, column_intervals in intervals.items():
+            bounds = {f"{_prefix(name)}/{split}/{metric}_{end}": interval[end]
+                      for split, metrics in column_intervals.items()
+                      for metric, interval in metrics.items() for end in ("low", "high")}
+            for step in steps.get(name, [trainer.global_step]):
+                logger.log_metrics(bounds, step=step)
+        for name, figure in figures.items():
+            logger.experiment.add_figure(f"report/{name}", figure, trainer.global_step, close=False)
+        params = run_hyperparameters(folder / "config.yaml", {"method": type(pl_module).__name__,
+                                                              **dict(pl_module.hparams)})
+        logger.log_hyperparams(params, step=trainer.global_step, metrics={
+            f"final/{split}/{name}": value for split, values in final.items() for name, value in values.items()})
+        # Lightning writes hparams.yaml once, early (still empty), and never again: write what was logged
+        write_text_atomic(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE,
+                          yaml.safe_dump(dict(logger.hparams), sort_keys=False))
 
     # ------------------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
