@@ -173,9 +173,16 @@ class MelLatentDiffusion(TextToMusicModel):
         native_duration = native * self.vae_scale * self.hop_length / self.sample_rate
         self.duration = native_duration if duration is None else duration
         self.num_samples = round(self.duration * self.sample_rate)
-        if self.num_samples < self.vae_scale * self.hop_length:
-            raise ValueError(f"duration={duration}: give at least {self.vae_scale * self.hop_length} samples "
-                             f"({self.vae_scale * self.hop_length / self.sample_rate} s), one latent frame.")
+        # At least one latent frame, and (clips being cut to whole latent frames) more samples than the mel front
+        # end's reflect padding, which F.pad refuses otherwise.
+        pad, minimum = (N_FFT - self.hop_length) // 2, self.vae_scale * self.hop_length
+        while self.mel_frames(minimum) * self.hop_length <= pad:
+            minimum += self.hop_length
+        if self.num_samples < minimum:
+            raise ValueError(f"duration={self.duration:g} s is {self.num_samples} samples at {self.sample_rate} Hz; "
+                             f"this model needs at least {minimum} ({minimum / self.sample_rate:.4g} s): one latent "
+                             f"frame ({self.vae_scale} mel frames of {self.hop_length} samples), and more samples in "
+                             f"its whole latent frames than the mel front end's reflect padding ({pad}).")
         self.num_inference_steps = num_inference_steps or self.default_num_inference_steps
         self.guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
 

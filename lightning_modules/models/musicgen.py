@@ -127,9 +127,15 @@ class MusicGen(TextToMusicModel):
         with torch.autocast(waveform.device.type, enabled=False):
             output = codec.encode(waveform.to(codec.dtype).unsqueeze(1), padding_mask=mask.unsqueeze(1))
         codes = output.audio_codes
-        if codes.shape[0] != 1 or codes.shape[2] != self.num_codebooks:
-            raise ValueError(f"EnCodec gave codes of shape {tuple(codes.shape)}; expected one chunk of "
-                             f"{self.num_codebooks} codebooks (set the codec's chunk_length_s to null).")
+        if codes.shape[0] != 1:
+            raise ValueError(f"EnCodec split the clip into {codes.shape[0]} chunks; the decoder trains on one "
+                             "(set the codec config's chunk_length_s to null).")
+        if codes.shape[2] != self.num_codebooks:
+            bandwidth = self.model.config.audio_encoder.target_bandwidths[0]
+            raise ValueError(f"EnCodec at its bandwidth {bandwidth} kbps gives {codes.shape[2]} codebooks, but the "
+                             f"decoder predicts {self.num_codebooks} (decoder.num_codebooks): make the codec's "
+                             "target_bandwidths[0] give as many codebooks as the decoder has (bandwidth = codebooks x "
+                             "frame rate x log2(codebook size) / 1000).")
         return codes[0]
 
     def audio_encoder(self) -> nn.Module:

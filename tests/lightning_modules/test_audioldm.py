@@ -7,6 +7,7 @@ on their own backend by overriding the first three."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +21,7 @@ from datamodules.audio import AudioTextDataset
 from lightning_modules.models.audioldm import AudioLDM
 from lightning_modules.models.base import PARAMETER_GROUPS
 from lightning_modules.models.lora import has_lora
-from lightning_modules.models.mel_diffusion import MelLatentDiffusion
+from lightning_modules.models.mel_diffusion import N_FFT, MelLatentDiffusion
 from lightning_modules.unlearning import GradientAscent
 from lightning_modules.unlearning.base import frozen_reference
 from tests.tiny.audioldm import save_tiny
@@ -282,6 +283,22 @@ def test_constructor_errors(backend, tiny_dir, tmp_path):
         backend(pretrained=str(tiny_dir), lora_rank=2, lora_groups=["attention"])
     with pytest.raises(ValueError, match="duration"):
         backend(pretrained=str(tiny_dir), duration=0.01)
+
+
+def test_a_clip_within_the_mel_padding_is_refused_at_construction_and_the_shortest_one_trains(backend, tiny_dir, batch):
+    # The front end reflect-pads (n_fft - hop) / 2 samples, which F.pad allows only on a longer clip: a shorter one
+    # used to pass the one-latent-frame check and crash in the first loss ("Padding size should be less than ...").
+    probe = backend(pretrained=str(tiny_dir), duration=DURATION)
+    pad, rate = (N_FFT - probe.hop_length) // 2, probe.sample_rate
+    assert pad > probe.vae_scale * probe.hop_length  # the case the latent-frame check alone let through
+    with pytest.raises(ValueError, match=r"needs at least \d+ ") as refused:
+        backend(pretrained=str(tiny_dir), duration=pad / rate)
+    minimum = int(re.search(r"needs at least (\d+) ", str(refused.value)).group(1))
+    with pytest.raises(ValueError, match=f"needs at least {minimum} "):
+        backend(pretrained=str(tiny_dir), duration=(minimum - 1) / rate)
+    shortest = backend(pretrained=str(tiny_dir), duration=minimum / rate)
+    clip = {**batch, "audio": batch["audio"][:, :minimum], "mask": batch["mask"][:, :minimum]}
+    assert shortest.loss(clip, **shortest.fixed_loss_inputs(clip["id"])).isfinite().all()
 
 
 # -------------------------------------------------------------------------------------------- AudioLDM itself

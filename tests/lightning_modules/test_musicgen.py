@@ -269,6 +269,17 @@ def test_constructor_errors(musicgen_dir, tmp_path):
         MusicGen(pretrained=str(stereo))
 
 
+def test_a_codec_bandwidth_that_disagrees_with_the_decoder_names_both(musicgen_dir, batch, tmp_path):
+    # The tiny codec: 50 frames/s of 64-entry codebooks, 0.3 kbps each; 0.6 kbps gives 2 where the decoder predicts 4.
+    folder = shutil.copytree(musicgen_dir, tmp_path / "narrow")
+    config = json.loads((folder / "config.json").read_text())
+    config["audio_encoder"]["target_bandwidths"] = [0.6]
+    (folder / "config.json").write_text(json.dumps(config))
+    model = MusicGen.from_pretrained(folder, duration=DURATION)
+    with pytest.raises(ValueError, match=r"bandwidth 0.6 kbps gives 2 codebooks, but the decoder predicts 4"):
+        model.encode_audio(batch["audio"], batch["mask"])
+
+
 @pytest.mark.network
 def test_public_checkpoint_loss_and_generation():
     model = MusicGen(pretrained="facebook/musicgen-small", duration=1.0)

@@ -16,6 +16,7 @@ from tests.lightning_modules.test_audioldm import (  # noqa: F401  (collected he
     DURATION,
     batch_fixture,
     one_thread,
+    test_a_clip_within_the_mel_padding_is_refused_at_construction_and_the_shortest_one_trains,
     test_bf16_mixed_and_true_precision,
     test_cached_targets_replace_audio_and_encoding_is_deterministic,
     test_constructor_errors,
