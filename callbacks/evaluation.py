@@ -236,8 +236,9 @@ class UnlearningEvaluation(Callback):
         recognizer = ZeroShotTagger(self.clap, groups, self.recognition_template) if groups else None
         if recognizer is not None and recognizer.unreadable_labels():
             log.warning("Recognition by the CLAP (%s) cannot name %s: its tokenizer does not know the words %s, so "
-                        "their recognition reads about 0 whatever the audio. Use a CLAP that reads them (LAION's reads "
-                        "any text), or judge recognition with a `judge` trained on your groups.", self.clap.name,
+                        "those labels reduce to unknown tokens and their recognition says nothing about the audio. Use "
+                        "a CLAP that reads them (LAION's reads any text), or judge recognition with a `judge` trained "
+                        "on your groups.", self.clap.name,
                         sorted(recognizer.unreadable_labels()), recognizer.unreadable_labels())
         small = {split: min(self.num_prompts, len(dataset)) for split, dataset in self.datasets.items()
                  if min(self.num_prompts, len(dataset)) < self.fad_embedder.dim}

@@ -1,4 +1,4 @@
-"""A manifest from a folder of audio and a captions CSV (MusicCaps-style columns), every file checked.
+r"""A manifest from a folder of audio and a captions CSV (MusicCaps-style columns), every file checked.
 
     python scripts/make_manifest.py --captions musiccaps-public.csv --audio-dir musiccaps/ --out data/musiccaps.jsonl
     python scripts/make_manifest.py --captions tracks.csv --audio-dir audio/ --out data/mine.jsonl \

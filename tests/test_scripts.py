@@ -4,6 +4,7 @@ oracle, and the disagreement list of `toy_recognition.py`'s table."""
 from __future__ import annotations
 
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
@@ -114,3 +115,24 @@ def test_the_tradeoff_points_are_each_methods_mean_over_seeds():
     assert points["esd"]["forget"]["loss"] == pytest.approx({"value": 0.3, "low": 0.2, "high": 0.4})
     assert points["oracle"]["forget"]["loss"]["value"] == 0.3
     assert "recognition" not in points["esd"]["forget"]  # not measured: left out, not drawn as 0
+
+
+def test_the_stand_in_collection_is_what_make_manifest_reads(tmp_path):
+    """The own-data walk-through's step 0 feeds step 1: album folders of 44.1 kHz stereo WAVs and two captions CSVs."""
+    from datamodules import read_manifest
+    from datamodules.captions import manifest_from_captions
+    from scripts.toy_collection import write_collection
+
+    write_collection(tmp_path / "my_music", tracks=5, heldout=2, duration=0.5)
+    with pytest.raises(FileExistsError, match="my_music exists"):
+        write_collection(tmp_path / "my_music", tracks=5, heldout=2)
+    train = manifest_from_captions(tmp_path / "my_music" / "tracks.csv", tmp_path / "my_music", tmp_path / "t.jsonl",
+                                   id_column="track_id", group_column="artist")
+    heldout = manifest_from_captions(tmp_path / "my_music" / "heldout.csv", tmp_path / "my_music",
+                                     tmp_path / "h.jsonl", id_column="track_id", group_column="artist")
+    assert [item.id for item in train] == ["sr0000", "sr0001", "sr0002"]
+    assert [item.id for item in heldout] == ["sr0003", "sr0004"]
+    assert {item.group for item in train + heldout} == {"Saffron Reef"}
+    assert all("Saffron Reef" in item.caption for item in read_manifest(tmp_path / "t.jsonl"))
+    info = sf.info(str(train[0].path))
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, 22050)

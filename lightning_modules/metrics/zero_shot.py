@@ -37,7 +37,7 @@ class ZeroShotTagger(AudioTagger):
 
     def unreadable_labels(self) -> dict[str, list[str]]:
         """The labels whose prompt has words the CLAP's text tower cannot read, with those words: it cannot name
-        them, so recognition of them reads about 0 whatever the audio."""
+        them (such a label's prompt reduces to unknown tokens), so recognition of them says nothing about the audio."""
         unreadable = {label: self.embedder.unknown_words(label) for label in self.labels}
         return {label: words for label, words in unreadable.items() if words}
 
