@@ -11,6 +11,7 @@ from lightning_modules.unlearning.npo import NPO
 from lightning_modules.unlearning.random_label import RandomLabel
 from lightning_modules.unlearning.retain_finetune import RetainFinetune
 from lightning_modules.unlearning.salun import SalUn
+from lightning_modules.unlearning.simnpo import SimNPO
 
 __all__ = ["ESD", "EWC", "NPO", "ConceptAblation", "GradientAscent", "GradientDifference", "NegGradPlus",
-           "RandomLabel", "RetainFinetune", "SalUn", "UnlearningModule"]
+           "RandomLabel", "RetainFinetune", "SalUn", "SimNPO", "UnlearningModule"]

@@ -16,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.models.base import Batch
 from lightning_modules.unlearning.base import UnlearningModule
-from lightning_modules.unlearning.esd import Noised, noised_inputs
+from lightning_modules.unlearning.losses import Noised, noised_inputs
 
 
 class ConceptAblation(UnlearningModule):
@@ -29,37 +28,24 @@ class ConceptAblation(UnlearningModule):
     captions ``c`` on noised audio ``x_t``.
 
     Args:
-        model: the model to unlearn.
         anchor: the anchor concept; with `target`, it replaces `target` in each forget caption, otherwise it is the
             anchor caption of every item.
         target: the concept to ablate as it appears in the captions (e.g. ``Kestrel Drive``); every forget
             caption must contain it.
-        optimizer: builds the optimizer from the selected parameters.
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups to train.
         retain_weight: weight of the ordinary loss on the retain set (0: not computed with gradient).
         noised: whose audio is noised into ``x_t``: "retain" or "forget".
-        eval_seed: seed of the per-item timesteps and noise of validation losses.
+        parameter_groups: as in `UnlearningModule`, by default ``cross_attention``.
+        **kwargs: `UnlearningModule`'s other arguments (the model, optimizer, ...).
     """
 
     needs_reference = True
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        anchor: str,
-        target: str | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("cross_attention",),
-        retain_weight: float = 0.0,
-        noised: Noised = "retain",
-        eval_seed: int = 0,
-    ) -> None:
+    def __init__(self, *args, anchor: str, target: str | None = None, retain_weight: float = 0.0,
+                 noised: Noised = "retain", parameter_groups: Sequence[str] = ("cross_attention",), **kwargs) -> None:
         if target is not None and not target:
             raise ValueError("target is empty; give the concept as it appears in the captions, or leave it out to "
                              "use `anchor` as the caption of every item.")
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, eval_seed)
+        super().__init__(*args, parameter_groups=parameter_groups, **kwargs)
         self.anchor = anchor
         self.target = target
         self.retain_weight = retain_weight

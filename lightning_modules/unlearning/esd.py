@@ -15,27 +15,13 @@ real audio noised to a random timestep, so a step costs three network calls inst
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.models.base import Batch
 from lightning_modules.unlearning.base import UnlearningModule
-
-Noised = Literal["retain", "forget"]
-
-
-def cycled(captions: Sequence[str], count: int) -> list[str]:
-    """`count` captions taken from `captions` in turn (forget captions for a retain batch of another size)."""
-    return [captions[i % len(captions)] for i in range(count)]
-
-
-def noised_inputs(forget: Batch, retain: Batch, noised: Noised) -> tuple[Batch, list[str]]:
-    """The batch whose audio is noised into ``x_t`` and the forget captions, one per item of it."""
-    source = retain if noised == "retain" else forget
-    return source, cycled(forget["caption"], len(source["caption"]))
+from lightning_modules.unlearning.losses import Noised, noised_inputs
 
 
 class ESD(UnlearningModule):
@@ -43,30 +29,19 @@ class ESD(UnlearningModule):
     for the forget captions ``c`` on noised audio ``x_t``.
 
     Args:
-        model: the model to unlearn.
-        optimizer: builds the optimizer from the selected parameters.
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups to train (``cross_attention``: ESD-x).
         negative_guidance: ``eta``, how far past the unconditional prediction the target is pushed.
         noised: whose audio is noised into ``x_t``: "retain" or "forget".
-        eval_seed: seed of the per-item timesteps and noise of validation losses.
+        parameter_groups: as in `UnlearningModule`, by default ``cross_attention`` (ESD-x); ``all`` is ESD-u.
+        **kwargs: `UnlearningModule`'s other arguments (the model, optimizer, ...).
     """
 
     needs_reference = True
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("cross_attention",),
-        negative_guidance: float = 1.0,
-        noised: Noised = "retain",
-        eval_seed: int = 0,
-    ) -> None:
+    def __init__(self, *args, negative_guidance: float = 1.0, noised: Noised = "retain",
+                 parameter_groups: Sequence[str] = ("cross_attention",), **kwargs) -> None:
         if negative_guidance < 0:
             raise ValueError(f"negative_guidance must be non-negative, got {negative_guidance}.")
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, eval_seed)
+        super().__init__(*args, parameter_groups=parameter_groups, **kwargs)
         self.negative_guidance = negative_guidance
         self.noised = noised
 

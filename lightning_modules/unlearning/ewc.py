@@ -14,29 +14,23 @@ by the weights, the items and the seed); later runs and resumed runs read it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_modules.gradients import load_fisher, read_fisher_file, save_fisher, squared_gradients, weights_digest
 from lightning_modules.io import cache_key, default_cache_dir, reusable
-from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.models.base import Batch
 from lightning_modules.unlearning.base import UnlearningModule
-from lightning_modules.unlearning.esd import cycled
+from lightning_modules.unlearning.losses import cycled
 
 
 class EWC(UnlearningModule):
     """Minimises ``forget objective + retain_weight * loss(retain) + ewc_weight / 2 * sum F (theta - theta0)^2``.
 
     Args:
-        model: the model to unlearn.
-        optimizer: builds the optimizer from the selected parameters.
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups to train.
         forget_objective: "surrogate": the loss of retain audio under forget captions (Selective Amnesia);
             "ascent": minus the forget loss.
         ewc_weight: ``lambda``, the strength of the consolidation.
@@ -44,33 +38,24 @@ class EWC(UnlearningModule):
         fisher_path: the Fisher's file: read when it exists (and matches this run's weights and retain set),
             written otherwise; default a file in ``$TTM_UNLEARNING_CACHE/fisher``.
         fisher_draws: (timestep, noise) draws per retain item in the Fisher.
-        eval_seed: seed of the per-item timesteps and noise of validation losses and of the Fisher.
+        **kwargs: `UnlearningModule`'s arguments (the model, optimizer, parameter groups, ...); its `eval_seed` also
+            fixes the Fisher's timesteps and noise.
     """
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("all",),
-        forget_objective: Literal["surrogate", "ascent"] = "surrogate",
-        ewc_weight: float = 1000.0,
-        retain_weight: float = 1.0,
-        fisher_path: str | None = None,
-        fisher_draws: int = 1,
-        eval_seed: int = 0,
-    ) -> None:
+    def __init__(self, *args, forget_objective: Literal["surrogate", "ascent"] = "surrogate",
+                 ewc_weight: float = 1000.0, retain_weight: float = 1.0, fisher_path: str | None = None,
+                 fisher_draws: int = 1, **kwargs) -> None:
         if forget_objective not in ("surrogate", "ascent"):
             raise ValueError(f"forget_objective must be 'surrogate' or 'ascent', got {forget_objective!r}.")
         if ewc_weight < 0:
             raise ValueError(f"ewc_weight must be non-negative, got {ewc_weight}.")
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, eval_seed)
+        super().__init__(*args, **kwargs)
         self.forget_objective = forget_objective
         self.ewc_weight = ewc_weight
         self.retain_weight = retain_weight
         self.fisher_path = fisher_path
         self.fisher_draws = fisher_draws
-        self.names = model.parameter_names(self.trainable)
+        self.names = self.model.parameter_names(self.trainable)
         # theta0: the weights unlearning starts from, rebuilt from `model` on resume, so never checkpointed
         self.start = [param.detach().clone() for param in self.trainable]
         self.fisher: list[Tensor] | None = None

@@ -3,13 +3,9 @@ baseline of TOFU, Maini et al., 2024)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.models.base import Batch
 from lightning_modules.unlearning.base import UnlearningModule
 
 
@@ -17,26 +13,13 @@ class GradientDifference(UnlearningModule):
     """Minimises ``retain_weight * loss(retain) - forget_weight * loss(forget)``.
 
     Args:
-        model: the model to unlearn.
-        optimizer: builds the optimizer from the selected parameters.
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups to train.
         forget_weight: weight of the ascent on the forget loss.
         retain_weight: weight of the descent on the retain loss.
-        eval_seed: seed of the per-item timesteps and noise of validation losses.
+        **kwargs: `UnlearningModule`'s arguments (the model, optimizer, parameter groups, ...).
     """
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("all",),
-        forget_weight: float = 1.0,
-        retain_weight: float = 1.0,
-        eval_seed: int = 0,
-    ) -> None:
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, eval_seed)
+    def __init__(self, *args, forget_weight: float = 1.0, retain_weight: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.forget_weight = forget_weight
         self.retain_weight = retain_weight
 

@@ -3,12 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-
-from lightning_modules.models.base import TextToMusicModel
 from lightning_modules.unlearning.gradient_difference import GradientDifference
 
 
@@ -16,25 +10,12 @@ class NegGradPlus(GradientDifference):
     """Gradient Difference with weights ``alpha`` (retain) and ``1 - alpha`` (forget).
 
     Args:
-        model: the model to unlearn.
-        optimizer: builds the optimizer from the selected parameters.
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups to train.
         alpha: weight of the retain loss, in [0, 1]; the forget loss gets ``1 - alpha``.
-        eval_seed: seed of the per-item timesteps and noise of validation losses.
+        **kwargs: `UnlearningModule`'s arguments (the model, optimizer, parameter groups, ...).
     """
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("all",),
-        alpha: float = 0.9,
-        eval_seed: int = 0,
-    ) -> None:
+    def __init__(self, *args, alpha: float = 0.9, **kwargs) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, forget_weight=1.0 - alpha,
-                         retain_weight=alpha, eval_seed=eval_seed)
+        super().__init__(*args, forget_weight=1.0 - alpha, retain_weight=alpha, **kwargs)
         self.alpha = alpha

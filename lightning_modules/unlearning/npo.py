@@ -11,45 +11,29 @@ losses are computed at the same timesteps and noise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.models.base import Batch
 from lightning_modules.unlearning.base import UnlearningModule
+from lightning_modules.unlearning.losses import negative_preference
 
 
 class NPO(UnlearningModule):
     """NPO on the forget set, plus ``retain_weight * loss(retain)``.
 
     Args:
-        model: the model to unlearn.
-        optimizer: builds the optimizer from the selected parameters.
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups to train.
         beta: inverse temperature; as beta -> 0 the gradient approaches that of gradient ascent.
         retain_weight: weight of the ordinary loss on the retain set.
-        eval_seed: seed of the per-item timesteps and noise of validation losses.
+        **kwargs: `UnlearningModule`'s arguments (the model, optimizer, parameter groups, ...).
     """
 
     needs_reference = True
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("all",),
-        beta: float = 0.1,
-        retain_weight: float = 0.0,
-        eval_seed: int = 0,
-    ) -> None:
+    def __init__(self, *args, beta: float = 0.1, retain_weight: float = 0.0, **kwargs) -> None:
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}.")
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, eval_seed)
+        super().__init__(*args, **kwargs)
         self.beta = beta
         self.retain_weight = retain_weight
 
@@ -58,7 +42,7 @@ class NPO(UnlearningModule):
         forget_losses = self.model.loss(forget, generator=model_draws)
         with torch.no_grad():
             reference_losses = self.reference.loss(forget, generator=reference_draws)
-        npo = -(2 / self.beta) * F.logsigmoid(self.beta * (forget_losses - reference_losses)).mean()
+        npo = negative_preference(forget_losses - reference_losses, self.beta)
         loss, retain_loss = self.plus_retain(npo, retain, self.retain_weight)
         return {"loss": loss, "npo_loss": npo.detach(), "forget_loss": forget_losses.mean().detach(),
                 "retain_loss": retain_loss}

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.models.base import Batch
 from lightning_modules.unlearning.base import UnlearningModule
 
 
@@ -18,26 +17,13 @@ class RandomLabel(UnlearningModule):
     """Minimises ``loss(forget audio, random captions) + retain_weight * loss(retain)``.
 
     Args:
-        model: the model to unlearn.
-        optimizer: builds the optimizer from the selected parameters.
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups to train.
         captions: the captions to draw from; default the captions of the retain batch.
         retain_weight: weight of the ordinary loss on the retain set (0: not computed with gradient).
-        eval_seed: seed of the per-item timesteps and noise of validation losses.
+        **kwargs: `UnlearningModule`'s arguments (the model, optimizer, parameter groups, ...).
     """
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("all",),
-        captions: Sequence[str] | None = None,
-        retain_weight: float = 0.0,
-        eval_seed: int = 0,
-    ) -> None:
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, eval_seed)
+    def __init__(self, *args, captions: Sequence[str] | None = None, retain_weight: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         if captions is not None and not captions:
             raise ValueError("captions is empty; give some captions or leave it out to draw from the retain batch.")
         self.captions = list(captions) if captions is not None else None

@@ -9,15 +9,12 @@ per run, sharded across processes, and kept in checkpoints so that a resumed run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_modules.gradients import loss_gradient, saliency_mask
-from lightning_modules.models.base import TextToMusicModel
 from lightning_modules.unlearning.random_label import RandomLabel
 
 CHECKPOINT_KEY = "salun_mask"
@@ -27,31 +24,17 @@ class SalUn(RandomLabel):
     """`RandomLabel` (with the retain loss) restricted to the weights salient for the forget set.
 
     Args:
-        model: the model to unlearn.
-        optimizer: builds the optimizer from the selected parameters (keep weight decay at 0: decay would move
-            the masked weights too).
-        lr_scheduler: builds a learning-rate scheduler; none when not given.
-        parameter_groups: names of the model's parameter groups among which saliency is ranked.
-        saliency_fraction: share of the selected weights that are trained, in (0, 1] (the paper: 0.5).
-        captions: the captions random labels are drawn from; default the captions of the retain batch.
+        saliency_fraction: share of the selected weights that are trained, in (0, 1] (the paper: 0.5); saliency is
+            ranked among the weights of `parameter_groups`.
         retain_weight: weight of the ordinary loss on the retain set.
-        eval_seed: seed of the per-item timesteps and noise of validation losses and of the saliency pass.
+        **kwargs: `RandomLabel`'s `captions` and `UnlearningModule`'s arguments (the model, the optimizer: keep its
+            weight decay at 0, as decay would move the masked weights too; `eval_seed` also fixes the saliency pass).
     """
 
-    def __init__(
-        self,
-        model: TextToMusicModel,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        parameter_groups: Sequence[str] = ("all",),
-        saliency_fraction: float = 0.5,
-        captions: Sequence[str] | None = None,
-        retain_weight: float = 1.0,
-        eval_seed: int = 0,
-    ) -> None:
+    def __init__(self, *args, saliency_fraction: float = 0.5, retain_weight: float = 1.0, **kwargs) -> None:
         if not 0.0 < saliency_fraction <= 1.0:
             raise ValueError(f"saliency_fraction must lie in (0, 1], got {saliency_fraction}.")
-        super().__init__(model, optimizer, lr_scheduler, parameter_groups, captions, retain_weight, eval_seed)
+        super().__init__(*args, retain_weight=retain_weight, **kwargs)
         self.saliency_fraction = saliency_fraction
         self.mask: list[Tensor] | None = None  # one bool tensor per trainable parameter, once computed or restored
 

@@ -22,12 +22,13 @@ from lightning_modules.unlearning import (
     RandomLabel,
     RetainFinetune,
     SalUn,
+    SimNPO,
     UnlearningModule,
 )
 from tests.conftest import TINY_SAMPLES, poison_loss
 
 METHODS = [GradientAscent, GradientDifference, NegGradPlus, RandomLabel, RetainFinetune, NPO, ESD, ConceptAblation,
-           SalUn, EWC]
+           SalUn, EWC, SimNPO]
 REQUIRED = {ConceptAblation: {"anchor": "a piece"}}  # arguments without a default
 
 
@@ -46,6 +47,14 @@ def _step(module, batch) -> dict:
     terms["loss"].backward()
     optimizer.step()
     return terms
+
+
+def _forget_loss_after_steps(module, batch, steps: int = 3) -> tuple[float, float]:
+    """The mean forget loss at fixed noise before and after `steps` optimizer steps on `batch`."""
+    before = module.fixed_loss(batch).mean().item()
+    for _ in range(steps):
+        _step(module, batch)
+    return before, module.fixed_loss(batch).mean().item()
 
 
 def _data(corpus) -> ForgetRetainDataModule:
@@ -113,12 +122,27 @@ def test_reference_shares_frozen_weights_copies_trained_ones_and_stays_out_of_ch
 def test_npo_starts_at_its_closed_form_and_raises_the_forget_loss(tiny_model, tiny_batch):
     module = NPO(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.05), beta=0.5)
     assert module.objective(tiny_batch, tiny_batch)["npo_loss"].item() == pytest.approx(2 / 0.5 * math.log(2))
-    fixed_before = module.fixed_loss(tiny_batch).mean()
-    for _ in range(3):
-        _step(module, tiny_batch)
-    assert module.fixed_loss(tiny_batch).mean() > fixed_before
+    before, after = _forget_loss_after_steps(module, tiny_batch)
+    assert after > before
     with pytest.raises(ValueError, match="beta"):
         NPO(tiny_model, beta=0.0)
+
+
+def test_simnpo_is_its_closed_form_keeps_no_reference_and_raises_the_forget_loss(tiny_model, tiny_batch):
+    module = SimNPO(tiny_model, optimizer=lambda params: torch.optim.SGD(params, lr=0.05), beta=2.0, delta=0.1,
+                    forget_weight=0.5, retain_weight=0.0)
+    assert not module._reference  # NPO's frozen copy is what SimNPO drops
+    torch.manual_seed(0)
+    losses = tiny_model.loss(tiny_batch)  # the objective's draws: the same global seed
+    torch.manual_seed(0)
+    terms = module.objective(tiny_batch, tiny_batch)
+    expected = -(2 / 2.0) * torch.nn.functional.logsigmoid(2.0 * (losses - 0.1)).mean()
+    assert terms["simnpo_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(0.5 * expected.item(), rel=1e-6)
+    before, after = _forget_loss_after_steps(module, tiny_batch)
+    assert after > before
+    with pytest.raises(ValueError, match="beta"):
+        SimNPO(tiny_model, beta=0.0)
 
 
 def test_random_label_draws_wrong_captions_from_the_pool(tiny_model, tiny_batch):
