@@ -170,8 +170,45 @@ def table(reports: dict[str, list[dict]]) -> tuple[str, list[dict], list[str]]:
               "prompts or items" + (" (the mean of the seeds' bounds)." if seeds > 1 else ".")]
     comparisons = consistent_wins(reports)
     if comparisons:
-        lines += ["", f"Better in every one of the {seeds} seed(s):", *(f"- {line}" for line in comparisons)]
+        lines += ["", f"Leaders: the methods no other beats in every one of the {seeds} seed(s), per column:",
+                  *(f"- {title}: {', '.join(names)}" for title, names in unbeaten(reports).items()),
+                  "", f"Better in every one of the {seeds} seed(s):", *(f"- {line}" for line in comparisons)]
     return "\n".join(lines), rows, comparisons
+
+
+def oracle_table(reports: dict[str, list[dict]]) -> tuple[str, list[dict]]:
+    """Markdown and rows of the three numbers against the oracle (open-unlearning's condensation), per method over its
+    seeds: forget quality (the KS test's p-value of the forget set's per-item losses against the oracle's, each seed's:
+    p-values do not average), privacy leakage (membership AUC relative to the oracle's, %) and model utility (harmonic
+    mean of the retain and near measures over the base's; the oracle's is about 1)."""
+    rows = []
+    for name, runs in reports.items():
+        scores = [run.get("against_oracle") or {} for run in runs]
+        quality = [score.get("forget_quality", {}).get("loss") for score in scores]
+        row = {"method": name, "forget quality (KS p, loss) ↑": None if None in quality else quality}
+        for key, title, path in (("privacy_leakage", "privacy leakage (%) → 0", ()),
+                                 ("model_utility", "model utility ↑", ("after",))):
+            cells = [score.get(key) for score in scores]
+            for step in path:
+                cells = [cell.get(step) if cell else None for cell in cells]
+            if None in cells:
+                row[title] = None
+                continue
+            values = [cell["value"] for cell in cells]
+            mean = sum(values) / len(values)
+            row[title] = {"mean": mean, "low": sum(c["low"] for c in cells) / len(cells),
+                          "high": sum(c["high"] for c in cells) / len(cells), "values": values}
+            if len(values) > 1:
+                row[title]["std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        rows.append(row)
+    header = ["method", "forget quality (KS p, loss) ↑", "privacy leakage (%) → 0", "model utility ↑"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        quality = row[header[1]]
+        cells = [row["method"], "–" if quality is None else ", ".join(f"{p:.1e}" for p in quality),
+                 *(_format(row[key]) for key in header[2:])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), rows
 
 
 def _cells(runs: list[dict], column: str) -> dict:
@@ -214,15 +251,14 @@ def tradeoff_points(reports: dict[str, list[dict]]) -> dict[str, dict[str, dict[
     return points
 
 
-def consistent_wins(reports: dict[str, list[dict]]) -> list[str]:
-    """Per column with a direction, the pairs of methods where one is better than the other in every seed (paired
-    by seed), as "column: A > B, ..." lines; the comparison needs the same number of seeds for every method."""
-    lines = []
-    names = list(reports)
+def _wins(reports: dict[str, list[dict]]) -> dict[str, list[tuple[str, str]]]:
+    """Per column with a direction, the pairs (A, B) of methods where A is better than B in every seed (paired by
+    seed); the comparison needs the same number of seeds for every method."""
+    names, wins = list(reports), {}
     for split, metric, title, direction in COLUMNS:
         if not direction:
             continue
-        wins = []
+        wins[title] = []
         for a in names:
             for b in names:
                 pairs = list(zip(reports[a], reports[b], strict=True))
@@ -230,17 +266,29 @@ def consistent_wins(reports: dict[str, list[dict]]) -> list[str]:
                            y["columns"]["after"].get(split, {}).get(metric)) for x, y in pairs]
                 if a != b and values and all(u is not None and v is not None and direction * (u - v) > 0
                                              for u, v in values):
-                    wins.append(f"{a} > {b}")
-        if wins:
-            lines.append(f"{title}: " + ", ".join(wins))
-    return lines
+                    wins[title].append((a, b))
+    return wins
+
+
+def consistent_wins(reports: dict[str, list[dict]]) -> list[str]:
+    """The pairs of `_wins` as "column: A > B, ..." lines, for the columns that have any."""
+    return [f"{title}: " + ", ".join(f"{a} > {b}" for a, b in pairs) for title, pairs in _wins(reports).items()
+            if pairs]
+
+
+def unbeaten(reports: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """Per column with a direction, the methods no other method beats in every seed: the leaders a table may name
+    (one where a single method beats every other, several where the seeds cannot order them)."""
+    return {title: [name for name in reports if not any(b == name for _, b in pairs)]
+            for title, pairs in _wins(reports).items() if pairs}
 
 
 def _format(value: object) -> str:
     if value is None:
         return "–"
     if isinstance(value, dict):
-        number = lambda x: f"{x:.0f}" if abs(x) >= 10 else f"{x:.3f}"  # noqa: E731
+        digits = 0 if abs(value["mean"]) >= 10 else 3  # one precision per cell, set by its mean
+        number = lambda x: f"{x:.{digits}f}"  # noqa: E731
         text = number(value["mean"]) + (f" ± {number(value['std'])}" if "std" in value else "")
         return text + (f" [{number(value['low'])}, {number(value['high'])}]" if "low" in value else "")
     return str(value)
@@ -274,11 +322,16 @@ def main() -> None:
     reports = {name: [run_method(name, out, trainer, args.data, extra, args.force, seed) for seed in range(args.seeds)]
                for name in methods}
     markdown, rows, comparisons = table(reports)
+    against, oracle_rows = oracle_table(reports)
+    markdown += ("\n\nAgainst the oracle (forget quality: each seed's p-value, high is indistinguishable from the "
+                 "oracle; privacy leakage and model utility: mean ± sd over the seeds [mean 95 % interval]):\n\n"
+                 + against)
     write_text_atomic(out / "methods.md", markdown + "\n")
     with atomic_file(out / "tradeoff.png") as tmp:
         tradeoff_figure(tradeoff_points(reports), f"{out.name}: forget against retain (mean over seeds; bars: the "
                         "mean 95 % interval)").savefig(tmp, format="png", dpi=100)
-    write_json_atomic(out / "methods.json", {"rows": rows, "comparisons": comparisons, "seeds": args.seeds,
+    write_json_atomic(out / "methods.json", {"rows": rows, "against_oracle": oracle_rows, "comparisons": comparisons,
+                                             "seeds": args.seeds,
                                              "runs": {name: [r["run"] for r in runs] for name, runs in reports.items()},
                                              "trainer": args.trainer, "oracle": args.oracle, "data": args.data,
                                              "generations": generations,

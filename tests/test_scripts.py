@@ -81,6 +81,8 @@ def test_compare_methods_table_over_seeds_and_the_wins_that_hold_in_every_seed()
     assert a["mean"] == 3.0 and a["std"] == pytest.approx(2 ** 0.5) and (a["low"], a["high"]) == (2.0, 3.0)
     assert "| a | 3.000 ± 1.414 [2.000, 3.000] |" in markdown
     assert wins == ["forget loss ↑: a > b"]  # c vs a or b flips with the seed; retain losses tie
+    assert compare_methods.unbeaten(reports) == {"forget loss ↑": ["a", "c"]}  # the seeds cannot order a and c
+    assert "- forget loss ↑: a, c\n" in markdown
     assert "mean ± standard deviation over 2 training seeds" in markdown
     with pytest.raises(SystemExit, match="'before' column differs"):
         compare_methods.table({"a": [_report(2.0)], "b": [_report(2.0, before=0.9)]})
@@ -136,3 +138,18 @@ def test_the_stand_in_collection_is_what_make_manifest_reads(tmp_path):
     assert all("Saffron Reef" in item.caption for item in read_manifest(tmp_path / "t.jsonl"))
     info = sf.info(str(train[0].path))
     assert (info.samplerate, info.channels, info.frames) == (44100, 2, 22050)
+
+
+def test_the_oracle_table_keeps_each_seeds_p_value_and_averages_the_intervals():
+    def run(p: float, leak: float, utility: float) -> dict:
+        cell = lambda v: {"value": v, "low": v - 1, "high": v + 1, "n": 40}  # noqa: E731
+        return {"against_oracle": {"forget_quality": {"loss": p}, "privacy_leakage": cell(leak),
+                                   "model_utility": {"after": cell(utility), "oracle": cell(1.0)}}}
+
+    markdown, rows = compare_methods.oracle_table({"npo": [run(1e-5, 20.0, 0.5), run(3e-2, 40.0, 0.7)],
+                                                   "esd": [run(0.5, 10.0, 0.9), {}]})
+    assert rows[0]["forget quality (KS p, loss) ↑"] == [1e-5, 3e-2]  # p-values are not averaged
+    leak = rows[0]["privacy leakage (%) → 0"]
+    assert (leak["mean"], leak["low"], leak["high"]) == (30.0, 29.0, 31.0) and leak["std"] == pytest.approx(200 ** 0.5)
+    assert "| npo | 1.0e-05, 3.0e-02 | 30 ± 14 [29, 31] | 0.600 ± 0.141 [-0.400, 1.600] |" in markdown
+    assert "| esd | – | – | – |" in markdown  # a seed without the oracle's scores: no number, not a partial mean
