@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 # GA x1.53 / x1.044, GD x3.25 / x1.29, NegGrad+ x1.0125 / x1.0013, NPO x4.98 / x1.43, RandomLabel x1.010 / x1.098,
 # RetainFinetune x1.0006 / x0.9998, SalUn x1.0062 / x1.046, EWC x1.12 / x1.027. Each bound keeps about a third of the
 # measured rise of the forget loss as margin, and the retain bound sits above the measured rise by about a third of it
-# (at least 0.01): the random-labeling methods barely move the forget loss in the toy world.
+# (at least 0.01): the random-labeling methods barely move the forget loss in the toy world. SimNPO at
+# open-unlearning's defaults (added later, reports/methods/runs/simnpo/seed0, 1 thread): x1.0048 / x1.0010.
 LOSS_JUDGED = {
     "gradient_ascent": (1.3, None),
     "gradient_difference": (2.0, 1.4),
@@ -35,6 +36,7 @@ LOSS_JUDGED = {
     "retain_finetune": (None, 1.01),
     "salun": (1.0, 1.08),
     "ewc": (1.05, 1.05),
+    "simnpo": (1.003, 1.011),
 }
 # the most recognition of the artist after (16 forget prompts, the toy CLAP; before: 0.94 to 1.0; measured after:
 # ESD 0.0, Concept Ablation 0.0; the bound allows 4 of the 16 clips)
