@@ -27,11 +27,15 @@ pytestmark = pytest.mark.slow
 # measured rise of the forget loss as margin, and the retain bound sits above the measured rise by about a third of it
 # (at least 0.01): the random-labeling methods barely move the forget loss in the toy world. SimNPO at
 # open-unlearning's defaults (added later, reports/methods/runs/simnpo/seed0, 1 thread): x1.0048 / x1.0010.
+# Three training seeds (reports/methods/runs/*/seed{0,1,2}; the test runs seed 0) moved three bounds, each to the rule
+# above applied to its least forget rise and largest retain rise over the seeds: Gradient Ascent forget x1.53 / x1.33 /
+# x2.01, Gradient Difference retain x1.29 / x1.49 / x1.57 (1.4 held in seed 0 only), NPO forget x4.98 / x3.21 / x3.21.
+# The other bounds hold in all three seeds (min / max over seeds within the margins).
 LOSS_JUDGED = {
-    "gradient_ascent": (1.3, None),
-    "gradient_difference": (2.0, 1.4),
+    "gradient_ascent": (1.2, None),
+    "gradient_difference": (2.0, 1.76),
     "neg_grad_plus": (1.005, 1.02),
-    "npo": (2.5, 1.6),
+    "npo": (2.4, 1.6),
     "random_label": (1.0, 1.15),
     "retain_finetune": (None, 1.01),
     "salun": (1.0, 1.08),
