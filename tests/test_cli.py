@@ -57,6 +57,7 @@ def _ddp_tolerance(name: str) -> dict:
     return {"rel": 0, "abs": 0.5} if name == "kad" else {"rel": 5e-3, "abs": 1e-3}
 
 
+@pytest.mark.ddp
 def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_corpus, tiny_model_dir, tiny_clap_dir):
     single = _run(write_config(tmp_path / "single", tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=1))
     ddp = _run(write_config(tmp_path / "ddp", tiny_corpus, tiny_model_dir, tiny_clap_dir, max_steps=1),
@@ -74,6 +75,7 @@ def test_ddp_on_two_cpu_processes_measures_what_one_process_does(tmp_path, tiny_
     assert (ddp["dir"] / "pretrained" / "toy_ttm.json").is_file()
 
 
+@pytest.mark.ddp
 def test_ewc_fisher_sharded_over_two_processes_is_the_single_process_fisher(tmp_path, tiny_corpus, tiny_model_dir):
     import torch
     import yaml
@@ -94,6 +96,7 @@ def test_ewc_fisher_sharded_over_two_processes_is_the_single_process_fisher(tmp_
         assert torch.allclose(ddp[name], value, rtol=1e-4, atol=1e-12), name
 
 
+@pytest.mark.ddp
 def test_bf16_mixed_on_cpu_trains_in_bf16_and_measures_in_float32(tmp_path, tiny_corpus, tiny_model_dir,
                                                                      tiny_clap_dir):
     """On CPU, autocast is emulated and far slower than float32, so the evaluation measures in float32
@@ -124,6 +127,7 @@ def test_every_config_parses(config, capsys, monkeypatch):
     assert "class_path" in capsys.readouterr().out
 
 
+@pytest.mark.ddp
 def test_bad_forget_group_fails_before_training_with_a_clear_message(tmp_path, tiny_corpus, tiny_model_dir):
     config = write_config(tmp_path, tiny_corpus, tiny_model_dir)
     result = subprocess.run([sys.executable, "train.py", "fit", "--config", str(config),

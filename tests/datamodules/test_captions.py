@@ -35,6 +35,7 @@ def folder(tmp_path):
     return tmp_path
 
 
+@pytest.mark.ddp
 def test_musiccaps_rows_become_a_manifest_with_offsets_and_groups(folder):
     table = _table(folder / "caps.csv", [("abc", 0.5, 1.5, "[]", "calm piano", "4"),
                                          ("def", 0, 1, "[]", "fast drums", "7")])

@@ -341,6 +341,7 @@ def _weights(folder: Path) -> dict:
     return {key: value for file in sorted(folder.rglob("*.safetensors")) for key, value in load_file(file).items()}
 
 
+@pytest.mark.ddp
 def test_two_processes_at_the_same_global_batch_train_what_one_does(tmp_path, tiny_corpus, tiny_model_dir):
     """2 forget + 2 retain items per step, 3 steps of SGD: one process takes 2 of each, each of two DDP processes 1."""
     weights = {}

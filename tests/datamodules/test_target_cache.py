@@ -47,6 +47,7 @@ def _attach(data: ForgetRetainDataModule, model, stage: str = "fit") -> ForgetRe
     return data
 
 
+@pytest.mark.ddp
 def test_encoding_pass_resumes_and_losses_read_the_cache(tiny_corpus, tiny_model_dir, tiny_model, tmp_path):
     cache_dir = tmp_path / "cache"
     _encode(tiny_corpus, tiny_model_dir, cache_dir)
@@ -94,6 +95,7 @@ def test_the_key_follows_the_encoder_and_the_clip_length(tiny_model, tiny_model_
     assert other.targets_key() != tiny_model.targets_key()
 
 
+@pytest.mark.ddp
 def test_encoding_sharded_over_two_processes_writes_every_item_once(tiny_corpus, tiny_model_dir, tiny_model,
                                                                     tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"

@@ -29,7 +29,7 @@ from datamodules.target_cache import TargetCache
 from lightning_modules.attribution.fisher import read_fisher
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.ddp]
 
 SEED = int(os.environ.get("TTM_KILL_SEED", "0"))
 STARTUP_S = 600  # train.py took 12 s to start on 2 lightly loaded cores, 107 s at a load average of 9

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, write_config
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.ddp]
 
 SEED = int(os.environ.get("TTM_KILL_SEED", "0"))
 STEPS = 8

@@ -101,6 +101,7 @@ def test_a_bad_file_is_refused_by_name_and_the_pass_computes_it_again(tmp_path, 
     assert all(torch.allclose(rebuilt[name], fisher[name], rtol=1e-6, atol=0) for name in fisher)
 
 
+@pytest.mark.ddp
 def test_two_ddp_processes_give_the_single_process_fisher(tmp_path, tiny_corpus, tiny_model_dir):
     _predict(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus, tmp_path / "single.pt")
     config = yaml.safe_load((REPO / "configs" / "attribution" / "fisher.yaml").read_text())

@@ -25,6 +25,8 @@ from lightning_modules.attribution.sweep import sweep_losses
 from lightning_modules.models import ToyTextToMusic
 from tests.conftest import REPO, TINY_SAMPLES
 
+pytestmark = pytest.mark.ddp  # every test here runs processes: DDP or the CLI in a subprocess
+
 GROUPS = "[cross_attention]"
 LR = 1e-4
 STEPS = 1

@@ -397,6 +397,7 @@ def import_probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.ddp
 def test_importing_the_embedder_modules_imports_no_heavy_package(import_probe: dict) -> None:
     assert import_probe["import"] == []
 
@@ -410,6 +411,7 @@ def test_importing_the_embedder_modules_imports_no_heavy_package(import_probe: d
     ("laion-clap", "music_audioset_epoch_15_esc_90.14.pt"),
     ("laion-clap-text-model", "roberta-base"),
 ])
+@pytest.mark.ddp
 def test_missing_weights_raise_before_any_heavy_import(import_probe: dict, case: str, expected: str) -> None:
     assert import_probe[case].startswith("FileNotFoundError: ")
     assert expected in import_probe[case]

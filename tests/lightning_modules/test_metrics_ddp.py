@@ -29,6 +29,8 @@ from lightning_modules.metrics import (
     TextAudioEmbedder,
 )
 
+pytestmark = pytest.mark.ddp  # every test here runs processes: DDP or the CLI in a subprocess
+
 RATE = 8000
 WINDOW = 64
 DIM = 8

@@ -118,6 +118,7 @@ def test_model_baselines_under_inference_mode(tiny_corpus, tiny_model, queries, 
     assert module.scores[:2].argmax(dim=1).tolist() == [1, 6]  # the training tracks among the queries
 
 
+@pytest.mark.ddp
 def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, queries, single_run):
     _, _, single_dir = single_run("gradient")
     config = yaml.safe_load((REPO / "configs" / "attribution" / "similarity_gradient.yaml").read_text())

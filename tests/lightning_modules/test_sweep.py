@@ -169,6 +169,7 @@ def _cli_sweep(tiny_corpus, tiny_model_dir, sweep_dir: Path, *flags: str) -> Non
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.ddp
 def test_two_ddp_processes_give_the_losses_of_one(reference, tiny_corpus, tiny_model_dir, tmp_path):
     folder = tmp_path / "ddp"
     _cli_sweep(tiny_corpus, tiny_model_dir, folder, "--trainer.strategy=ddp", "--trainer.devices=2")
