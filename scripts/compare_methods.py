@@ -171,10 +171,11 @@ def table(reports: dict[str, list[dict]]) -> tuple[str, list[dict], list[str]]:
     lines += ["", (f"Each method: mean ± standard deviation over {seeds} training seeds; " if seeds > 1 else
                    "One training seed per method; ") + "[low, high]: the evaluation's 95 % bootstrap interval over its "
               "prompts or items" + (" (the mean of the seeds' bounds)." if seeds > 1 else ".")]
-    comparisons = consistent_wins(reports)
+    wins = _wins(reports)
+    comparisons = consistent_wins(reports, wins)
     if comparisons:
         lines += ["", f"Leaders: the methods no other beats in every one of the {seeds} seed(s), per column:",
-                  *(f"- {title}: {', '.join(names)}" for title, names in unbeaten(reports).items()),
+                  *(f"- {title}: {', '.join(names)}" for title, names in unbeaten(reports, wins).items()),
                   "", f"Better in every one of the {seeds} seed(s):", *(f"- {line}" for line in comparisons)]
     return "\n".join(lines), rows, comparisons
 
@@ -197,12 +198,7 @@ def oracle_table(reports: dict[str, list[dict]]) -> tuple[str, list[dict]]:
             if None in cells:
                 row[title] = None
                 continue
-            values = [cell["value"] for cell in cells]
-            mean = sum(values) / len(values)
-            row[title] = {"mean": mean, "low": sum(c["low"] for c in cells) / len(cells),
-                          "high": sum(c["high"] for c in cells) / len(cells), "values": values}
-            if len(values) > 1:
-                row[title]["std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            row[title] = _over_seeds([cell["value"] for cell in cells], cells)
         rows.append(row)
     header = ["method", "forget quality (KS p, loss) ↑", "privacy leakage (%) → 0", "model utility ↑"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -234,15 +230,20 @@ def _cells(runs: list[dict], column: str) -> dict:
             cells[title] = None
             continue
         intervals = [run.get("intervals", {}).get(column, {}).get(split, {}).get(metric) for run in runs]
-        mean = sum(values) / len(values)
-        cell = {"mean": mean, "values": values}
-        if len(values) > 1:
-            cell["std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        if None not in intervals:
-            cell["low"] = sum(i["low"] for i in intervals) / len(intervals)
-            cell["high"] = sum(i["high"] for i in intervals) / len(intervals)
-        cells[title] = cell
+        cells[title] = _over_seeds(values, intervals if None not in intervals else None)
     return cells
+
+
+def _over_seeds(values: list[float], intervals: list[dict] | None) -> dict:
+    """One cell over seeds: the mean, the standard deviation (from two seeds on) and the mean interval bounds."""
+    mean = sum(values) / len(values)
+    cell = {"mean": mean, "values": values}
+    if len(values) > 1:
+        cell["std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    if intervals is not None:
+        cell["low"] = sum(i["low"] for i in intervals) / len(intervals)
+        cell["high"] = sum(i["high"] for i in intervals) / len(intervals)
+    return cell
 
 
 def tradeoff_points(reports: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, dict]]]:
@@ -284,17 +285,18 @@ def _wins(reports: dict[str, list[dict]]) -> dict[str, list[tuple[str, str]]]:
     return wins
 
 
-def consistent_wins(reports: dict[str, list[dict]]) -> list[str]:
-    """The pairs of `_wins` as "column: A > B, ..." lines, for the columns that have any."""
-    return [f"{title}: " + ", ".join(f"{a} > {b}" for a, b in pairs) for title, pairs in _wins(reports).items()
-            if pairs]
+def consistent_wins(reports: dict[str, list[dict]], wins: dict | None = None) -> list[str]:
+    """The pairs of `_wins` (given, or computed) as "column: A > B, ..." lines, for the columns that have any."""
+    wins = _wins(reports) if wins is None else wins
+    return [f"{title}: " + ", ".join(f"{a} > {b}" for a, b in pairs) for title, pairs in wins.items() if pairs]
 
 
-def unbeaten(reports: dict[str, list[dict]]) -> dict[str, list[str]]:
+def unbeaten(reports: dict[str, list[dict]], wins: dict | None = None) -> dict[str, list[str]]:
     """Per column with a direction, the methods no other method beats in every seed: the leaders a table may name
     (one where a single method beats every other, several where the seeds cannot order them)."""
+    wins = _wins(reports) if wins is None else wins
     return {title: [name for name in reports if not any(b == name for _, b in pairs)]
-            for title, pairs in _wins(reports).items() if pairs}
+            for title, pairs in wins.items() if pairs}
 
 
 def _format(value: object) -> str:
