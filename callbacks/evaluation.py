@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from callbacks.html_report import write_html_report
-from callbacks.measuring import fixed_losses, measuring_precision, per_item_values
+from callbacks.measuring import fixed_losses, fixed_noise_seed, measuring_precision, per_item_values
 from callbacks.oracle_scores import Replicates, scores_against_oracle
 from callbacks.plots import mel_png, metric_bars, png_array, tradeoff_figure
 from callbacks.report import (
@@ -42,7 +42,8 @@ from callbacks.report import (
     markdown_table,
     run_hyperparameters,
 )
-from datamodules.provenance import RECORD_FILE, DefinesOracle, TrainingRecord, check_oracle
+from datamodules.interfaces import DefinesOracle, HasEvalSets, require
+from datamodules.provenance import RECORD_FILE, TrainingRecord, check_oracle
 from lightning_modules.io import (
     CorruptFileError,
     TensorField,
@@ -123,7 +124,8 @@ class UnlearningEvaluation(Callback):
         num_prompts: generations per set, from captions evenly spaced over the set's evaluation items; more than the set
             has items cycles through them, each generation with its own seed.
         every_n_train_steps: also evaluate every this many optimizer steps; 0 for start and end only.
-        seed: generation uses seed ``seed + i`` for prompt ``i``; losses use it for their timesteps and noise.
+        seed: generation uses seed ``seed + i`` for prompt ``i``; losses use it for their timesteps and noise, and the
+            bootstrap for its resamples; default the module's ``eval_seed``.
         num_inference_steps: sampling steps; default the model's.
         guidance_scale: classifier-free guidance; default the model's.
         batch_size: prompts or items per batch.
@@ -155,7 +157,7 @@ class UnlearningEvaluation(Callback):
         judge: AudioTagger | None = None,
         num_prompts: int = 16,
         every_n_train_steps: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         batch_size: int = 16,
@@ -220,14 +222,15 @@ class UnlearningEvaluation(Callback):
     # ----------------------------------------------------------------------------------------------------- set-up
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        if not hasattr(datamodule, "eval_datasets"):
-            raise TypeError(f"UnlearningEvaluation needs a DataModule with eval_datasets() (such as "
-                            f"ForgetRetainDataModule), got {type(datamodule).__name__}.")
+        require(datamodule, HasEvalSets, "UnlearningEvaluation", "datamodules.ForgetRetainDataModule")
         self.datasets = datamodule.eval_datasets()
         if self.oracle is not None:
             self.oracle_provenance = self._check_oracle(datamodule)
-        if self.clap is None:
-            return
+        if self.clap is not None:
+            self._set_up_metrics(datamodule)
+
+    def _set_up_metrics(self, datamodule: Any) -> None:
+        """The CLAP's metrics per evaluated set, after checking the groups recognition needs."""
         groups = sorted({item.group for items in datamodule.sets.values() for item in items if item.group})
         ungrouped = [item.id for items in datamodule.sets.values() for item in items if not item.group]
         if groups and ungrouped:
@@ -565,6 +568,7 @@ class UnlearningEvaluation(Callback):
                                                       for split, chart in charts.items()})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seed = fixed_noise_seed(self.seed, pl_module, "UnlearningEvaluation")
         if "before" not in self.columns:  # a resumed run keeps the "before" of its start, restored from the checkpoint
             self._record(trainer, "before", self.evaluate_before(trainer, pl_module.model),
                          pl_module.model.sample_rate)
@@ -612,6 +616,7 @@ class UnlearningEvaluation(Callback):
         self._evaluate_stage(trainer, pl_module)
 
     def _evaluate_stage(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seed = fixed_noise_seed(self.seed, pl_module, "UnlearningEvaluation")
         if "before" not in self.columns and self.base is not None:
             base = self.evaluate_pretrained(trainer, pl_module.model, self.base, "before (the base model)")
             self.columns["before"], self.samples["before"] = base.results, base.samples

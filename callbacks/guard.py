@@ -21,8 +21,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from callbacks.evaluation import UnlearningEvaluation
-from callbacks.measuring import fixed_losses
+from callbacks.measuring import fixed_losses, fixed_noise_seed
+from datamodules.interfaces import HasEvalSets, require
 from lightning_modules.io import write_json_atomic
+from lightning_modules.module import TrainsSelectedWeights
 from lightning_modules.passes import NonFiniteLossError, measuring
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ class UnlearningGuard(Callback):
         check_every_n_steps: measure the retain loss (and renew the snapshot) every this many optimizer steps.
         num_items: retain items measured: the first this many of ``eval_datasets()["retain"]``.
         batch_size: items per batch of the measurement.
-        seed: seed of the per-item timesteps and noise.
+        seed: seed of the per-item timesteps and noise; default the module's ``eval_seed``.
     """
 
     def __init__(
@@ -76,7 +78,7 @@ class UnlearningGuard(Callback):
         check_every_n_steps: int = 10,
         num_items: int = 16,
         batch_size: int = 16,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if not (math.isfinite(max_retain_ratio) and max_retain_ratio > 1.0):
             raise ValueError(f"max_retain_ratio must be a finite number above 1 (e.g. 1.5), got {max_retain_ratio}.")
@@ -110,13 +112,11 @@ class UnlearningGuard(Callback):
                 raise ValueError("List UnlearningGuard before UnlearningEvaluation (every_n_train_steps="
                                  f"{callback.every_n_train_steps}) in trainer.callbacks: otherwise the evaluation at "
                                  "the step the guard trips measures the runaway weights instead of the restored ones.")
-        if not hasattr(pl_module, "trainable") or not hasattr(pl_module, "model"):
+        if not isinstance(pl_module, TrainsSelectedWeights):
             raise TypeError(f"UnlearningGuard needs a TextToMusicModule (with `model` and `trainable`), got "
                             f"{type(pl_module).__name__}.")
         datamodule = trainer.datamodule
-        if not hasattr(datamodule, "eval_datasets"):
-            raise TypeError(f"UnlearningGuard needs a DataModule with eval_datasets() (such as "
-                            f"ForgetRetainDataModule), got {type(datamodule).__name__}.")
+        require(datamodule, HasEvalSets, "UnlearningGuard", "datamodules.ForgetRetainDataModule")
         datasets = datamodule.eval_datasets()
         if "retain" not in datasets:
             raise ValueError(f"UnlearningGuard measures the retain set, but eval_datasets() has only "
@@ -129,7 +129,8 @@ class UnlearningGuard(Callback):
         and the model's train / eval mode are left as they were."""
         indices = list(range(min(self.num_items, len(self.dataset))))
         with measuring(pl_module.model, trainer.strategy.root_device):
-            losses = fixed_losses(trainer, pl_module.model, self.dataset, self.seed, self.batch_size, indices,
+            seed = fixed_noise_seed(self.seed, pl_module, "UnlearningGuard")
+            losses = fixed_losses(trainer, pl_module.model, self.dataset, seed, self.batch_size, indices,
                                   what=f"UnlearningGuard: the retain loss at step {trainer.global_step}")
         return losses.double().mean().item()
 

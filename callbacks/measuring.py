@@ -1,6 +1,7 @@
 """Per-item passes over an evaluation set, sharded over processes, whose values every process gets in item order:
 `fixed_losses` (the loss at fixed timesteps and noise, which evaluation and the guard share) and `per_item_values`;
-and the precision they measure in (`measuring_precision`)."""
+the precision they measure in (`measuring_precision`); and the seed of their fixed inputs (`fixed_noise_seed`), the
+module's ``eval_seed`` unless a callback names its own, so it is set once in a config."""
 
 from __future__ import annotations
 
@@ -18,7 +19,23 @@ from datamodules.audio import AudioTextDataset
 from lightning_modules.metrics.functional import Samples
 from lightning_modules.metrics.per_item import PerItemMetric
 from lightning_modules.models.base import TextToMusicModel
+from lightning_modules.module import TextToMusicModule
 from lightning_modules.passes import check_finite, sharded_batches
+
+
+def fixed_noise_seed(seed: int | None, pl_module: L.LightningModule, user: str) -> int:
+    """`seed`, or when None the LightningModule's ``eval_seed`` (the seed of its own validation losses' timesteps and
+    noise), so the module, the evaluation and the guard measure at the same inputs from one setting.
+
+    Raises:
+        TypeError: `seed` is None and the module is not a `TextToMusicModule` (it has no ``eval_seed``).
+    """
+    if seed is not None:
+        return seed
+    if not isinstance(pl_module, TextToMusicModule):
+        raise TypeError(f"{user} takes its seed from the LightningModule's eval_seed, but {type(pl_module).__name__} "
+                        f"has none; set the callback's seed.")
+    return pl_module.eval_seed
 
 
 class _InOrder(PerItemMetric):

@@ -10,8 +10,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from datamodules.provenance import RECORD_FILE, RecordsTrainingData
+from datamodules.interfaces import RecordsTrainingData
+from datamodules.provenance import RECORD_FILE
 from lightning_modules.io import atomic_directory
+from lightning_modules.module import SavesPretrained
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,11 @@ class SavePretrained(Callback):
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "save_pretrained"):
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, SavesPretrained):
             raise TypeError(f"{type(pl_module).__name__} has no save_pretrained(path) for SavePretrained to call.")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         target = Path(self.dirpath) if self.dirpath else run_dir / "pretrained"
         if trainer.is_global_zero:

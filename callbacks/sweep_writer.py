@@ -11,26 +11,27 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from datamodules.sweep import NO_SHARD, write_shard
+from datamodules.interfaces import ShardWork, require
+from datamodules.sweep import NO_SHARD
 
 log = logging.getLogger(__name__)
 
 
 class SweepWriter(BasePredictionWriter):
-    """Writes each prediction ``{"shard", "id", "loss"}`` as ``shard-NNNNN.pt`` (`datamodules.sweep.write_shard`, with
-    its digest) into the DataModule's ``sweep_dir``, or into the prediction's own ``sweep_dir`` (one sweep per query in
-    `QueryAttribution`); every rank writes its own shards, and at the end every shard the DataModule lists
-    (``missing_files()``: missing or failing verification) must be there. The module checks and
-    records each sweep's recipe before computing it."""
+    """Writes each prediction ``{"sweep", "shard", "id", "loss"}`` into its sweep (a
+    `datamodules.attribution_store.Sweep`: the DataModule's in `LossSweep`, one per query in `QueryAttribution`), one
+    file per shard with its digest; every rank writes its own shards, and at the end every shard the DataModule lists
+    (``missing_files()``: missing or failing verification) must be there. The module checks and records each sweep's
+    recipe before computing it."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
         self.written = 0
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require(trainer.datamodule, ShardWork, "SweepWriter", "datamodules.sweep.SweepDataModule")
+
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(trainer.datamodule, "missing_files"):
-            raise ValueError("SweepWriter needs a DataModule of sweep shards (datamodules.SweepDataModule or "
-                             "datamodules.QueryDataModule).")
         self.written = 0
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict,
@@ -38,8 +39,7 @@ class SweepWriter(BasePredictionWriter):
                            dataloader_idx: int = 0) -> None:
         if prediction["shard"] == NO_SHARD:
             return
-        folder = prediction["sweep_dir"] if "sweep_dir" in prediction else trainer.datamodule.sweep_dir
-        write_shard(folder, prediction["shard"], prediction["id"], prediction["loss"])
+        prediction["sweep"].write_shard(prediction["shard"], prediction["id"], prediction["loss"])
         self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

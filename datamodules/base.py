@@ -101,7 +101,9 @@ class ManifestDataModule(L.LightningDataModule):
         if self.cache_dir is None:
             return
         model = getattr(self.trainer.lightning_module, "model", None) if self.trainer is not None else None
-        if model is None or not hasattr(model, "targets_key"):
+        from lightning_modules.models.base import TextToMusicModel  # the model contract (its backends load lazily)
+
+        if not isinstance(model, TextToMusicModel):
             raise ValueError(f"cache_dir={self.cache_dir!r} needs a Trainer whose LightningModule has a "
                              "`model` (a TextToMusicModel), whose targets_key names the cache's sub-folder.")
         cache = TargetCache(self.cache_dir, model.targets_key())

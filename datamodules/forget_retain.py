@@ -102,6 +102,8 @@ class ForgetRetainDataModule(ManifestDataModule):
         self.global_batch_size = global_batch_size
         self.retain_global_batch_size = retain_global_batch_size
         self.eval_batch_size = eval_batch_size
+        self.forget_batch: int | None = None  # items per process of each batch, resolved for the run's world size
+        self.retain_batch: int | None = None
         self.max_eval_items = max_eval_items
         self.combined_mode = combined_mode
         self.seed = seed
@@ -200,7 +202,7 @@ class ForgetRetainDataModule(ManifestDataModule):
         return self.dataset(self.sets[split], split, with_audio=with_audio)
 
     def train_dataloader(self) -> CombinedLoader:
-        if not hasattr(self, "forget_batch"):
+        if self.forget_batch is None:
             self._resolve_batches()
         loaders = {  # each set its own permutations: the same seed would order two sets of one size alike
             "forget": self.train_loader(self.split_dataset("forget"), self.forget_batch, self.seed),

@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from datamodules.manifest import ManifestItem
 from lightning_modules.io import read_json_verified, write_json_verified
@@ -92,24 +91,6 @@ class TrainingRecord:
         left_out = (f"without {self.excluded_groups}" if self.excluded_groups else "with nothing left out"
                     if not self.excluded_ids else f"without {len(self.excluded_ids)} listed item(s)")
         return f"{self.items} items of {self.manifest}, {left_out}"
-
-
-@runtime_checkable
-class RecordsTrainingData(Protocol):
-    """A DataModule that can say what a model trained on it saw (`callbacks.SavePretrained` writes it)."""
-
-    def training_record(self) -> TrainingRecord: ...
-
-
-@runtime_checkable
-class DefinesOracle(Protocol):
-    """A DataModule of unlearning runs that can say what their oracle trains on."""
-
-    manifest: str
-
-    def oracle_training_set(self) -> tuple[list[ManifestItem], list[ManifestItem]]:
-        """(the items an oracle of this forget set trains on, the forget set)."""
-        ...
 
 
 def check_oracle(folder: str | os.PathLike, record: TrainingRecord, manifest: str,

@@ -11,17 +11,11 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.attribution_store import AttributionStore, Sweep
 from datamodules.audio import AudioTextDataset
 from datamodules.manifest import ManifestItem, read_queries
 from datamodules.source import DataSource
-from datamodules.sweep import NO_SHARD, ShardDataset, ShardedItemsDataModule, shard_done, shard_path
-from lightning_modules.attribution.scoring import UNLEARNING
-
-
-def query_dir(out_dir: str | Path, query_id: str) -> Path:
-    """The folder of one query's attribution by unlearning: ``delta.pt`` / ``delta.json``, ``sweep/`` and the
-    ranking files; the similarity baselines write beside it, into ``<out_dir>/<query id>/<baseline name>/``."""
-    return Path(out_dir) / query_id / UNLEARNING
+from datamodules.sweep import NO_SHARD, ShardDataset, ShardedItemsDataModule
 
 
 class QueryShardDataset(Dataset):
@@ -47,8 +41,9 @@ class QueryDataModule(ShardedItemsDataModule):
         manifest: JSONL or CSV manifest of the training items (the same the "before" sweep covered).
         queries: manifest of the generated pieces to attribute (audio and the caption they were generated from);
             each id names the query's folder under `out_dir`, so it must be a plain folder name.
-        before_dir: the finished "before" sweep of the training set (``configs/attribution/sweep.yaml``).
-        out_dir: where each query's results go, ``out_dir/<query id>/unlearning/``; finished shards are skipped.
+        before_dir: the finished "before" sweep of the training set (``configs/attribution/sweep.yaml``), as `before`.
+        out_dir: where each query's results go, ``out_dir/<query id>/unlearning/`` (`store`, an
+            `AttributionStore`); finished shards are skipped.
         shard_size: items per shard of the "after" sweeps, the unit of work, resumption and distribution.
         num_workers: DataLoader worker processes.
         sample_rate: the model's sample rate in Hz (linked from the model by the CLI).
@@ -68,7 +63,10 @@ class QueryDataModule(ShardedItemsDataModule):
         self.queries = queries
         self.before_dir = before_dir
         self.out_dir = out_dir
+        self.before = Sweep(before_dir)
+        self.store = AttributionStore(out_dir)
         self._queries: list[ManifestItem] = []
+        self.query_set: AudioTextDataset | None = None  # the queries' audio, once set up
 
     def prepare_data(self) -> None:
         super().prepare_data()
@@ -84,18 +82,18 @@ class QueryDataModule(ShardedItemsDataModule):
         """The queries, in manifest order."""
         return list(self._queries)
 
-    def sweep_dir_of(self, query: int) -> Path:
-        """The folder of query `query`'s "after" sweep."""
-        return query_dir(self.out_dir, self._queries[query].id) / "sweep"
+    def sweep_of(self, query: int) -> Sweep:
+        """Query `query`'s "after" sweep."""
+        return self.store.sweep(self._queries[query].id)
 
     def missing_work(self) -> list[tuple[int, int]]:
         """The (query index, shard index) pairs without a good shard file yet (missing, or failing verification),
         query-major."""
-        return [(query, shard) for query in range(len(self._queries)) for shard in range(self.num_shards)
-                if not shard_done(self.sweep_dir_of(query), shard)]
+        return [(query, shard) for query in range(len(self._queries))
+                for shard in self.sweep_of(query).missing_shards(self.num_shards)]
 
     def missing_files(self) -> list[Path]:
-        return [shard_path(self.sweep_dir_of(query), shard) for query, shard in self.missing_work()]
+        return [self.sweep_of(query).shard_path(shard) for query, shard in self.missing_work()]
 
     def predict_dataloader(self) -> DataLoader:
         """One (query, shard) per step, query-major so that the ranks work on the same query together and each loads

@@ -1,158 +1,24 @@
 """`SweepDataModule`: the training set of a loss sweep (attribution by unlearning, Choi et al. 2025, arXiv 2506.18312,
 after Wang et al. 2024, arXiv 2406.09408), sorted by id and cut into fixed shards, one shard per ``predict`` step,
-only the shards not yet written; with the sweep folder's layout (`shard_path`, `RECIPE_FILE`) and `read_sweep`, which
-assembles a finished sweep. Shards do not depend on the number of processes, so a sweep interrupted on 8 GPUs can be
-resumed on 1 and ends with the same files. Shards and the recipe carry a digest (`lightning_modules.io`): a shard that
-fails verification counts as not written and is computed again; a bad recipe is an error naming it."""
+only the shards not yet written in the sweep's folder (a `datamodules.attribution_store.Sweep`, which owns the files).
+Shards do not depend on the number of processes, so a sweep interrupted on 8 GPUs can be resumed on 1 and ends with
+the same files; a shard that fails verification counts as not written and is computed again."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from datamodules.attribution_store import Sweep, ids_digest
 from datamodules.audio import AudioTextDataset
 from datamodules.base import ManifestDataModule
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
 from datamodules.source import DataSource
-from lightning_modules.io import (
-    CorruptFileError,
-    StrListField,
-    TensorField,
-    load_verified,
-    read_json_verified,
-    reusable,
-    save_verified,
-    write_json_verified,
-)
 
-RECIPE_FILE = "sweep.json"
-SHARD = "loss sweep shard"
-SHARD_STRUCTURE = {"id": StrListField(), "loss": TensorField(ndim=2, dtype=torch.float32, finite=True)}
 NO_SHARD = -1  # the index of a placeholder step: ranks with nothing left to compute still run the pass's hooks
-
-
-def shard_path(sweep_dir: str | os.PathLike, index: int) -> Path:
-    """The file of shard `index` in `sweep_dir`."""
-    return Path(sweep_dir) / f"shard-{index:05d}.pt"
-
-
-def _rerun(sweep_dir: str | os.PathLike) -> str:
-    return f"run the command that wrote the sweep {sweep_dir} again: it recomputes missing and bad shards"
-
-
-def write_shard(sweep_dir: str | os.PathLike, index: int, ids: Sequence[str], loss: Tensor) -> None:
-    """Write shard `index` of `sweep_dir`: its item `ids` and their losses `(items, draws)` (float32), with its
-    digest, atomically."""
-    save_verified({"id": list(ids), "loss": loss.detach().cpu().float()}, shard_path(sweep_dir, index))
-
-
-def read_shard(sweep_dir: str | os.PathLike, index: int) -> tuple[list[str], Tensor]:
-    """The ids and losses `(items, draws)` of shard `index`, verified (digest, structure, finite losses).
-
-    Raises:
-        FileNotFoundError: the shard was not written.
-        CorruptFileError: it fails verification; the message names the file.
-    """
-    path = shard_path(sweep_dir, index)
-    shard = load_verified(path, SHARD, _rerun(sweep_dir), SHARD_STRUCTURE)
-    if len(shard["loss"]) != len(shard["id"]):
-        raise CorruptFileError(path, SHARD, f"holds {len(shard['id'])} ids but {len(shard['loss'])} rows of losses",
-                               _rerun(sweep_dir))
-    return shard["id"], shard["loss"]
-
-
-def shard_done(sweep_dir: str | os.PathLike, index: int) -> bool:
-    """Whether shard `index` of `sweep_dir` is written and passes verification; a bad one is logged with a warning
-    (it is computed again)."""
-    return reusable(shard_path(sweep_dir, index), lambda _: read_shard(sweep_dir, index))
-
-
-def read_recipe(sweep_dir: str | os.PathLike) -> dict:
-    """The recipe (``sweep.json``) of the sweep in `sweep_dir`, verified.
-
-    Raises:
-        FileNotFoundError: there is none.
-        CorruptFileError: it fails verification (or is not a JSON object); the message names it.
-    """
-    path = Path(sweep_dir) / RECIPE_FILE
-    remedy = (f"what the sweep's shards measured is unknown: delete the folder {sweep_dir} and run the sweep again "
-              "(or give another folder)")
-    recipe = read_json_verified(path, "loss sweep recipe", remedy)
-    if not isinstance(recipe, dict):
-        raise CorruptFileError(path, "loss sweep recipe", f"holds {type(recipe).__name__}, not a JSON object", remedy)
-    return recipe
-
-
-def ids_digest(ids: Sequence[str]) -> str:
-    """A hash of the sorted item ids: which training set a sweep covers."""
-    return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=12).hexdigest()
-
-
-def open_sweep(sweep_dir: str | os.PathLike, recipe: dict, write: bool) -> None:
-    """Check that `sweep_dir` holds a sweep with this `recipe` (what its losses depend on), or none yet; with `write`,
-    record the recipe in a new folder (``sweep.json`` with its digest, atomically). Called before any shard is computed,
-    so a sweep is never continued with another model, weights, draws or items.
-
-    Raises:
-        ValueError: the folder holds a sweep with another recipe (the message names the differing keys), or shard
-            files without a recipe.
-        CorruptFileError: the recipe fails verification.
-    """
-    folder = Path(sweep_dir)
-    path = folder / RECIPE_FILE
-    if path.is_file():
-        saved = read_recipe(folder)
-        differs = sorted(key for key in recipe.keys() | saved.keys() if saved.get(key) != recipe.get(key))
-        if differs:
-            raise ValueError(f"{folder} holds a sweep with other {', '.join(differs)} than this run's "
-                             f"({ {key: saved.get(key) for key in differs} } there, "
-                             f"{ {key: recipe.get(key) for key in differs} } now); give another folder, or delete "
-                             "it to start over.")
-    elif any(folder.glob("shard-*.pt")):
-        raise ValueError(f"{folder} holds shard files but no {RECIPE_FILE}, so what they measured is unknown; delete "
-                         "them or give another folder.")
-    elif write:
-        write_json_verified(path, recipe)
-
-
-def read_sweep(sweep_dir: str | os.PathLike) -> tuple[list[str], Tensor]:
-    """The ids (sorted) and losses `(items, draws)` of a finished sweep, assembled from its shard files.
-
-    Raises:
-        FileNotFoundError: `sweep_dir` holds no sweep recipe, or a shard is missing (re-run the sweep to finish it).
-        CorruptFileError: the recipe or a shard fails verification (the message names the file).
-        ValueError: the shards do not hold the items the recipe names.
-    """
-    folder = Path(sweep_dir)
-    recipe_path = folder / RECIPE_FILE
-    if not recipe_path.is_file():
-        raise FileNotFoundError(f"{recipe_path} not found: {folder} holds no loss sweep. Run one first: "
-                                "`python train.py predict --config configs/attribution/sweep.yaml "
-                                f"--data.init_args.sweep_dir {folder}`.")
-    recipe = read_recipe(folder)
-    num_shards = math.ceil(recipe["num_items"] / recipe["shard_size"])
-    missing = [index for index in range(num_shards) if not shard_path(folder, index).is_file()]
-    if missing:
-        raise FileNotFoundError(f"The sweep in {folder} is incomplete: {len(missing)} of {num_shards} shard(s) are "
-                                f"missing (e.g. {[shard_path(folder, i).name for i in missing[:5]]}). Run the same "
-                                "sweep command again: written shards are skipped.")
-    ids: list[str] = []
-    losses = []
-    for index in range(num_shards):
-        shard_ids, shard_losses = read_shard(folder, index)
-        ids.extend(shard_ids)
-        losses.append(shard_losses)
-    if ids != sorted(ids) or len(ids) != recipe["num_items"] or ids_digest(ids) != recipe["ids"]:
-        raise ValueError(f"The shards in {folder} do not hold the items its {RECIPE_FILE} names; delete the folder "
-                         "and run the sweep again.")
-    return ids, torch.cat(losses)
 
 
 class ShardDataset(Dataset):
@@ -257,8 +123,9 @@ class SweepDataModule(ShardedItemsDataModule):
 
     Args:
         manifest: JSONL or CSV manifest of the training items to score.
-        sweep_dir: the folder the sweep writes (`SweepWriter`): one file per shard and the recipe; shards already
-            there are skipped.
+        sweep_dir: the folder the sweep writes (`SweepWriter`, through `sweep`, a
+            `datamodules.attribution_store.Sweep`): one file per shard and the recipe; shards already there are
+            skipped.
         shard_size, num_workers, sample_rate, num_samples, source, cache_dir: as in `ShardedItemsDataModule`.
     """
 
@@ -267,13 +134,14 @@ class SweepDataModule(ShardedItemsDataModule):
                  cache_dir: str | None = None) -> None:
         super().__init__(manifest, shard_size, num_workers, sample_rate, num_samples, source, cache_dir)
         self.sweep_dir = sweep_dir
+        self.sweep = Sweep(sweep_dir)
 
     def missing_shards(self) -> list[int]:
         """The indices of the shards without a good file in `sweep_dir` (missing, or failing verification), in order."""
-        return [index for index in range(self.num_shards) if not shard_done(self.sweep_dir, index)]
+        return self.sweep.missing_shards(self.num_shards)
 
     def missing_files(self) -> list[Path]:
-        return [shard_path(self.sweep_dir, index) for index in self.missing_shards()]
+        return [self.sweep.shard_path(index) for index in self.missing_shards()]
 
     def predict_dataloader(self) -> DataLoader:
         """One shard per step, only the shards not yet written, at least one step per rank."""

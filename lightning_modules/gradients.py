@@ -10,14 +10,11 @@ The functions return sums over items; divide by the item count for means.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.io import TensorMapField, load_verified, save_verified
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.passes import NON_FINITE_ADVICE, NonFiniteLossError, check_finite, listed_ids
 
@@ -88,46 +85,6 @@ def saliency_mask(gradient: Sequence[Tensor], fraction: float) -> list[Tensor]:
     keep = max(1, round(fraction * magnitudes.numel()))
     threshold = torch.topk(magnitudes, keep, sorted=False).values.min()
     return [grad.abs() >= threshold for grad in gradient]
-
-
-FISHER = "diagonal Fisher information"
-FISHER_REMEDY = ("delete it and compute it again with the command that wrote it: `python train.py predict --config "
-                 "configs/attribution/fisher.yaml` (model.init_args.fisher_path), or the EWC unlearning run that "
-                 "cached it")
-FISHER_STRUCTURE = {"fisher": TensorMapField(finite=True), "info": dict}
-
-
-def save_fisher(path: str | os.PathLike, fisher: dict[str, Tensor], **info: Any) -> None:
-    """Write a diagonal Fisher (parameter name -> tensor) and what it was computed from (`info`), atomically with
-    its digest."""
-    save_verified({"fisher": {name: value.detach().cpu() for name, value in fisher.items()}, "info": info}, path)
-
-
-def read_fisher_file(path: str | os.PathLike, remedy: str = FISHER_REMEDY) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The Fisher and the info `save_fisher` wrote to `path`, verified: digest, structure and finite values.
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        CorruptFileError: it fails verification; the message names it and `remedy`.
-    """
-    saved = load_verified(path, FISHER, remedy, FISHER_STRUCTURE)
-    return saved["fisher"], saved["info"]
-
-
-def load_fisher(path: str | os.PathLike, **expected: Any) -> dict[str, Tensor]:
-    """Read what `save_fisher` wrote (verified, `read_fisher_file`), checking it was computed from what `expected`
-    names (e.g. a key of the weights and items); raises ValueError naming the file and what differs."""
-    fisher, info = read_fisher_file(path)
-    check_fisher_recipe(path, info, **expected)
-    return fisher
-
-
-def check_fisher_recipe(path: str | os.PathLike, info: dict[str, Any], **expected: Any) -> None:
-    """Raise a ValueError naming `path` and the keys of `expected` whose values differ from the Fisher's `info`."""
-    differs = sorted(key for key, value in expected.items() if info.get(key) != value)
-    if differs:
-        raise ValueError(f"The Fisher information in {path} was computed for other {', '.join(differs)} than this "
-                         "run's; delete the file to recompute it, or give another path.")
 
 
 def weights_digest(named: Iterable[tuple[str, Tensor]]) -> str:

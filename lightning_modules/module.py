@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.passes import check_finite
@@ -42,6 +42,24 @@ def set_random_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+@runtime_checkable
+class SavesPretrained(Protocol):
+    """A LightningModule that writes its model in the backend's native format (`callbacks.SavePretrained` calls it)."""
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the model to the folder `path`."""
+        ...
+
+
+@runtime_checkable
+class TrainsSelectedWeights(Protocol):
+    """A LightningModule that trains the `trainable` weights of its `model` (`TextToMusicModule`; what
+    `callbacks.UnlearningGuard` snapshots and restores)."""
+
+    model: TextToMusicModel
+    trainable: list[nn.Parameter]
 
 
 class ModelAudioFormat:

@@ -1,7 +1,9 @@
 """Attribution by unlearning on the toy world, where the truth is known: consistency, ground truth and counterfactuals.
 
 Three studies of the shipped toy model's training set (400 tracks of 10 fictional artists), each writing a JSON and
-a Markdown report into ``--out`` and caching every intermediate result in ``--cache``, so an interrupted run resumes:
+a Markdown report into ``--out`` and caching every intermediate result in ``--cache``, so an interrupted run resumes.
+Each study's grid and recipe is its YAML in ``configs/attribution/study/`` (after ``common.yaml``, the settings they
+share); any setting can be replaced on the command line (``--lrs [1e-6,1e-5]``) or by ``--config my.yaml``:
 
 - ``consistency``: self-influence (Choi et al. 2025). Training tracks chosen by k-means on their CLAP embeddings are
   cropped to a zero-padded excerpt and unlearned as queries; R is the mean rank at which each finds its own track
@@ -14,27 +16,32 @@ a Markdown report into ``--out`` and caching every intermediate result in ``--ca
   was trained without Kestrel Drive); the rise of the query's loss is compared with removing K random tracks
   (Wang et al. 2024's leave-K-out test, on a short schedule).
 
-    python scripts/attribution_study.py consistency --out reports/attribution
-    python scripts/attribution_study.py ground-truth --out reports/attribution
-    python scripts/attribution_study.py counterfactual --out reports/attribution
+    python scripts/attribution_study.py consistency
+    python scripts/attribution_study.py ground-truth
+    python scripts/attribution_study.py counterfactual
+    python scripts/attribution_study.py counterfactual --print_config  # the settings a run would use
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from lightning.pytorch.cli import OptimizerCallable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import ToyCorpus, read_manifest, write_manifest  # noqa: E402
+from datamodules.attribution_store import FisherFile  # noqa: E402
 from datamodules.audio import AudioTextDataset  # noqa: E402
 from datamodules.toy_queries import ToyQueries  # noqa: E402
 from lightning_modules.attribution.consistency import (  # noqa: E402
@@ -46,6 +53,7 @@ from lightning_modules.attribution.consistency import (  # noqa: E402
 )
 from lightning_modules.attribution.query import FisherAscent  # noqa: E402
 from lightning_modules.attribution.scoring import attribution_scores  # noqa: E402
+from lightning_modules.attribution.settings import AscentSettings  # noqa: E402
 from lightning_modules.attribution.similarity import (  # noqa: E402
     activation_features,
     clap_features,
@@ -53,7 +61,7 @@ from lightning_modules.attribution.similarity import (  # noqa: E402
     gradient_features,
 )
 from lightning_modules.attribution.sweep import set_weights, sweep_losses  # noqa: E402
-from lightning_modules.gradients import save_fisher, squared_gradients, weights_digest  # noqa: E402
+from lightning_modules.gradients import squared_gradients, weights_digest  # noqa: E402
 from lightning_modules.io import atomic_file, write_json_atomic, write_text_atomic  # noqa: E402
 from lightning_modules.metrics import ClapEmbedder  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
@@ -119,8 +127,8 @@ class ToyStudy:
             sums, count = squared_gradients(self.model, params, batches, seed=0, draws=1)
             self.model.requires_grad_(False)
         names = self.model.parameter_names(params)
-        save_fisher(self.fisher_path, {name: value / count for name, value in zip(names, sums, strict=True)},
-                    weights=self.digest, count=count)
+        FisherFile(self.fisher_path).save({name: value / count for name, value in zip(names, sums, strict=True)},
+                                          weights=self.digest, count=count)
         log.info("Fisher of %d tracks in %.0f s.", count, time.perf_counter() - started)
 
     def sweep(self, masked: bool) -> torch.Tensor:
@@ -134,7 +142,8 @@ class ToyStudy:
                ) -> tuple[torch.Tensor, dict[str, float]]:
         """Attribution scores `(n_train,)` of one query batch (one item), and its loss before / after unlearning."""
         names = self.model.parameter_names(self.model.select_parameters([groups]))
-        ascent = FisherAscent(names, self.fisher_path, lr=lr, steps=steps, draws=unlearn_draws, masking=masking)
+        ascent = FisherAscent(names, self.fisher_path, AscentSettings(lr=lr, steps=steps, draws=unlearn_draws,
+                                                                      masking=masking))
         state = self.model.state_dict()
         base = {name: state[name].clone() for name in names}
         try:
@@ -154,7 +163,7 @@ def cell_name(lr: float, steps: int, groups: str, masking: str, query: str = "fu
     return f"{query}-lr{lr:g}-steps{steps}-{groups}-{masking}"
 
 
-def grid_cells(args: argparse.Namespace) -> list[tuple[str, float, int, str, str]]:
+def grid_cells(args: Namespace) -> list[tuple[str, float, int, str, str]]:
     """(query, lr, steps, groups, masking) of the grid: whole tracks over lr x steps x groups (no padding, so the
     masking variants coincide: computed with "mixed" and one check cell per variant), and the zero-padded excerpts
     over lr x groups x masking at one step ("dual" equals "mixed" unless training tracks are padded)."""
@@ -167,7 +176,7 @@ def grid_cells(args: argparse.Namespace) -> list[tuple[str, float, int, str, str
     return full + checks + crop
 
 
-def consistency(study: ToyStudy, args: argparse.Namespace) -> dict:
+def consistency(study: ToyStudy, args: Namespace) -> dict:
     """Self-influence R over the grid, on training tracks chosen by k-means on CLAP embeddings."""
     chosen = kmeans_select(torch.nn.functional.normalize(study.train_clap, dim=1), args.queries, seed=0).tolist()
     queries = {"full": [dataclasses.replace(study.items[i], id=f"self-{study.items[i].id}") for i in chosen],
@@ -264,7 +273,7 @@ def heatmap(cells: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def prompted_queries(study: ToyStudy, args: argparse.Namespace) -> tuple[list, list[dict]]:
+def prompted_queries(study: ToyStudy, args: Namespace) -> tuple[list, list[dict]]:
     """The artist-prompted generations (written on first use) and their batches."""
     source = ToyQueries(root=args.queries_dir, per_artist=args.per_artist)
     source.prepare()
@@ -272,7 +281,7 @@ def prompted_queries(study: ToyStudy, args: argparse.Namespace) -> tuple[list, l
     return items, [collate([item], study.model, with_targets=False) for item in items]
 
 
-def method_scores(study: ToyStudy, args: argparse.Namespace, items: list, batches: list[dict]) -> dict:
+def method_scores(study: ToyStudy, args: Namespace, items: list, batches: list[dict]) -> dict:
     """`(n_queries, n_train)` scores of unlearning (the best grid cell) and of each similarity baseline."""
     best = json.loads((study.out / "consistency.json").read_text())["best"] if not args.cell else dict(
         zip(("lr", "steps", "groups", "masking"), args.cell, strict=True))
@@ -302,7 +311,7 @@ def method_scores(study: ToyStudy, args: argparse.Namespace, items: list, batche
     }
 
 
-def ground_truth(study: ToyStudy, args: argparse.Namespace) -> dict:
+def ground_truth(study: ToyStudy, args: Namespace) -> dict:
     """Precision@k against the prompted artist, top-/bottom-k CLAP similarity and rank correlations."""
     items, batches = prompted_queries(study, args)
     methods = method_scores(study, args, items, batches)
@@ -348,9 +357,9 @@ def ground_truth(study: ToyStudy, args: argparse.Namespace) -> dict:
     return report
 
 
-def fine_tune(study: ToyStudy, args: argparse.Namespace, removed: list[str], name: str) -> Path:
-    """Fine-tune the warm start on the training set without `removed` for `args.train_steps` steps (the toy base's
-    recipe: AdamW 1e-3, cosine schedule, batch 16, 10 % caption dropout, seed 0); returns the saved model folder."""
+def fine_tune(study: ToyStudy, args: Namespace, removed: list[str], name: str) -> Path:
+    """Fine-tune the warm start on the training set without `removed` by the recipe `args.fine_tune` (in
+    counterfactual.yaml: the toy base's, for fewer steps); returns the saved model folder, cached by `name` only."""
     import lightning as L
 
     from datamodules import AudioTextDataModule
@@ -362,15 +371,16 @@ def fine_tune(study: ToyStudy, args: argparse.Namespace, removed: list[str], nam
     folder.mkdir(parents=True, exist_ok=True)
     kept = [item for item in read_manifest("data/toy/train.jsonl") if item.id not in set(removed)]
     write_manifest(kept, folder / "train.jsonl")
-    L.seed_everything(0, verbose=False)
+    recipe = args.fine_tune
+    L.seed_everything(recipe.seed, verbose=False)
     module = TextToMusicTraining(
-        ToyTextToMusic.from_pretrained(args.warm_start), caption_dropout=0.1,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01),
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.train_steps))
-    data = AudioTextDataModule(manifest=str(folder / "train.jsonl"), batch_size=16,
+        ToyTextToMusic.from_pretrained(args.warm_start), caption_dropout=recipe.caption_dropout,
+        optimizer=recipe.optimizer, lr_scheduler=lambda optimizer: recipe.lr_scheduler(optimizer, recipe.steps))
+    data = AudioTextDataModule(manifest=str(folder / "train.jsonl"), batch_size=recipe.batch_size,
                                sample_rate=study.model.sample_rate, num_samples=study.model.num_samples)
-    trainer = L.Trainer(accelerator="cpu", max_steps=args.train_steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(accelerator=recipe.accelerator, max_steps=recipe.steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
     started = time.perf_counter()
     trainer.fit(module, datamodule=data)
     module.model.save_pretrained(folder / "model")
@@ -385,7 +395,7 @@ def query_loss(model_dir: Path, batch: dict, draws: int) -> float:
     return float(torch.stack(losses).mean())
 
 
-def counterfactual(study: ToyStudy, args: argparse.Namespace) -> dict:
+def counterfactual(study: ToyStudy, args: Namespace) -> dict:
     """Leave-K-out: the rise of each query's loss when its top-K tracks by each method (or K random tracks) are left
     out of a short fine-tuning from a warm start that never saw the prompted artist."""
     items, batches = prompted_queries(study, args)
@@ -413,7 +423,7 @@ def counterfactual(study: ToyStudy, args: argparse.Namespace) -> dict:
             log.info("%s, without the top %d of %s: query loss rise %.5f", items[q].id, args.k, name,
                      row["rise"][name])
         rows.append(row)
-    report = {"setting": setting, "k": args.k, "train_steps": args.train_steps, "warm_start": args.warm_start,
+    report = {"setting": setting, "k": args.k, "train_steps": args.fine_tune.steps, "warm_start": args.warm_start,
               "loss_draws": args.loss_draws, "queries": rows}
     write_json_atomic(study.out / "counterfactual.json", report)
     names = list(rows[0]["rise"])
@@ -427,43 +437,78 @@ def counterfactual(study: ToyStudy, args: argparse.Namespace) -> dict:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=("consistency", "ground-truth", "counterfactual"))
-    parser.add_argument("--out", type=Path, default=Path("reports/attribution"))
-    parser.add_argument("--cache", type=Path, default=Path("lightning_logs/attribution_study"),
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "attribution" / "study"
+Schedule = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+
+
+def study_parser(study: str, configs: Path) -> ArgumentParser:
+    """The settings every study reads, with `configs`/common.yaml and then the study's own file as defaults."""
+    files = [str(configs / "common.yaml"), str(configs / f"{study.replace('-', '_')}.yaml")]
+    parser = ArgumentParser(default_config_files=files, allow_abbrev=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML files whose settings replace the defaults")
+    parser.add_argument("--out", type=Path, required=True, help="the reports (JSON, Markdown, PNG)")
+    parser.add_argument("--cache", type=Path, required=True,
                         help="intermediate results (Fisher, sweeps, scores, fine-tuned models), in a subfolder "
                         "per model weights digest: a re-run resumes")
-    parser.add_argument("--model", default="checkpoints/toy/base")
-    parser.add_argument("--clap", default="checkpoints/toy/clap")
-    parser.add_argument("--draws", type=int, default=2, help="(timestep, noise) draws per track in the sweeps")
-    parser.add_argument("--queries", type=int, default=8, help="self-influence queries chosen by k-means")
-    parser.add_argument("--crop", type=float, default=1.2, help="seconds of each self-influence track kept")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-7, 1e-6, 1e-5])
-    parser.add_argument("--crop-lrs", type=float, nargs="+", default=[1e-6, 1e-5])
-    parser.add_argument("--crop-groups", nargs="+", default=["cross_attention", "all"], choices=GROUPS)
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--cell", nargs=4, metavar=("LR", "STEPS", "GROUPS", "MASKING"),
-                        help="the unlearning setting of ground-truth and counterfactual (default: the best grid cell)")
-    parser.add_argument("--queries-dir", default="data/toy_queries")
-    parser.add_argument("--per-artist", type=int, default=2)
-    parser.add_argument("--ks", type=int, nargs="+", default=[10, 20, 40])
-    parser.add_argument("--activation-module", default="unet.mid_block")
-    parser.add_argument("--activation-timestep", type=float, default=50)
-    parser.add_argument("--k", type=int, default=20, help="tracks removed in the counterfactual")
-    parser.add_argument("--warm-start", default="checkpoints/toy/oracle")
-    parser.add_argument("--counterfactual-artist", default="Kestrel Drive")
-    parser.add_argument("--counterfactual-queries", type=int, default=2)
-    parser.add_argument("--random-repeats", type=int, default=2)
-    parser.add_argument("--train-steps", type=int, default=300)
-    parser.add_argument("--loss-draws", type=int, default=64)
-    args = parser.parse_args()
+    parser.add_argument("--model", type=str, required=True)
+    parser.add_argument("--clap", type=str, required=True)
+    parser.add_argument("--draws", type=int, required=True, help="(timestep, noise) draws per track in the sweeps")
+    # the prompted queries and their scores, shared by ground-truth and counterfactual (one cache)
+    parser.add_argument("--queries_dir", type=str, required=True)
+    parser.add_argument("--per_artist", type=int, required=True)
+    parser.add_argument("--cell", type=tuple[float, int, Literal[GROUPS], Literal[MASKINGS]] | None, default=None,
+                        help="[lr,steps,groups,masking]: the unlearning setting of ground-truth and counterfactual "
+                        "(null: the best grid cell of consistency.json)")
+    parser.add_argument("--activation_module", type=str, required=True)
+    parser.add_argument("--activation_timestep", type=float, required=True)
+    return parser
+
+
+def parser(configs: Path = CONFIGS) -> ArgumentParser:
+    """The command line: a study, its settings from `configs` (one YAML per study, after common.yaml), and any
+    override (``--lrs [1e-6,1e-5]``); an unknown or missing key is an error that names it."""
+    root = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    studies = root.add_subcommands(dest="study")
+    grid = study_parser("consistency", configs)
+    grid.add_argument("--queries", type=int, required=True, help="self-influence queries chosen by k-means")
+    grid.add_argument("--crop", type=float, required=True, help="seconds of each self-influence track kept")
+    grid.add_argument("--lrs", type=list[float], required=True)
+    grid.add_argument("--steps", type=list[int], required=True)
+    grid.add_argument("--crop_lrs", type=list[float], required=True)
+    grid.add_argument("--crop_groups", type=list[Literal[GROUPS]], required=True)
+    studies.add_subcommand("consistency", grid, help=consistency.__doc__)
+    truth = study_parser("ground-truth", configs)
+    truth.add_argument("--ks", type=list[int], required=True)
+    studies.add_subcommand("ground-truth", truth, help=ground_truth.__doc__)
+    leave_out = study_parser("counterfactual", configs)
+    leave_out.add_argument("--k", type=int, required=True, help="tracks removed in the counterfactual")
+    leave_out.add_argument("--counterfactual_artist", type=str, required=True)
+    leave_out.add_argument("--counterfactual_queries", type=int, required=True)
+    leave_out.add_argument("--random_repeats", type=int, required=True)
+    leave_out.add_argument("--loss_draws", type=int, required=True)
+    leave_out.add_argument("--warm_start", type=str, required=True)
+    leave_out.add_argument("--fine_tune.steps", type=int, required=True)
+    leave_out.add_argument("--fine_tune.batch_size", type=int, required=True)
+    leave_out.add_argument("--fine_tune.caption_dropout", type=float, required=True)
+    leave_out.add_argument("--fine_tune.seed", type=int, required=True)
+    leave_out.add_argument("--fine_tune.accelerator", type=str, required=True)
+    leave_out.add_argument("--fine_tune.optimizer", type=OptimizerCallable, required=True)
+    leave_out.add_argument("--fine_tune.lr_scheduler", type=Schedule, required=True,
+                           help="called with (optimizer, fine_tune.steps)")
+    studies.add_subcommand("counterfactual", leave_out, help=counterfactual.__doc__)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli = parser()
+    config = cli.parse_args(argv)
+    args = cli.instantiate(config)[config.study]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
     study = ToyStudy(args.out, args.cache, args.model, args.clap, args.draws)
-    {"consistency": consistency, "ground-truth": ground_truth, "counterfactual": counterfactual}[args.study](
+    {"consistency": consistency, "ground-truth": ground_truth, "counterfactual": counterfactual}[config.study](
         study, args)
-    log.info("%s done in %.0f s; reports in %s.", args.study, time.perf_counter() - started, args.out)
+    log.info("%s done in %.0f s; reports in %s.", config.study, time.perf_counter() - started, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from callbacks import SavePretrained  # noqa: E402
-from datamodules.provenance import RECORD_FILE, RecordsTrainingData  # noqa: E402
+from datamodules.interfaces import RecordsTrainingData  # noqa: E402
+from datamodules.provenance import RECORD_FILE  # noqa: E402
 from train import main as cli  # noqa: E402
 
 

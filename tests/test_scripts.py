@@ -155,3 +155,92 @@ def test_the_oracle_table_keeps_each_seeds_p_value_and_averages_the_intervals():
     assert (leak["mean"], leak["low"], leak["high"]) == (30.0, 29.0, 31.0) and leak["std"] == pytest.approx(200 ** 0.5)
     assert "| npo | 1.0e-05, 3.0e-02 | 30 ± 14 [29, 31] | 0.600 ± 0.141 [-0.400, 1.600] |" in markdown
     assert "| esd | – | – | – |" in markdown  # a seed without the oracle's scores: no number, not a partial mean
+
+
+STUDY_COMMON = {"out": "reports/attribution", "cache": "lightning_logs/attribution_study",
+                "model": "checkpoints/toy/base", "clap": "checkpoints/toy/clap", "draws": 2,
+                "queries_dir": "data/toy_queries", "per_artist": 2, "cell": None,
+                "activation_module": "unet.mid_block", "activation_timestep": 50.0}
+STUDY_SETTINGS = {  # what the reports in reports/attribution/ were made with
+    "consistency": {**STUDY_COMMON, "queries": 8, "crop": 1.2, "lrs": [1e-7, 1e-6, 1e-5], "steps": [1, 3],
+                    "crop_lrs": [1e-6, 1e-5], "crop_groups": ["cross_attention", "all"]},
+    "ground-truth": {**STUDY_COMMON, "ks": [10, 20, 40]},
+    "counterfactual": {**STUDY_COMMON, "k": 20, "counterfactual_artist": "Kestrel Drive", "counterfactual_queries": 2,
+                       "random_repeats": 2, "loss_draws": 64, "warm_start": "checkpoints/toy/oracle",
+                       "fine_tune": {"steps": 300, "batch_size": 16, "caption_dropout": 0.1, "seed": 0,
+                                     "accelerator": "cpu"}},
+}
+
+
+def _study_settings(study: str) -> tuple[dict, object]:
+    """The settings `scripts/attribution_study.py <study>` runs with (no override), as plain values, and as the
+    functions read them (optimizer and schedule built)."""
+    from scripts import attribution_study
+
+    cli = attribution_study.parser()
+    config = cli.parse_args([study])
+    settings = {key: str(value) if key in ("out", "cache") else value
+                for key, value in config[study].as_dict().items() if key not in ("config", "__default_config__")}
+    return settings, cli.instantiate(config)[study]
+
+
+def test_attribution_study_configs_hold_the_settings_of_the_committed_reports():
+    import json
+
+    from scripts.attribution_study import grid_cells
+
+    reports = {name: json.loads((REPO / "reports" / "attribution" / f"{name}.json").read_text())
+               for name in ("consistency", "ground_truth", "counterfactual")}
+    for study, expected in STUDY_SETTINGS.items():
+        settings, args = _study_settings(study)
+        if study == "counterfactual":
+            recipe = settings.pop("fine_tune")
+            optimizer, schedule = recipe.pop("optimizer"), recipe.pop("lr_scheduler")
+            assert (optimizer["class_path"], schedule["class_path"]) == (
+                "torch.optim.AdamW", "torch.optim.lr_scheduler.CosineAnnealingLR")
+            built = args.fine_tune.optimizer([torch.nn.Parameter(torch.zeros(2))])
+            reference = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, weight_decay=0.01)
+            assert built.defaults == reference.defaults
+            assert (args.fine_tune.lr_scheduler(built, 300).state_dict()
+                    == torch.optim.lr_scheduler.CosineAnnealingLR(reference, 300).state_dict())
+            settings["fine_tune"] = recipe
+        assert settings == expected, study
+    # the values the reports record
+    consistency, truth, counterfactual = reports.values()
+    _, args = _study_settings("consistency")
+    assert [(c["query"], c["lr"], c["steps"], c["groups"], c["masking"]) for c in consistency["cells"]] == grid_cells(
+        args)
+    assert (consistency["crop_seconds"], consistency["sweep_draws"], len(consistency["queries"])) == (1.2, 2, 8)
+    best = {key: consistency["best"][key] for key in ("lr", "steps", "groups", "masking")}
+    assert (truth["ks"], truth["sweep_draws"], len(truth["queries"]), truth["setting"]) == ([10, 20, 40], 2, 20, best)
+    assert {key: counterfactual[key] for key in ("k", "train_steps", "warm_start", "loss_draws")} == {
+        "k": 20, "train_steps": 300, "warm_start": "checkpoints/toy/oracle", "loss_draws": 64}
+    assert [row["query"] for row in counterfactual["queries"]] == ["kestrel_drive-prompted-00",
+                                                                    "kestrel_drive-prompted-01"]
+    assert [name for name in counterfactual["queries"][0]["rise"] if name.startswith("random")] == ["random 0",
+                                                                                                   "random 1"]
+
+
+def _error_line(capsys) -> str:
+    return next(line for line in capsys.readouterr().err.splitlines() if line.startswith("error:"))
+
+
+def test_attribution_study_refuses_an_unknown_or_missing_setting_by_name(tmp_path, capsys):
+    import shutil
+
+    from scripts.attribution_study import CONFIGS, parser
+
+    (tmp_path / "typo.yaml").write_text("crop_lr: [1.0e-06]\n")
+    for name, argv in {"'crop_lr'": ["consistency", "--config", str(tmp_path / "typo.yaml")],
+                       "--crop_lr": ["consistency", "--crop_lr", "[1e-6]"],  # not taken for --crop_lrs
+                       "--fine_tune.lr": ["counterfactual", "--fine_tune.lr", "0.1"]}.items():
+        with pytest.raises(SystemExit):
+            parser().parse_args(argv)
+        assert name in _error_line(capsys), argv
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    shipped = (tmp_path / "configs" / "consistency.yaml").read_text()
+    (tmp_path / "configs" / "consistency.yaml").write_text(shipped.replace("\ncrop: 1.2", "\n"))
+    with pytest.raises(SystemExit):
+        parser(tmp_path / "configs").parse_args(["consistency"])
+    assert "consistency.crop" in _error_line(capsys)
+    assert parser(tmp_path / "configs").parse_args(["consistency", "--crop", "0.5"]).consistency.crop == 0.5

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,33 +21,17 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from datamodules.queries import query_dir
-from datamodules.sweep import RECIPE_FILE, open_sweep, read_recipe, read_sweep
-from lightning_modules.attribution.query import (
-    FisherAscent,
-    Masking,
-    read_delta,
-    read_delta_settings,
-    write_delta,
-)
+from datamodules.attribution_store import Delta, differing_keys
+from datamodules.interfaces import QueryWork, require
+from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores, group_scores, log_ranking, write_ranking
+from lightning_modules.attribution.settings import AscentSettings
 from lightning_modules.attribution.sweep import load_delta, set_weights, sweep_losses, sweep_recipe
-from lightning_modules.io import CorruptFileError, write_json_atomic, write_text_atomic
+from lightning_modules.io import CorruptFileError
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FILE = "summary.json"
-
-
-def _settings_verified(delta: Path) -> bool:
-    """Whether the settings beside `delta` exist and pass verification."""
-    try:
-        read_delta_settings(delta)
-    except (FileNotFoundError, CorruptFileError):
-        return False
-    return True
 
 
 class QueryAttribution(ModelAudioFormat, L.LightningModule):
@@ -58,27 +41,21 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         model: the model the queries were generated with, at the weights of the Fisher and the "before" sweep.
         fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``), covering `parameter_groups`.
         parameter_groups: names of the model's parameter groups unlearning changes.
-        lr: the ascent step size.
-        steps: ascent steps per query.
-        draws: (timestep, noise) draws the query gradient is averaged over.
-        seed: seed of the query's draws (kept apart from the sweeps' seed).
-        eps: added to ``N * F``.
-        masking: silence masking of padded queries: "none", "dual" or "mixed" (`FisherAscent`); the "before"
-            sweep must have been measured with ``masked`` true for "dual" and false otherwise.
+        ascent: the ascent's lr, steps, draws, seed, eps and silence masking (``ascent:`` nested in YAML); the
+            "before" sweep must have been measured with ``masked`` true for masking "dual" and false otherwise.
         micro_batch_size: (item, draw) rows per forward pass of the "after" sweeps.
         top_k: tracks shown in each query's table and bar plot.
     """
 
     def __init__(self, model: TextToMusicModel, fisher_path: str, parameter_groups: Sequence[str] = ("all",),
-                 lr: float = 1e-6, steps: int = 1, draws: int = 8, seed: int = 1_000_003, eps: float = 1e-12,
-                 masking: Masking = "mixed", micro_batch_size: int = 16, top_k: int = 20) -> None:
+                 ascent: AscentSettings = AscentSettings(), micro_batch_size: int = 16, top_k: int = 20) -> None:
         super().__init__()
         if micro_batch_size < 1 or top_k < 1:
             raise ValueError(f"micro_batch_size and top_k must be at least 1, got {micro_batch_size} and {top_k}.")
         self.model = model.requires_grad_(False).eval()
         self.parameter_groups = list(parameter_groups)
         names = model.parameter_names(model.select_parameters(self.parameter_groups))
-        self.ascent = FisherAscent(names, fisher_path, lr, steps, draws, seed, eps, masking)
+        self.ascent = FisherAscent(names, fisher_path, ascent)
         self.micro_batch_size = micro_batch_size
         self.top_k = top_k
         self.sweep: dict[str, Any] = {}  # the "before" sweep's recipe: draws, seed, masked
@@ -87,22 +64,22 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         self.current: int | None = None  # the query whose weights the model holds
 
     def setup(self, stage: str) -> None:
+        if stage != "predict":
+            raise ValueError(f"QueryAttribution runs as `train.py predict`, not {stage!r}.")
         data = self.trainer.datamodule
-        if stage != "predict" or not hasattr(data, "before_dir"):
-            raise ValueError("QueryAttribution runs as `train.py predict` with a datamodules.queries.QueryDataModule.")
-        before = Path(data.before_dir) / RECIPE_FILE
-        if not before.is_file():
-            raise FileNotFoundError(f"No 'before' sweep at {data.before_dir} ({before} is missing). Run it first: "
-                                    "`python train.py predict --config configs/attribution/sweep.yaml "
-                                    f"--data.init_args.sweep_dir {data.before_dir}`.")
-        self.sweep = read_recipe(data.before_dir)
+        require(data, QueryWork, "QueryAttribution", "datamodules.queries.QueryDataModule")
+        if not data.before.recipe_path.is_file():
+            raise FileNotFoundError(f"No 'before' sweep at {data.before.folder} ({data.before.recipe_path} is "
+                                    "missing). Run it first: `python train.py predict --config "
+                                    f"configs/attribution/sweep.yaml --data.init_args.sweep_dir {data.before.folder}`.")
+        self.sweep = data.before.read_recipe()
         expected = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.ascent.measure_masked),
                     **data.recipe()}
-        differs = sorted(key for key in expected if key != "shard_size" and expected[key] != self.sweep.get(key))
+        differs = differing_keys(self.sweep, expected, ignore=("shard_size",))
         if differs:
-            hint = (f" (masking {self.ascent.masking!r} measures with masked={self.ascent.measure_masked}: run the "
-                    "'before' sweep with --model.init_args.masked accordingly)" if "masked" in differs else "")
-            raise ValueError(f"The 'before' sweep in {data.before_dir} was measured with other {', '.join(differs)} "
+            hint = (f" (masking {self.ascent.config.masking!r} measures with masked={self.ascent.measure_masked}: run "
+                    "the 'before' sweep with --model.init_args.masked accordingly)" if "masked" in differs else "")
+            raise ValueError(f"The 'before' sweep in {data.before.folder} was measured with other {', '.join(differs)} "
                              f"than this run's model and training set{hint}; run it again for them.")
         named = dict(self.model.named_parameters())
         self.base = {name: named[name].detach().clone() for name in self.ascent.names}
@@ -117,17 +94,17 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         # the rankings read each query's delta.json: a bad one is rewritten even when the query's shards are done
         pending = sorted({query for query, _ in data.missing_work()}
                          | {query for query, item in enumerate(queries)
-                            if not _settings_verified(query_dir(data.out_dir, item.id) / "delta.pt")})
+                            if not data.store.delta(item.id).settings_verified()})
         self.trainer.strategy.barrier("query_deltas_listed")  # every rank splits the same list before any writes
         rank, world = self.trainer.global_rank, self.trainer.world_size
         for query in pending[rank::world]:
-            folder = query_dir(data.out_dir, queries[query].id)
-            if not self._delta_matches(folder):
+            query_id = queries[query].id
+            if not self._delta_matches(data.store.delta(query_id), query_id):
                 self._restore()
                 batch = self._on_device(data.query_set, query)
                 with torch.inference_mode(False), torch.enable_grad():
                     delta, query_loss = self.ascent.unlearn(self.model, batch)
-                write_delta(folder / "delta.pt", delta, self.settings(queries[query].id, query_loss))
+                data.store.delta(query_id).write(delta, self.settings(query_id, query_loss))
                 log.info("Query %s unlearned: its loss %.6g -> %.6g.", queries[query].id,
                          query_loss["before"], query_loss["after"])
         self._restore()
@@ -139,23 +116,21 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
                     "weights": self.weights}
         return settings if query_loss is None else {**settings, "query_loss": query_loss}
 
-    def _delta_matches(self, folder: Path) -> bool:
-        """Whether `folder` holds a delta of this run's settings (reused); a delta of other settings is refused, one
-        that fails verification is logged with a warning and computed again."""
-        path = folder / "delta.json"
-        if not (folder / "delta.pt").is_file() or not path.is_file():
+    def _delta_matches(self, delta: Delta, query_id: str) -> bool:
+        """Whether `delta` exists with this run's settings (reused); a delta of other settings is refused, one that
+        fails verification is logged with a warning and computed again."""
+        if not delta.path.is_file() or not delta.settings_path.is_file():
             return False
         try:
-            read_delta(folder / "delta.pt")
-            saved = read_delta_settings(folder / "delta.pt")
+            delta.read()
+            saved = delta.settings()
         except CorruptFileError as error:
             log.warning("Unlearning the query again: %s", error)
             return False
-        expected = self.settings(folder.parent.name)
-        differs = sorted(key for key in expected if saved.get(key) != expected[key])
+        differs = differing_keys(saved, self.settings(query_id))
         if differs:
-            raise ValueError(f"{folder} holds a query delta with other {', '.join(differs)} than this run's; give "
-                             "another data.init_args.out_dir, or delete the folder to start over.")
+            raise ValueError(f"{delta.path.parent} holds a query delta with other {', '.join(differs)} than this "
+                             "run's; give another data.init_args.out_dir, or delete the folder to start over.")
         return True
 
     def _on_device(self, dataset: Any, index: int) -> Batch:
@@ -172,10 +147,10 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
             return
         data = self.trainer.datamodule
         self._restore()
-        load_delta(self.model, query_dir(data.out_dir, data.query_items()[query].id) / "delta.pt")
+        load_delta(self.model, data.store.delta(data.query_items()[query].id).path)
         recipe = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.sweep["masked"]),
                   **data.recipe()}
-        open_sweep(data.sweep_dir_of(query), recipe, write=True)  # every rank holding it writes the same recipe
+        data.sweep_of(query).open(recipe, write=True)  # every rank holding it writes the same recipe
         self.current = query
 
     def predict_step(self, element: dict, batch_idx: int = 0) -> dict:
@@ -186,7 +161,7 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         self.model.eval()
         losses = sweep_losses(self.model, element["batch"], self.sweep["draws"], self.sweep["seed"],
                               self.sweep["masked"], self.micro_batch_size)
-        return {"sweep_dir": self.trainer.datamodule.sweep_dir_of(int(element["query"])),
+        return {"sweep": self.trainer.datamodule.sweep_of(int(element["query"])),
                 "shard": int(element["shard"]), "id": list(element["batch"]["id"]), "loss": losses}
 
     def on_predict_end(self) -> None:
@@ -199,32 +174,28 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
     def write_rankings(self) -> list[dict[str, Any]]:
         """Write each query's ranking into its folder and ``summary.json`` / ``summary.md`` into ``out_dir``."""
         data = self.trainer.datamodule
-        ids, before = read_sweep(data.before_dir)
+        ids, before = data.before.read()
         items = {item.id: item for item in data.all_items()}
         captions = [items[item_id].caption for item_id in ids]
         groups = [items[item_id].group for item_id in ids]
         experiment = self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
         summary = []
         for query in data.query_items():
-            folder = query_dir(data.out_dir, query.id)
-            after_ids, after = read_sweep(folder / "sweep")
+            after_ids, after = data.store.sweep(query.id).read()
             if after_ids != ids:
-                raise ValueError(f"The sweeps in {data.before_dir} and {folder / 'sweep'} cover other tracks; "
-                                 "delete the query's folder and run again.")
+                raise ValueError(f"The sweeps in {data.before.folder} and {data.store.sweep(query.id).folder} cover "
+                                 "other tracks; delete the query's folder and run again.")
             scores = attribution_scores(before, after)
             named = f"{query.id}, “{query.caption}”"
-            rows = write_ranking(folder, ids, captions, groups, scores, self.top_k, query=named)
+            rows = write_ranking(data.store.query_dir(query.id), ids, captions, groups, scores, self.top_k,
+                                 query=named)
             per_group = group_scores(groups, scores)
-            settings = read_delta_settings(folder / "delta.pt")
+            settings = data.store.delta(query.id).settings()
             summary.append({"query": query.id, "caption": query.caption, "group": query.group,
                             "query_loss": settings["query_loss"], "top_tracks": [row["id"] for row in rows[:5]],
                             "top_group": per_group[0]["group"] if per_group else ""})
             if experiment is not None:
                 log_ranking(experiment, rows, tag=f"attribution/{query.id}", top_k=self.top_k, query=named)
-        write_json_atomic(Path(data.out_dir) / SUMMARY_FILE, summary)
-        lines = ["| query | caption | top group | top tracks | query loss before -> after |", "|---|---|---|---|---|"]
-        lines += [f"| {row['query']} | {row['caption']} | {row['top_group']} | {', '.join(row['top_tracks'])} | "
-                  f"{row['query_loss']['before']:.4g} -> {row['query_loss']['after']:.4g} |" for row in summary]
-        write_text_atomic(Path(data.out_dir) / "summary.md", "\n".join(lines) + "\n")
-        log.info("Attribution of %d query(ies) written to %s.", len(summary), data.out_dir)
+        data.store.write_summary(summary)
+        log.info("Attribution of %d query(ies) written to %s.", len(summary), data.store.out_dir)
         return summary

@@ -24,36 +24,16 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_modules.gradients import (
-    check_fisher_recipe,
-    read_fisher_file,
-    save_fisher,
-    squared_gradients,
-    weights_digest,
-)
+from datamodules.attribution_store import FisherFile
+from datamodules.interfaces import HasItems, require
+from lightning_modules.attribution.settings import FISHER_DRAWS
+from lightning_modules.gradients import squared_gradients, weights_digest
 from lightning_modules.io import CorruptFileError, cache_key
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
 from lightning_modules.passes import NonFiniteLossError
 
 log = logging.getLogger(__name__)
-
-
-def read_fisher(path: str | Path, **expected: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The Fisher (parameter name -> tensor) in `path` and its info (recipe, ``count`` N, ``names``), after checking
-    the recipe keys in `expected` (ValueError naming the differing keys otherwise).
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        CorruptFileError: the file fails verification (digest, structure, finite values), whatever its recipe.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No Fisher information at {path}; compute it first with `python train.py predict "
-                                "--config configs/attribution/fisher.yaml` (model.init_args.fisher_path).")
-    fisher, info = read_fisher_file(path)
-    check_fisher_recipe(path, info, **expected)
-    return fisher, info
 
 
 class FisherEstimation(ModelAudioFormat, L.LightningModule):
@@ -68,12 +48,13 @@ class FisherEstimation(ModelAudioFormat, L.LightningModule):
     """
 
     def __init__(self, model: TextToMusicModel, fisher_path: str, parameter_groups: Sequence[str] = ("all",),
-                 draws: int = 1, seed: int = 0) -> None:
+                 draws: int = FISHER_DRAWS, seed: int = 0) -> None:
         super().__init__()
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}.")
         self.model = model
         self.fisher_path = Path(fisher_path)
+        self.file = FisherFile(fisher_path)
         self.parameter_groups = list(parameter_groups)
         self.draws = draws
         self.seed = seed
@@ -97,16 +78,14 @@ class FisherEstimation(ModelAudioFormat, L.LightningModule):
         if stage != "predict":
             raise ValueError(f"FisherEstimation runs as `train.py predict`, not {stage!r}.")
         datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "all_items"):
-            raise TypeError("FisherEstimation needs a DataModule with all_items() (such as "
-                            "datamodules.items.ItemsDataModule over the training manifest).")
+        require(datamodule, HasItems, "FisherEstimation", "datamodules.items.ItemsDataModule (the training manifest)")
         self.ids = {item.id for item in datamodule.all_items()}
         self.recipe = self.make_recipe(sorted(self.ids))
         saved = self._saved()
         self.reused = saved is not None
         if saved is not None:
             fisher, info = saved
-            check_fisher_recipe(self.fisher_path, info, **self.recipe)
+            self.file.check(info, **self.recipe)
             missing = [name for name in self.names if name not in fisher]
             if missing:
                 raise ValueError(f"The Fisher information in {self.fisher_path} has no entry for {missing[:5]}; "
@@ -120,7 +99,7 @@ class FisherEstimation(ModelAudioFormat, L.LightningModule):
         if not self.fisher_path.exists():
             return None
         try:
-            return read_fisher_file(self.fisher_path)
+            return self.file.read()
         except CorruptFileError as error:
             log.warning("Computing the Fisher information again: %s", error)
             return None
@@ -165,7 +144,6 @@ class FisherEstimation(ModelAudioFormat, L.LightningModule):
                                      "items overflowed or the reduction across processes failed; check the precision "
                                      "and the processes' logs.", sorted(self._seen))
         if self.trainer.is_global_zero:
-            save_fisher(self.fisher_path, fisher, **self.recipe, count=count, names=self.names,
-                        model=type(self.model).__name__)
+            self.file.save(fisher, **self.recipe, count=count, names=self.names, model=type(self.model).__name__)
             log.info("Fisher information of %d items written to %s.", count, self.fisher_path)
         strategy.barrier("fisher_written")

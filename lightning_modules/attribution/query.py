@@ -18,29 +18,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.attribution.fisher import read_fisher
+from datamodules.attribution_store import Delta, FisherFile
+from lightning_modules.attribution.settings import AscentSettings
 from lightning_modules.gradients import weights_digest
-from lightning_modules.io import (
-    CorruptFileError,
-    TensorMapField,
-    load_verified,
-    read_json_verified,
-    save_verified,
-    write_json_verified,
-)
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
 from lightning_modules.passes import check_finite, measuring
 
 log = logging.getLogger(__name__)
-
-Masking = Literal["none", "dual", "mixed"]
 
 
 class FisherAscent:
@@ -50,46 +41,31 @@ class FisherAscent:
     Args:
         names: the parameters to change (names as in ``model.named_parameters()``).
         fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``); it must cover `names`.
-        lr: the ascent step size (Choi et al.'s best: 1e-6 with all transformer layers, one step).
-        steps: ascent steps; step s uses draws ``seed + s * draws .. seed + (s + 1) * draws - 1``.
-        draws: (timestep, noise) draws the query gradient is averaged over.
-        seed: seed of the query's draws; keep it apart from the sweeps' seed, so that a training track unlearned as
-            its own query (self-influence) is not measured at the very noise it was unlearned at.
-        eps: added to ``N * F`` so weights the Fisher never saw do not divide by zero.
-        masking: silence masking variant: "none", "dual" or "mixed" (see the module docstring).
+        config: the ascent's lr, steps, draws, seed, eps and silence masking.
     """
 
-    def __init__(self, names: Sequence[str], fisher_path: str | Path, lr: float = 1e-6, steps: int = 1,
-                 draws: int = 1, seed: int = 1_000_003, eps: float = 1e-12, masking: Masking = "mixed") -> None:
-        if masking not in ("none", "dual", "mixed"):
-            raise ValueError(f"masking must be 'none', 'dual' or 'mixed', got {masking!r}.")
-        for key, value in (("steps", steps), ("draws", draws)):
-            if value < 1:
-                raise ValueError(f"{key} must be at least 1, got {value}.")
-        if lr <= 0 or eps < 0:
-            raise ValueError(f"lr must be positive and eps non-negative, got lr={lr}, eps={eps}.")
+    def __init__(self, names: Sequence[str], fisher_path: str | Path, config: AscentSettings = AscentSettings()
+                 ) -> None:
         self.names = list(names)
         self.fisher_path = Path(fisher_path)
-        self.lr, self.steps, self.draws, self.seed, self.eps = lr, steps, draws, seed, eps
-        self.masking = masking
+        self.config = config
         self._fisher: tuple[str, list[Tensor], int] | None = None  # (weights digest, F per name, N)
 
     @property
     def measure_masked(self) -> bool:
         """Whether the loss sweeps should mask padding (the sweep's ``masked``): only with "dual" masking."""
-        return self.masking == "dual"
+        return self.config.measure_masked
 
     def settings(self) -> dict[str, Any]:
         """The ascent's settings, as recorded beside a delta."""
-        return {"fisher_path": str(self.fisher_path), "lr": self.lr, "steps": self.steps, "draws": self.draws,
-                "seed": self.seed, "eps": self.eps, "masking": self.masking, "measure_masked": self.measure_masked}
+        return {"fisher_path": str(self.fisher_path), **self.config.record()}
 
     def fisher(self, model: TextToMusicModel) -> tuple[list[Tensor], int]:
         """``F`` of the selected parameters (in `names` order) and ``N``, read once, after checking the file was
         computed at `model`'s current weights and covers every selected parameter."""
         digest = weights_digest(sorted(model.state_dict().items()))
         if self._fisher is None or self._fisher[0] != digest:
-            values, info = read_fisher(self.fisher_path, weights=digest)
+            values, info = FisherFile(self.fisher_path).load(weights=digest)
             missing = [name for name in self.names if name not in values]
             if missing:
                 raise ValueError(f"The Fisher information in {self.fisher_path} has no entry for {missing[:5]}; "
@@ -102,7 +78,7 @@ class FisherAscent:
 
     def unlearning_batch(self, batch: Batch) -> Batch:
         """The query as unlearning sees it: with "none" masking the padding counts as audio."""
-        if self.masking == "none":
+        if self.config.masking == "none":
             return {**batch, "mask": torch.ones_like(batch["mask"])}
         return batch
 
@@ -112,16 +88,16 @@ class FisherAscent:
         memory does not grow with `draws`), and the mean loss at those draws."""
         total = [torch.zeros_like(param, dtype=torch.float32) for param in params]
         means = []
-        for draw in range(self.draws):
-            fixed = model.fixed_loss_inputs(list(batch["id"]), self.seed + step * self.draws + draw)
+        for draw in range(self.config.draws):
+            fixed = model.fixed_loss_inputs(list(batch["id"]), self.config.seed + step * self.config.draws + draw)
             losses = model.loss(batch, **fixed)
             # the sync this costs replaces the one float(loss) took per draw: the means are read once, below
             check_finite(losses, list(batch["id"]), f"query loss at ascent step {step}, draw {draw}")
             loss = losses.mean()
             for acc, grad in zip(total, torch.autograd.grad(loss, params), strict=True):
-                acc += grad.float() / self.draws
+                acc += grad.float() / self.config.draws
             means.append(loss.detach())
-        return total, sum(float(mean) / self.draws for mean in means)
+        return total, sum(float(mean) / self.config.draws for mean in means)
 
     def unlearn(self, model: TextToMusicModel, batch: Batch, reduce: Callable[[Tensor], Tensor] | None = None
                 ) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -143,67 +119,32 @@ class FisherAscent:
         params = [named[name] for name in self.names]
         batch = self.unlearning_batch(batch)
         device = params[0].device
-        denominators = [count * value.to(device=device, dtype=torch.float32) + self.eps for value in fisher]
+        denominators = [count * value.to(device=device, dtype=torch.float32) + self.config.eps for value in fisher]
         flags = [param.requires_grad for param in params]
         losses = []
         try:
             with measuring(model, device, grad=True):
                 for param in params:
                     param.requires_grad_(True)
-                for step in range(self.steps):
+                for step in range(self.config.steps):
                     gradients, loss = self.query_gradient(model, params, batch, step)
                     losses.append(loss)
                     with torch.no_grad():
                         for param, grad, denominator in zip(params, gradients, denominators, strict=True):
                             grad = reduce(grad) if reduce is not None else grad
-                            param.add_((self.lr * grad / denominator).to(param.dtype))
+                            param.add_((self.config.lr * grad / denominator).to(param.dtype))
                 with torch.no_grad():  # at the first step's draws, as the loss before
                     after_losses = torch.stack([model.loss(batch, **model.fixed_loss_inputs(list(batch["id"]),
-                                                                                            self.seed + d))
-                                                for d in range(self.draws)], dim=1)  # (queries, draws)
-                check_finite(after_losses, list(batch["id"]), f"query loss after {self.steps} ascent step(s) at lr "
-                             f"{self.lr} (also check the Fisher file {self.fisher_path})")
-                after = sum(float(mean) for mean in after_losses.mean(dim=0)) / self.draws
+                                                                                            self.config.seed + d))
+                                                for d in range(self.config.draws)], dim=1)  # (queries, draws)
+                check_finite(after_losses, list(batch["id"]), f"query loss after {self.config.steps} ascent step(s) at "
+                             f"lr {self.config.lr} (also check the Fisher file {self.fisher_path})")
+                after = sum(float(mean) for mean in after_losses.mean(dim=0)) / self.config.draws
         finally:
             for param, flag in zip(params, flags, strict=True):
                 param.requires_grad_(flag)
         delta = {name: param.detach().cpu().clone() for name, param in zip(self.names, params, strict=True)}
         return delta, {"before": losses[0], "after": after}
-
-
-def write_delta(path: str | Path, delta: dict[str, Tensor], settings: dict[str, Any]) -> None:
-    """Write changed parameters to `path` (``torch.save`` of name -> tensor, what the "after" sweep loads as
-    ``pretrained_delta``, `lightning_modules.attribution.sweep.load_delta`) and `settings` to `path` with suffix
-    ``.json``, each atomically with its digest (`lightning_modules.io.save_verified`)."""
-    path = Path(path)
-    save_verified({name: value.detach().cpu() for name, value in delta.items()}, path)
-    write_json_verified(path.with_suffix(".json"), settings)
-
-
-DELTA = "query unlearning delta"
-DELTA_REMEDY = ("unlearn the query again to rewrite it: `python train.py predict --config configs/attribution/"
-                "attribute.yaml` (the same run) recomputes a bad delta, or `python train.py fit --config "
-                "configs/attribution/unlearn.yaml` for a delta_path written by hand")
-
-
-def read_delta(path: str | Path) -> dict[str, Tensor]:
-    """The changed parameters `write_delta` wrote to `path`, verified (digest, name -> finite tensor).
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        CorruptFileError: it fails verification; the message names it and how to rewrite it.
-    """
-    return load_verified(path, DELTA, DELTA_REMEDY, TensorMapField(finite=True))
-
-
-def read_delta_settings(path: str | Path) -> dict[str, Any]:
-    """The settings `write_delta` wrote beside the delta `path` (``<path>.json``), verified."""
-    json_path = Path(path).with_suffix(".json")
-    settings = read_json_verified(json_path, f"settings of a {DELTA}", DELTA_REMEDY)
-    if not isinstance(settings, dict):
-        raise CorruptFileError(json_path, f"settings of a {DELTA}", f"holds {type(settings).__name__}, not a JSON "
-                               "object", DELTA_REMEDY)
-    return settings
 
 
 class QueryUnlearning(ModelAudioFormat, L.LightningModule):
@@ -214,18 +155,17 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
         fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``); it must cover the groups.
         delta_path: where the fit writes the changed parameters (``torch.save`` of name -> tensor).
         parameter_groups: names of the model's parameter groups to change.
-        lr, steps, draws, seed, eps, masking: the ascent's settings, as in `FisherAscent`.
+        ascent: the ascent's lr, steps, draws, seed, eps and silence masking (``ascent:`` nested in YAML).
     """
 
     def __init__(self, model: TextToMusicModel, fisher_path: str, delta_path: str,
-                 parameter_groups: Sequence[str] = ("all",), lr: float = 1e-6, steps: int = 1, draws: int = 1,
-                 seed: int = 1_000_003, eps: float = 1e-12, masking: Masking = "mixed") -> None:
+                 parameter_groups: Sequence[str] = ("all",), ascent: AscentSettings = AscentSettings()) -> None:
         super().__init__()
         self.model = model
         self.delta_path = Path(delta_path)
         self.parameter_groups = list(parameter_groups)
         names = model.parameter_names(model.select_parameters(self.parameter_groups))
-        self.ascent = FisherAscent(names, fisher_path, lr, steps, draws, seed, eps, masking)
+        self.ascent = FisherAscent(names, fisher_path, ascent)
         self.automatic_optimization = False
         self.delta: dict[str, Tensor] = {}
         self.query_ids: list[str] = []
@@ -233,7 +173,7 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
 
     @property
     def seed(self) -> int:
-        return self.ascent.seed
+        return self.ascent.config.seed
 
     @property
     def measure_masked(self) -> bool:
@@ -274,7 +214,8 @@ class QueryUnlearning(ModelAudioFormat, L.LightningModule):
                 "query_loss": self.query_loss, "parameters": self.ascent.names}
 
     def write(self, path: str | Path) -> None:
-        """Write the changed parameters to `path` and the settings to `path` with suffix ``.json``, atomically."""
-        write_delta(path, self.delta, self.settings())
+        """Write the changed parameters to `path` and the settings to `path` with suffix ``.json``, atomically
+        (`datamodules.attribution_store.Delta`)."""
+        Delta(path).write(self.delta, self.settings())
         log.info("Unlearned %d parameter tensor(s) on %d query(ies): query loss %.6g -> %.6g; delta written to %s.",
                  len(self.delta), len(self.query_ids), self.query_loss["before"], self.query_loss["after"], path)

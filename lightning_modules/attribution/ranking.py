@@ -8,14 +8,13 @@ Lightning's distributed sampler shards the training items over ranks (no padding
 items' features, the queries' features are computed shard by shard and gathered to every rank, each rank scores its
 own items, and only the scores `(n_queries, n_train)` travel to rank zero, which checks that every item was scored
 and writes, per query, ``<out_dir>/<query id>/<name>/`` (ranking and groups as CSV / JSON, top tracks as markdown
-and a bar plot; higher = more similar = more attributed) and ``<out_dir>/scores_<name>.pt`` (`read_scores`) for the
-consistency evaluation.
+and a bar plot; higher = more similar = more attributed) and ``<out_dir>/scores_<name>.pt``
+(`AttributionStore.read_scores`) for the consistency evaluation.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
@@ -23,61 +22,17 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from lightning_modules.attribution.scoring import UNLEARNING, log_ranking, write_ranking
+from datamodules.attribution_store import UNLEARNING, AttributionStore
+from datamodules.interfaces import HasQueries, require
+from lightning_modules.attribution.scoring import log_ranking, write_ranking
 from lightning_modules.attribution.similarity import Features, SimilarityBaseline, cosine_scores
-from lightning_modules.io import (
-    CorruptFileError,
-    StrListField,
-    TensorField,
-    check_folder_name,
-    load_verified,
-    save_verified,
-)
+from lightning_modules.io import check_folder_name
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
 from lightning_modules.passes import progress
 
 log = logging.getLogger(__name__)
 
-
-
-SCORES_STRUCTURE = {"ids": StrListField(), "query_ids": StrListField(),
-                    "scores": TensorField(ndim=2, dtype=torch.float32, finite=True)}
-
-
-def scores_path(out_dir: str | os.PathLike, name: str) -> Path:
-    """The file of a pass's whole score matrix: ``<out_dir>/scores_<name>.pt``."""
-    return Path(out_dir) / f"scores_{name}.pt"
-
-
-def write_scores(out_dir: str | os.PathLike, name: str, ids: list[str], query_ids: list[str], scores: Tensor,
-                 baseline: str) -> None:
-    """Write the score matrix `(n_queries, n_train)` of the pass `name` (`read_scores`), atomically with its digest."""
-    save_verified({"ids": list(ids), "query_ids": list(query_ids), "scores": scores.detach().float().cpu(),
-                   "name": name, "baseline": baseline}, scores_path(out_dir, name))
-
-
-def read_scores(out_dir: str | os.PathLike, name: str) -> tuple[list[str], list[str], Tensor]:
-    """The training ids (manifest order), the query ids and the cosine similarities `(n_queries, n_train)` float32
-    that the pass named `name` wrote into `out_dir`.
-
-    Raises:
-        FileNotFoundError: no such pass was run into `out_dir`.
-        CorruptFileError: the file fails verification (digest, structure, shape, finite scores); the message names it.
-    """
-    path = scores_path(out_dir, name)
-    command = (f"`python train.py predict --config configs/attribution/similarity_<baseline>.yaml "
-               f"--model.init_args.out_dir {out_dir} --model.init_args.name {name}`")
-    if not path.is_file():
-        raise FileNotFoundError(f"No similarity scores at {path}; run the pass first: {command}.")
-    remedy = f"run the pass again to rewrite it: {command}"
-    record = load_verified(path, "similarity score matrix", remedy, SCORES_STRUCTURE)
-    expected = (len(record["query_ids"]), len(record["ids"]))
-    if tuple(record["scores"].shape) != expected:
-        raise CorruptFileError(path, "similarity score matrix", f"holds scores of shape "
-                               f"{tuple(record['scores'].shape)} for {expected[0]} queries and {expected[1]} items",
-                               remedy)
-    return record["ids"], record["query_ids"], record["scores"]
 
 
 class SimilarityRanking(ModelAudioFormat, L.LightningModule):
@@ -103,6 +58,7 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         self.model = model.requires_grad_(False)  # the gradient baseline enables its own groups while it measures
         self.baseline = baseline
         self.out_dir = Path(out_dir)
+        self.store = AttributionStore(out_dir)
         self.name = name
         self.top_k = top_k
         self.train_ids: list[str] = []
@@ -121,11 +77,8 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         if stage != "predict":
             raise ValueError(f"SimilarityRanking runs as `train.py predict`, not {stage!r}.")
         datamodule = self.trainer.datamodule
-        if datamodule is None or not all(hasattr(datamodule, key) for key in ("all_items", "query_items",
-                                                                              "query_dataloader")):
-            raise TypeError("SimilarityRanking needs a DataModule with all_items(), query_items() and "
-                            "query_dataloader(), such as datamodules.items.ItemsDataModule over the training manifest "
-                            "with data.init_args.queries.")
+        require(datamodule, HasQueries, "SimilarityRanking", "datamodules.items.ItemsDataModule over the training "
+                "manifest with data.init_args.queries")
         self.train_items = datamodule.all_items()
         self.query_items = datamodule.query_items()
         if not self.query_items:
@@ -136,7 +89,7 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
                              "processes; run on fewer devices.")
         self.train_ids = [item.id for item in self.train_items]
         self.query_ids = [item.id for item in self.query_items]
-        file_name = scores_path(self.out_dir, self.name).name
+        file_name = self.store.scores_path(self.name).name
         for query_id in self.query_ids:
             if query_id == file_name:
                 raise ValueError(f"Query id {query_id!r} is the name of the score file in {self.out_dir}; rename the "
@@ -244,19 +197,19 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
 
     def write(self) -> None:
         """Write each query's ranking into ``<out_dir>/<query id>/<name>/`` and the score matrix into
-        ``scores_path(out_dir, name)``, atomically; add each ranking to TensorBoard when the trainer logs there."""
+        ``store.scores_path(name)``, atomically; add each ranking to TensorBoard when the trainer logs there."""
         if self.scores is None:
             raise RuntimeError("SimilarityRanking.write runs after the pass has assembled the scores.")
         captions = [item.caption for item in self.train_items]
         groups = [item.group for item in self.train_items]
         boards = [logger.experiment for logger in self.trainer.loggers if isinstance(logger, TensorBoardLogger)]
         for query_id, scores in zip(self.query_ids, self.scores, strict=True):
-            rows = write_ranking(self.out_dir / query_id / self.name, self.train_ids, captions, groups, scores,
+            rows = write_ranking(self.store.query_dir(query_id, self.name), self.train_ids, captions, groups, scores,
                                  top_k=self.top_k, score_label=self.score_label, query=query_id)
             for board in boards:
                 log_ranking(board, rows, tag=f"similarity/{self.name}/{query_id}", top_k=self.top_k,
                             score_label=self.score_label, query=query_id)
-        write_scores(self.out_dir, self.name, self.train_ids, self.query_ids, self.scores, type(self.baseline).__name__)
+        self.store.write_scores(self.name, self.train_ids, self.query_ids, self.scores, type(self.baseline).__name__)
         log.info("%s similarity of %d training items to %d queries written to %s/<query id>/%s and %s.",
                  self.name, len(self.train_ids), len(self.query_ids), self.out_dir, self.name,
-                 scores_path(self.out_dir, self.name))
+                 self.store.scores_path(self.name))

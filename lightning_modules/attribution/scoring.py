@@ -8,23 +8,17 @@ ranking is written as CSV and JSON, a markdown table and a bar plot of the top t
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_modules.io import atomic_file, write_json_atomic, write_text_atomic
+from datamodules.attribution_store import write_ranking_files
 
-RANKING_COLUMNS = ("id", "caption", "group", "score", "rank")
-UNLEARNING = "unlearning"  # the sub-folder of a query's folder for attribution by unlearning (baselines: their name)
 UNLEARNING_SCORE_LABEL = "score: loss after unlearning - loss before"
-GROUP_COLUMNS = ("group", "sum", "mean", "count", "rank")
 
 
 def attribution_scores(before: Tensor, after: Tensor) -> Tensor:
@@ -155,14 +149,6 @@ def bar_plot(rows: Sequence[dict[str, Any]], top_k: int = 10, title: str = "Most
     return figure
 
 
-def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({column: row[column] for column in columns} for row in rows)
-    return buffer.getvalue()
-
-
 def write_ranking(folder: str | os.PathLike, ids: Sequence[str], captions: Sequence[str], groups: Sequence[str],
                   scores: Tensor, top_k: int = 20, score_label: str = UNLEARNING_SCORE_LABEL, query: str = ""
                   ) -> list[dict[str, Any]]:
@@ -170,16 +156,9 @@ def write_ranking(folder: str | os.PathLike, ids: Sequence[str], captions: Seque
     ``groups.csv`` / ``groups.json`` (group, sum, mean, count, rank), ``top_tracks.md`` and ``top_tracks.png`` (the
     first `top_k` tracks, the plot titled by the `query` and its axis labelled `score_label`) into `folder`, each
     atomically; returns the ranking rows."""
-    folder = Path(folder)
     rows = ranking_rows(ids, captions, groups, scores)
-    per_group = group_scores(groups, scores)
-    write_text_atomic(folder / "ranking.csv", _csv_text(rows, RANKING_COLUMNS))
-    write_json_atomic(folder / "ranking.json", rows)
-    write_text_atomic(folder / "groups.csv", _csv_text(per_group, GROUP_COLUMNS))
-    write_json_atomic(folder / "groups.json", per_group)
-    write_text_atomic(folder / "top_tracks.md", markdown_table(rows, top_k) + "\n")
-    with atomic_file(folder / "top_tracks.png") as tmp:
-        bar_plot(rows, top_k, plot_title(query), score_label).savefig(tmp, format="png", dpi=100)
+    write_ranking_files(folder, rows, group_scores(groups, scores), markdown_table(rows, top_k),
+                        bar_plot(rows, top_k, plot_title(query), score_label))
     return rows
 
 

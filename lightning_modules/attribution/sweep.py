@@ -14,8 +14,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from datamodules.sweep import open_sweep
-from lightning_modules.attribution.query import read_delta
+from datamodules.attribution_store import Delta
+from datamodules.interfaces import SweepWork, require
+from lightning_modules.attribution.settings import SWEEP_DRAWS
 from lightning_modules.gradients import weights_digest
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
@@ -28,14 +29,14 @@ def load_delta(model: TextToMusicModel, path: str | os.PathLike) -> None:
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        CorruptFileError: the file fails verification (digest, a dict of name -> finite tensor; `read_delta`).
+        CorruptFileError: the file fails verification (digest, a dict of name -> finite tensor; `Delta.read`).
         ValueError: the file names weights the model lacks or shapes it does not have.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained_delta {path} not found; give the parameters file the query unlearning "
                                 "wrote, or leave pretrained_delta unset for the 'before' sweep.")
-    set_weights(model, read_delta(path), str(path))
+    set_weights(model, Delta(path).read(), str(path))
 
 
 def set_weights(model: TextToMusicModel, values: dict[str, Tensor], source: str = "the given weights") -> None:
@@ -130,8 +131,8 @@ class LossSweep(ModelAudioFormat, L.LightningModule):
             and "mixed" silence-masking variants).
     """
 
-    def __init__(self, model: TextToMusicModel, pretrained_delta: str | None = None, draws: int = 20, seed: int = 0,
-                 micro_batch_size: int = 16, masked: bool = True) -> None:
+    def __init__(self, model: TextToMusicModel, pretrained_delta: str | None = None, draws: int = SWEEP_DRAWS,
+                 seed: int = 0, micro_batch_size: int = 16, masked: bool = True) -> None:
         super().__init__()
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}.")
@@ -156,16 +157,18 @@ class LossSweep(ModelAudioFormat, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Check the sweep folder holds this sweep or none yet (rank 0 records the recipe), before any shard."""
+        if stage != "predict":
+            raise ValueError(f"LossSweep runs as `train.py predict` (with a SweepDataModule), not {stage!r}.")
         data = self.trainer.datamodule
-        if stage != "predict" or not hasattr(data, "sweep_dir") or not hasattr(data, "recipe"):
-            raise ValueError("LossSweep runs as `train.py predict` with a SweepDataModule (data.init_args.sweep_dir).")
-        open_sweep(data.sweep_dir, {**self.recipe(), **data.recipe()}, write=self.trainer.is_global_zero)
+        require(data, SweepWork, "LossSweep", "datamodules.sweep.SweepDataModule")
+        data.sweep.open({**self.recipe(), **data.recipe()}, write=self.trainer.is_global_zero)
         self.trainer.strategy.barrier("sweep_recipe_checked")
 
     def predict_step(self, shard: dict, batch_idx: int = 0) -> dict:
-        """``{"shard": index, "id": ids, "loss": (items, draws)}`` for a `SweepDataModule` shard; a placeholder
-        step (no ``batch``) gives no ids."""
+        """``{"sweep", "shard": index, "id": ids, "loss": (items, draws)}`` for a `SweepDataModule` shard; a
+        placeholder step (no ``batch``) gives no ids."""
         if "batch" not in shard:
             return {"shard": int(shard["shard"]), "id": [], "loss": torch.empty(0, self.draws)}
         self.model.eval()
-        return {"shard": int(shard["shard"]), "id": list(shard["batch"]["id"]), "loss": self.losses(shard["batch"])}
+        return {"sweep": self.trainer.datamodule.sweep, "shard": int(shard["shard"]),
+                "id": list(shard["batch"]["id"]), "loss": self.losses(shard["batch"])}

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from datamodules.audio import AudioTextDataset
+from datamodules.interfaces import HasSplits, require
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import TextToMusicModule
 from lightning_modules.passes import (
@@ -77,9 +78,7 @@ class UnlearningModule(TextToMusicModule):
     def split_dataset(self, split: str) -> AudioTextDataset:
         """Every item of the DataModule's `split` set ("forget", "retain"), for methods that look at a whole set."""
         datamodule = self.trainer.datamodule
-        if not hasattr(datamodule, "split_dataset"):
-            raise TypeError(f"{type(self).__name__} needs a DataModule with split_dataset() (such as "
-                            f"ForgetRetainDataModule), got {type(datamodule).__name__}.")
+        require(datamodule, HasSplits, type(self).__name__, "datamodules.ForgetRetainDataModule")
         return datamodule.split_dataset(split)
 
     def gradient_statistic(self, split: str, statistic: GradientStatistic, batch_size: int = 8, **kwargs: Any

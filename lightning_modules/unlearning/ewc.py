@@ -20,8 +20,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_modules.gradients import load_fisher, read_fisher_file, save_fisher, squared_gradients, weights_digest
-from lightning_modules.io import cache_key, default_cache_dir, reusable
+from datamodules.attribution_store import FisherFile
+from lightning_modules.attribution.settings import FISHER_DRAWS
+from lightning_modules.gradients import squared_gradients, weights_digest
+from lightning_modules.io import cache_key, default_cache_dir
 from lightning_modules.models.base import Batch
 from lightning_modules.unlearning.base import UnlearningModule
 from lightning_modules.unlearning.losses import cycled
@@ -44,7 +46,7 @@ class EWC(UnlearningModule):
 
     def __init__(self, *args, forget_objective: Literal["surrogate", "ascent"] = "surrogate",
                  ewc_weight: float = 1000.0, retain_weight: float = 1.0, fisher_path: str | None = None,
-                 fisher_draws: int = 1, **kwargs) -> None:
+                 fisher_draws: int = FISHER_DRAWS, **kwargs) -> None:
         if forget_objective not in ("surrogate", "ascent"):
             raise ValueError(f"forget_objective must be 'surrogate' or 'ascent', got {forget_objective!r}.")
         if ewc_weight < 0:
@@ -60,32 +62,32 @@ class EWC(UnlearningModule):
         self.start = [param.detach().clone() for param in self.trainable]
         self.fisher: list[Tensor] | None = None
 
-    def fisher_file(self) -> tuple[Path, dict]:
-        """Where the Fisher lives, and what it must have been computed from."""
+    def fisher_file(self) -> tuple[FisherFile, dict]:
+        """The Fisher's file, and what it must have been computed from."""
         retain_ids = [item.id for item in self.split_dataset("retain").items]
         info = {"weights": weights_digest(zip(self.names, self.start, strict=True)),
                 "items": cache_key(retain_ids), "seed": self.eval_seed, "draws": self.fisher_draws}
         path = Path(self.fisher_path) if self.fisher_path else default_cache_dir() / "fisher" / f"{cache_key(info)}.pt"
-        return path, info
+        return FisherFile(path), info
 
     def on_fit_start(self) -> None:
         self.start = [start.to(self.device) for start in self.start]  # once, not in every step's penalty
-        path, info = self.fisher_file()
-        if reusable(path, read_fisher_file):
-            fisher = load_fisher(path, **info)
+        file, info = self.fisher_file()
+        if file.readable():
+            fisher, _ = file.load(**info)
             missing = [name for name in self.names if name not in fisher]
             if missing:
-                raise ValueError(f"The Fisher information in {path} has no entry for {missing[:5]}; delete it to "
+                raise ValueError(f"The Fisher information in {file.path} has no entry for {missing[:5]}; delete it to "
                                  "recompute it for this run's parameter groups.")
             self.fisher = [fisher[name].to(self.device) for name in self.names]
-            self.print(f"EWC: Fisher information read from {path}.")
+            self.print(f"EWC: Fisher information read from {file.path}.")
             return
         self.fisher = self.gradient_statistic("retain", squared_gradients, seed=self.eval_seed,
                                               draws=self.fisher_draws)
         if self.trainer.is_global_zero:
-            save_fisher(path, dict(zip(self.names, self.fisher, strict=True)), **info)
+            file.save(dict(zip(self.names, self.fisher, strict=True)), **info)
         self.trainer.strategy.barrier("ewc_fisher")
-        self.print(f"EWC: Fisher information of the retain set written to {path}.")
+        self.print(f"EWC: Fisher information of the retain set written to {file.path}.")
 
     def penalty(self) -> Tensor:
         """``1/2 sum F (theta - theta0)^2`` over the trainable weights."""

@@ -24,15 +24,13 @@ from callbacks import TargetCacheWriter
 from callbacks.evaluation import read_cached_measurement, read_reference_embeddings
 from callbacks.sweep_writer import SweepWriter
 from datamodules import ForgetRetainDataModule, read_manifest
+from datamodules.attribution_store import AttributionStore, Delta, FisherFile, Sweep, ids_digest
 from datamodules.items import ItemsDataModule
-from datamodules.sweep import SweepDataModule, ids_digest, open_sweep, read_sweep, shard_path, write_shard
+from datamodules.sweep import SweepDataModule
 from datamodules.target_cache import TargetCache
-from lightning_modules.attribution.fisher import FisherEstimation, read_fisher
-from lightning_modules.attribution.query import read_delta, read_delta_settings, write_delta
-from lightning_modules.attribution.ranking import read_scores, scores_path, write_scores
+from lightning_modules.attribution.fisher import FisherEstimation
 from lightning_modules.attribution.sweep import LossSweep
 from lightning_modules.encoding import TargetEncoding
-from lightning_modules.gradients import save_fisher
 from lightning_modules.io import CorruptFileError, digest_path, load_verified, save_verified, write_json_verified
 from lightning_modules.metrics import FrechetAudioDistance
 from lightning_modules.models import ToyTextToMusic
@@ -61,39 +59,39 @@ def _target(tmp: Path) -> tuple[Path, Callable[[], Any]]:
 
 def _sweep_folder(tmp: Path) -> Path:
     folder, ids = tmp / "sweep", ["a", "b", "c"]
-    open_sweep(folder, {"shard_size": 3, "num_items": 3, "ids": ids_digest(ids)}, write=True)
-    write_shard(folder, 0, ids, torch.rand(3, 2))
+    Sweep(folder).open({"shard_size": 3, "num_items": 3, "ids": ids_digest(ids)}, write=True)
+    Sweep(folder).write_shard(0, ids, torch.rand(3, 2))
     return folder
 
 
 def _shard(tmp: Path) -> tuple[Path, Callable[[], Any]]:
     folder = _sweep_folder(tmp)
-    return shard_path(folder, 0), lambda: read_sweep(folder)
+    return Sweep(folder).shard_path(0), lambda: Sweep(folder).read()
 
 
 def _recipe(tmp: Path) -> tuple[Path, Callable[[], Any]]:
     folder = _sweep_folder(tmp)
-    return folder / "sweep.json", lambda: read_sweep(folder)
+    return folder / "sweep.json", lambda: Sweep(folder).read()
 
 
 def _delta(tmp: Path) -> tuple[Path, Callable[[], Any]]:
-    write_delta(tmp / "delta.pt", {"w": torch.randn(3)}, {"lr": 1.0})
-    return tmp / "delta.pt", lambda: read_delta(tmp / "delta.pt")
+    Delta(tmp / "delta.pt").write({"w": torch.randn(3)}, {"lr": 1.0})
+    return tmp / "delta.pt", lambda: Delta(tmp / "delta.pt").read()
 
 
 def _delta_settings(tmp: Path) -> tuple[Path, Callable[[], Any]]:
-    write_delta(tmp / "delta.pt", {"w": torch.randn(3)}, {"lr": 1.0})
-    return tmp / "delta.json", lambda: read_delta_settings(tmp / "delta.pt")
+    Delta(tmp / "delta.pt").write({"w": torch.randn(3)}, {"lr": 1.0})
+    return tmp / "delta.json", lambda: Delta(tmp / "delta.pt").settings()
 
 
 def _fisher(tmp: Path) -> tuple[Path, Callable[[], Any]]:
-    save_fisher(tmp / "fisher.pt", {"w": torch.rand(3)}, weights="w0", count=3)
-    return tmp / "fisher.pt", lambda: read_fisher(tmp / "fisher.pt", weights="w0")
+    FisherFile(tmp / "fisher.pt").save({"w": torch.rand(3)}, weights="w0", count=3)
+    return tmp / "fisher.pt", lambda: FisherFile(tmp / "fisher.pt").load(weights="w0")
 
 
 def _scores(tmp: Path) -> tuple[Path, Callable[[], Any]]:
-    write_scores(tmp, "clap", ["a", "b"], ["q"], torch.rand(1, 2), "ClapSimilarity")
-    return scores_path(tmp, "clap"), lambda: read_scores(tmp, "clap")
+    AttributionStore(tmp).write_scores("clap", ["a", "b"], ["q"], torch.rand(1, 2), "ClapSimilarity")
+    return AttributionStore(tmp).scores_path("clap"), lambda: AttributionStore(tmp).read_scores("clap")
 
 
 def _stats(value: float = 1.0) -> dict[str, Any]:
@@ -130,10 +128,10 @@ KINDS = {
     "sweep recipe": Kind(_recipe, lambda path: write_json_verified(path, ["not", "a", "recipe"])),
     "query delta": Kind(_delta, lambda path: save_verified({"w": "not a tensor"}, path)),
     "query delta settings": Kind(_delta_settings, lambda path: write_json_verified(path, [1, 2])),
-    "fisher": Kind(_fisher, lambda path: save_fisher(path, {"w": torch.tensor([NAN, 1.0, 1.0])}, weights="w0",
-                                                     count=3)),  # NaN under the right recipe
-    "similarity scores": Kind(_scores, lambda path: write_scores(path.parent, "clap", ["a", "b"], ["q"],
-                                                                 torch.rand(3, 2), "ClapSimilarity")),
+    "fisher": Kind(_fisher, lambda path: FisherFile(path).save({"w": torch.tensor([NAN, 1.0, 1.0])}, weights="w0",
+                                                               count=3)),  # NaN under the right recipe
+    "similarity scores": Kind(_scores, lambda path: AttributionStore(path.parent).write_scores(
+        "clap", ["a", "b"], ["q"], torch.rand(3, 2), "ClapSimilarity")),
     "fad reference": Kind(_fad, lambda path: save_verified({**_stats(NAN), "embedder": "projection-8"}, path)),
     "cached results": Kind(_results, lambda path: save_verified(
         {"model": "oracle", "results": {}, "samples": {"forget": {"loss": [{"loss": [0.5]}]}}, "clips": {}}, path)),
@@ -206,14 +204,14 @@ def test_a_sweep_rerun_recomputes_corrupt_shards_to_the_same_losses(tiny_corpus,
                                         return_predictions=False)
 
     sweep()
-    ids, losses = read_sweep(folder)
-    paths = [shard_path(folder, index) for index in range(3)]
+    ids, losses = Sweep(folder).read()
+    paths = [Sweep(folder).shard_path(index) for index in range(3)]
     _corrupt_three(paths, Kind(_shard, lambda path: save_verified(
         {"id": ids[6:], "loss": torch.full((2, 2), NAN)}, path)))
     with caplog.at_level(logging.WARNING, logger="datamodules.sweep"):
         sweep()
     assert all(str(path) in caplog.text for path in paths)
-    again_ids, again = read_sweep(folder)
+    again_ids, again = Sweep(folder).read()
     assert again_ids == ids and torch.equal(again, losses)
 
 
@@ -253,10 +251,10 @@ def test_the_fisher_pass_computes_a_corrupt_file_again_to_the_same_values(tiny_c
         return module
 
     first = estimate()
-    fisher, _ = read_fisher(path, **first.recipe)
+    fisher, _ = FisherFile(path).load(**first.recipe)
     _cut_in_half(path, KINDS["fisher"])
     with caplog.at_level(logging.WARNING, logger="lightning_modules.attribution.fisher"):
         again = estimate()
     assert not again.reused and str(path) in caplog.text
-    rebuilt, _ = read_fisher(path, **first.recipe)
+    rebuilt, _ = FisherFile(path).load(**first.recipe)
     assert all(torch.allclose(rebuilt[name], fisher[name], rtol=1e-6, atol=0) for name in fisher)

@@ -24,9 +24,8 @@ import torch
 import yaml
 
 from datamodules import read_manifest
-from datamodules.sweep import read_sweep, shard_path
+from datamodules.attribution_store import FisherFile, Sweep
 from datamodules.target_cache import TargetCache
-from lightning_modules.attribution.fisher import read_fisher
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.faults, pytest.mark.ddp]
@@ -168,16 +167,16 @@ def test_a_killed_sweep_resumes_to_the_losses_of_an_uninterrupted_one(tiny_corpu
                         ".shard-*.pt.tmp-*", k, rng)
     _run(config("a"))  # the uninterrupted sweep, while the other one starts
     torn = kill.wait()
-    assert torn.name.startswith(f".{shard_path(folder, k).name}.tmp-")
+    assert torn.name.startswith(f".{Sweep(folder).shard_path(k).name}.tmp-")
     with pytest.raises(FileNotFoundError, match="incomplete"):
-        read_sweep(folder)  # the torn shard is not taken for a written one
-    kept = {index: shard_path(folder, index).stat().st_mtime_ns for index in range(k)}
+        Sweep(folder).read()  # the torn shard is not taken for a written one
+    kept = {index: Sweep(folder).shard_path(index).stat().st_mtime_ns for index in range(k)}
 
     _run(_throttled(config("b"), tmp_path / "resume"))
     assert _steps(tmp_path / "resume") == n - k  # one step per missing shard, none for those kept
-    assert {index: shard_path(folder, index).stat().st_mtime_ns for index in range(k)} == kept
-    ids, losses = read_sweep(folder)
-    reference_ids, reference_losses = read_sweep(tmp_path / "a")
+    assert {index: Sweep(folder).shard_path(index).stat().st_mtime_ns for index in range(k)} == kept
+    ids, losses = Sweep(folder).read()
+    reference_ids, reference_losses = Sweep(tmp_path / "a").read()
     assert ids == reference_ids and len(ids) == n and _files(folder) == _files(tmp_path / "a")
     assert torch.equal(losses, reference_losses)  # same draws, same rows per step: bit-identical
 
@@ -243,16 +242,16 @@ def test_a_killed_fisher_pass_is_recomputed_to_the_uninterrupted_fisher(tiny_cor
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())  # nothing written mid-pass
     mid_write.wait()
     assert _steps(tmp_path / "kill-c") == n  # the whole pass, then killed while writing
-    expected, expected_info = read_fisher(tmp_path / "a" / "fisher.pt")
+    expected, expected_info = FisherFile(tmp_path / "a" / "fisher.pt").load()
     assert expected_info["count"] == n and sum(value.sum() for value in expected.values()) > 0
     for name in ("b", "c"):
         assert not (tmp_path / name / "fisher.pt").exists()
         with pytest.raises(FileNotFoundError, match="fisher.yaml"):
-            read_fisher(tmp_path / name / "fisher.pt")
+            FisherFile(tmp_path / name / "fisher.pt").load()
 
         _run(_throttled(config(name), tmp_path / f"resume-{name}"))
         assert _steps(tmp_path / f"resume-{name}") == n  # recomputed from the start
-        fisher, info = read_fisher(tmp_path / name / "fisher.pt")
+        fisher, info = FisherFile(tmp_path / name / "fisher.pt").load()
         assert info == expected_info and set(fisher) == set(expected)
         assert _files(tmp_path / name) == _files(tmp_path / "a")
         for key, value in expected.items():

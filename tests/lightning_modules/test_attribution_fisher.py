@@ -14,10 +14,11 @@ import torch
 import yaml
 
 from datamodules import read_manifest
+from datamodules.attribution_store import FisherFile
 from datamodules.audio import AudioTextDataset
 from datamodules.items import ItemsDataModule
-from lightning_modules.attribution.fisher import FisherEstimation, read_fisher
-from lightning_modules.gradients import loss_gradient, save_fisher, squared_gradients
+from lightning_modules.attribution.fisher import FisherEstimation
+from lightning_modules.gradients import loss_gradient, squared_gradients
 from lightning_modules.io import CorruptFileError
 from lightning_modules.models import ToyTextToMusic
 from lightning_modules.passes import NonFiniteLossError
@@ -38,7 +39,7 @@ def _predict(model, corpus, path, **kwargs) -> FisherEstimation:
 def test_fisher_equals_a_direct_per_item_computation(tmp_path, tiny_corpus, tiny_model_dir):
     model = ToyTextToMusic.from_pretrained(tiny_model_dir)
     _predict(model, tiny_corpus, tmp_path / "fisher.pt", draws=2, seed=3)
-    fisher, info = read_fisher(tmp_path / "fisher.pt")
+    fisher, info = FisherFile(tmp_path / "fisher.pt").load()
 
     reference = ToyTextToMusic.from_pretrained(tiny_model_dir).eval()
     params = dict(reference.named_parameters())
@@ -83,21 +84,21 @@ def test_a_matching_file_skips_the_pass_and_another_recipe_raises(tmp_path, tiny
     with pytest.raises(ValueError, match="weights"):
         _predict(changed, tiny_corpus, path)
     with pytest.raises(FileNotFoundError, match="fisher.yaml"):
-        read_fisher(tmp_path / "absent.pt")
+        FisherFile(tmp_path / "absent.pt").load()
 
 
 def test_a_bad_file_is_refused_by_name_and_the_pass_computes_it_again(tmp_path, tiny_corpus, tiny_model_dir):
     path = tmp_path / "fisher.pt"
     first = _predict(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus, path)
-    fisher, info = read_fisher(path, **first.recipe)
+    fisher, info = FisherFile(path).load(**first.recipe)
     poisoned = {name: value.clone() for name, value in fisher.items()}
     next(iter(poisoned.values())).view(-1)[0] = float("nan")
-    save_fisher(path, poisoned, **info)  # a well-formed file of this very recipe, with its digest, holding a NaN
+    FisherFile(path).save(poisoned, **info)  # a well-formed file of this very recipe, with its digest, holding a NaN
     with pytest.raises(CorruptFileError, match=f"{re.escape(str(path))} .*1 NaN.*configs/attribution/fisher.yaml"):
-        read_fisher(path, **first.recipe)
+        FisherFile(path).load(**first.recipe)
     again = _predict(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus, path)
     assert not again.reused  # computed again (the pass writes this file), to the same values
-    rebuilt, _ = read_fisher(path, **first.recipe)
+    rebuilt, _ = FisherFile(path).load(**first.recipe)
     assert all(torch.allclose(rebuilt[name], fisher[name], rtol=1e-6, atol=0) for name in fisher)
 
 
@@ -116,7 +117,7 @@ def test_two_ddp_processes_give_the_single_process_fisher(tmp_path, tiny_corpus,
                              "--trainer.strategy=ddp", "--trainer.devices=2"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    (single, single_info), (ddp, ddp_info) = read_fisher(tmp_path / "single.pt"), read_fisher(tmp_path / "ddp.pt")
+    (single, single_info), (ddp, ddp_info) = (FisherFile(tmp_path / name).load() for name in ("single.pt", "ddp.pt"))
     assert single_info["count"] == ddp_info["count"] == len(read_manifest(tiny_corpus.train_manifest))
     assert all(single_info[key] == ddp_info[key] for key in ("weights", "items", "names"))
     assert set(single) == set(ddp)

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from datamodules import read_manifest, write_manifest
+from datamodules.attribution_store import Delta, Sweep
 from datamodules.audio import AudioTextDataset
-from datamodules.sweep import read_sweep, shard_path
-from lightning_modules.attribution.query import FisherAscent, read_delta
+from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores
+from lightning_modules.attribution.settings import AscentSettings
 from lightning_modules.attribution.sweep import sweep_losses
 from lightning_modules.models import ToyTextToMusic
 from tests.conftest import REPO, TINY_SAMPLES
@@ -44,8 +45,8 @@ def _cli(config: str, root: Path, *flags: str) -> None:
 
 def _attribute(world, out_dir: Path, *flags: str) -> None:
     _cli("attribute", world["root"], *world["model"], "--model.init_args.fisher_path", str(world["fisher"]),
-         f"--model.init_args.parameter_groups={GROUPS}", f"--model.init_args.lr={LR}",
-         f"--model.init_args.steps={STEPS}", f"--model.init_args.draws={UNLEARN_DRAWS}",
+         f"--model.init_args.parameter_groups={GROUPS}", f"--model.init_args.ascent.lr={LR}",
+         f"--model.init_args.ascent.steps={STEPS}", f"--model.init_args.ascent.draws={UNLEARN_DRAWS}",
          "--model.init_args.micro_batch_size=4",
          "--data.init_args.manifest", str(world["train"]), "--data.init_args.queries", str(world["queries"]),
          "--data.init_args.query_source=null", "--data.init_args.before_dir", str(world["before"]),
@@ -79,14 +80,15 @@ def test_rankings_equal_unlearning_and_sweeping_by_hand(world, tiny_model_dir):
     items = sorted(read_manifest(world["train"]), key=lambda item: item.id)
     train = AudioTextDataset(items, 16000, TINY_SAMPLES)
     train_batch = torch.utils.data.default_collate([train[i] for i in range(len(train))])
-    ids, before = read_sweep(world["before"])
+    ids, before = Sweep(world["before"]).read()
     assert ids == [item.id for item in items]
     summary = json.loads((world["out"] / "summary.json").read_text())
     assert [row["query"] for row in summary] == ["crop-of-train-1", read_manifest(world["queries"])[1].id]
     for query, row in zip(read_manifest(world["queries"]), summary, strict=True):
         model = ToyTextToMusic.from_pretrained(tiny_model_dir).eval()
         names = model.parameter_names(model.select_parameters(["cross_attention"]))
-        ascent = FisherAscent(names, world["fisher"], lr=LR, steps=STEPS, draws=UNLEARN_DRAWS, masking="mixed")
+        ascent = FisherAscent(names, world["fisher"], AscentSettings(lr=LR, steps=STEPS, draws=UNLEARN_DRAWS,
+                                                                     masking="mixed"))
         dataset = AudioTextDataset([query], 16000, TINY_SAMPLES)
         _, query_loss = ascent.unlearn(model, torch.utils.data.default_collate([dataset[0]]))
         after = sweep_losses(model, train_batch, SWEEP_DRAWS, seed=0, masked=False)
@@ -110,7 +112,7 @@ def test_an_interrupted_run_resumes_to_the_same_scores(world, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(world["out"], out)
     second = out / read_manifest(world["queries"])[1].id / "unlearning"
-    shard_path(second / "sweep", 1).unlink()  # as if stopped during the second query's sweep
+    Sweep(second / "sweep").shard_path(1).unlink()  # as if stopped during the second query's sweep
     for name in ("ranking.json", "ranking.csv"):
         (second / name).unlink()
     (out / "summary.json").unlink()
@@ -121,10 +123,10 @@ def test_an_interrupted_run_resumes_to_the_same_scores(world, tmp_path):
     _attribute(world, out)
     changed = [path for path, mtime in kept.items() if path.stat().st_mtime_ns != mtime]
     assert changed == [first / "delta.pt"]  # only the corrupt delta recomputed, no written shard rewritten
-    original = read_delta(world["out"] / first.relative_to(out) / "delta.pt")
-    rebuilt = read_delta(first / "delta.pt")
+    original = Delta(world["out"] / first.relative_to(out) / "delta.pt").read()
+    rebuilt = Delta(first / "delta.pt").read()
     assert all(torch.allclose(rebuilt[name], original[name], rtol=0, atol=1e-7) for name in original)
-    assert shard_path(second / "sweep", 1).is_file()
+    assert Sweep(second / "sweep").shard_path(1).is_file()
     for query in read_manifest(world["queries"]):
         assert _scores(out, query.id) == _scores(world["out"], query.id)
 
@@ -139,4 +141,4 @@ def test_two_ddp_processes_give_the_rankings_of_one(world, tmp_path):
 
 def test_a_before_sweep_of_the_wrong_masking_is_refused(world, tmp_path):
     with pytest.raises(AssertionError, match="masked"):
-        _attribute(world, tmp_path / "dual", "--model.init_args.masking=dual")
+        _attribute(world, tmp_path / "dual", "--model.init_args.ascent.masking=dual")

@@ -11,10 +11,12 @@ import soundfile as sf
 import torch
 
 from datamodules import read_manifest
+from datamodules.attribution_store import FisherFile
 from datamodules.audio import AudioTextDataset
 from datamodules.items import ItemsDataModule
 from lightning_modules.attribution.query import QueryUnlearning
-from lightning_modules.gradients import save_fisher, weights_digest
+from lightning_modules.attribution.settings import AscentSettings
+from lightning_modules.gradients import weights_digest
 from lightning_modules.models import ToyTextToMusic
 from lightning_modules.passes import NonFiniteLossError
 from tests.conftest import TINY_SAMPLES, poison_loss
@@ -31,7 +33,7 @@ def setup(tmp_path, tiny_corpus, tiny_model_dir):
     generator = torch.Generator().manual_seed(0)
     names = {id(p): n for n, p in model.named_parameters()}
     fisher = {names[id(p)]: torch.rand(p.shape, generator=generator) + 0.5 for p in model.select_parameters(GROUPS)}
-    save_fisher(tmp_path / "fisher.pt", fisher, weights=weights_digest(sorted(model.state_dict().items())),
+    FisherFile(tmp_path / "fisher.pt").save(fisher, weights=weights_digest(sorted(model.state_dict().items())),
                 count=COUNT)
     source = read_manifest(tiny_corpus.train_manifest)[0]
     audio, rate = sf.read(source.path, dtype="float32")
@@ -44,9 +46,10 @@ def setup(tmp_path, tiny_corpus, tiny_model_dir):
     return model, fisher, batch, tmp_path
 
 
-def _module(model, tmp_path, **kwargs) -> QueryUnlearning:
-    settings = {"parameter_groups": GROUPS, "lr": LR, "steps": 1, "draws": 2, "masking": "mixed", **kwargs}
-    return QueryUnlearning(model, str(tmp_path / "fisher.pt"), str(tmp_path / "delta.pt"), **settings)
+def _module(model, tmp_path, parameter_groups=GROUPS, **kwargs) -> QueryUnlearning:
+    settings = {"lr": LR, "steps": 1, "draws": 2, "masking": "mixed", **kwargs}
+    return QueryUnlearning(model, str(tmp_path / "fisher.pt"), str(tmp_path / "delta.pt"), parameter_groups,
+                           AscentSettings(**settings))
 
 
 def test_one_step_is_the_closed_form_on_the_selected_parameters_only(setup, tiny_model_dir):

@@ -17,10 +17,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from datamodules import ManifestItem, read_manifest, write_manifest
+from datamodules.attribution_store import GROUP_COLUMNS, RANKING_COLUMNS, AttributionStore
 from datamodules.audio import AudioTextDataset
 from datamodules.items import ItemsDataModule
-from lightning_modules.attribution.ranking import SimilarityRanking, read_scores
-from lightning_modules.attribution.scoring import GROUP_COLUMNS, RANKING_COLUMNS
+from lightning_modules.attribution.ranking import SimilarityRanking
 from lightning_modules.attribution.similarity import (
     ActivationSimilarity,
     ClapSimilarity,
@@ -87,7 +87,7 @@ def test_the_pass_writes_each_querys_ranking_of_cosine_scores(tmp_path, tiny_cor
     query_ids, query = _direct(baseline, tiny_model, queries)
     expected = cosine_scores(query, train)
 
-    ids, written_query_ids, scores = read_scores(tmp_path / "out", "clap")
+    ids, written_query_ids, scores = AttributionStore(tmp_path / "out").read_scores("clap")
     assert ids == train_ids and written_query_ids == query_ids and scores.shape == (4, 8)
     assert torch.allclose(scores, expected, atol=1e-5)
     for row, query_id in enumerate(query_ids):
@@ -137,8 +137,8 @@ def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, qu
                              "--trainer.strategy=ddp", "--trainer.devices=2"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    single_ids, single_queries, single = read_scores(single_dir, "gradient")
-    ddp_ids, ddp_queries, ddp = read_scores(tmp_path / "ddp", "gradient")
+    single_ids, single_queries, single = AttributionStore(single_dir).read_scores("gradient")
+    ddp_ids, ddp_queries, ddp = AttributionStore(tmp_path / "ddp").read_scores("gradient")
     assert ddp_ids == single_ids and ddp_queries == single_queries
     assert torch.allclose(ddp, single, atol=1e-5)
     for query_id in single_queries:

@@ -16,9 +16,9 @@ import torch
 
 from callbacks.sweep_writer import SweepWriter
 from datamodules import read_manifest, write_manifest
+from datamodules.attribution_store import Delta, Sweep
 from datamodules.audio import AudioTextDataset
-from datamodules.sweep import NO_SHARD, SweepDataModule, read_sweep, shard_path
-from lightning_modules.attribution.query import write_delta
+from datamodules.sweep import NO_SHARD, SweepDataModule
 from lightning_modules.attribution.sweep import LossSweep
 from lightning_modules.io import CorruptFileError
 from lightning_modules.passes import NonFiniteLossError
@@ -52,7 +52,7 @@ def reference(tiny_corpus, tiny_model_dir, tmp_path_factory) -> tuple[Path, list
 
     folder = tmp_path_factory.mktemp("sweep") / "reference"
     _sweep(ToyTextToMusic.from_pretrained(tiny_model_dir), tiny_corpus.train_manifest, folder)
-    ids, losses = read_sweep(folder)
+    ids, losses = Sweep(folder).read()
     return folder, ids, losses
 
 
@@ -77,25 +77,26 @@ def test_an_interrupted_sweep_resumes_to_the_same_losses(reference, tiny_corpus,
     with pytest.raises(RuntimeError, match="interrupted"):
         _sweep(tiny_model, tiny_corpus.train_manifest, folder, _FailAfterFirstShard())
     assert [path.name for path in folder.glob("shard-*.pt")] == ["shard-00000.pt"]
-    first = shard_path(folder, 0).stat().st_mtime_ns
+    first = Sweep(folder).shard_path(0).stat().st_mtime_ns
     with pytest.raises(FileNotFoundError, match="incomplete"):
-        read_sweep(folder)
+        Sweep(folder).read()
     _sweep(tiny_model, tiny_corpus.train_manifest, folder)  # resumes: shards 1 and 2
-    assert shard_path(folder, 0).stat().st_mtime_ns == first
+    assert Sweep(folder).shard_path(0).stat().st_mtime_ns == first
 
-    shard_path(folder, 1).unlink()  # a lost shard is recomputed, the others are left alone
-    others = {index: shard_path(folder, index).stat().st_mtime_ns for index in (0, 2)}
+    Sweep(folder).shard_path(1).unlink()  # a lost shard is recomputed, the others are left alone
+    others = {index: Sweep(folder).shard_path(index).stat().st_mtime_ns for index in (0, 2)}
     _sweep(tiny_model, tiny_corpus.train_manifest, folder)
-    assert {index: shard_path(folder, index).stat().st_mtime_ns for index in (0, 2)} == others
-    ids, losses = read_sweep(folder)
+    assert {index: Sweep(folder).shard_path(index).stat().st_mtime_ns for index in (0, 2)} == others
+    ids, losses = Sweep(folder).read()
     assert ids == reference[1] and torch.equal(losses, reference[2])
 
-    shard_path(folder, 2).write_bytes(shard_path(folder, 2).read_bytes()[:100])  # a damaged shard: named, recomputed
-    with pytest.raises(CorruptFileError, match=f"{shard_path(folder, 2)} \\(loss sweep shard\\) does not match"):
-        read_sweep(folder)
+    damaged = Sweep(folder).shard_path(2)
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a damaged shard: named, recomputed
+    with pytest.raises(CorruptFileError, match=f"{Sweep(folder).shard_path(2)} \\(loss sweep shard\\) does not match"):
+        Sweep(folder).read()
     _sweep(tiny_model, tiny_corpus.train_manifest, folder)
-    assert shard_path(folder, 0).stat().st_mtime_ns == others[0]
-    ids, losses = read_sweep(folder)
+    assert Sweep(folder).shard_path(0).stat().st_mtime_ns == others[0]
+    ids, losses = Sweep(folder).read()
     assert ids == reference[1] and torch.equal(losses, reference[2])
 
     mtimes = {path: path.stat().st_mtime_ns for path in folder.iterdir()}
@@ -143,12 +144,12 @@ def test_the_delta_file_changes_the_losses(tiny_corpus, tiny_model, tiny_model_d
     batch = _batch(read_manifest(tiny_corpus.train_manifest)[:3])
     before = LossSweep(tiny_model, draws=2)
     name, param = next(iter(tiny_model.named_parameters()))
-    write_delta(tmp_path / "delta.pt", {name: param.detach() + 0.05}, {})
+    Delta(tmp_path / "delta.pt").write({name: param.detach() + 0.05}, {})
     after = LossSweep(ToyTextToMusic.from_pretrained(tiny_model_dir), pretrained_delta=str(tmp_path / "delta.pt"),
                       draws=2)
     assert not torch.allclose(before.losses(batch), after.losses(batch))
     assert before.recipe()["weights"] != after.recipe()["weights"]
-    write_delta(tmp_path / "bad.pt", {"no.such.weight": param.detach()}, {})
+    Delta(tmp_path / "bad.pt").write({"no.such.weight": param.detach()}, {})
     with pytest.raises(ValueError, match="no.such.weight"):
         LossSweep(tiny_model, pretrained_delta=str(tmp_path / "bad.pt"))
     torch.save({name: param.detach() + 0.05}, tmp_path / "unverified.pt")  # no digest: not trusted
@@ -173,7 +174,7 @@ def _cli_sweep(tiny_corpus, tiny_model_dir, sweep_dir: Path, *flags: str) -> Non
 def test_two_ddp_processes_give_the_losses_of_one(reference, tiny_corpus, tiny_model_dir, tmp_path):
     folder = tmp_path / "ddp"
     _cli_sweep(tiny_corpus, tiny_model_dir, folder, "--trainer.strategy=ddp", "--trainer.devices=2")
-    ids, losses = read_sweep(folder)
+    ids, losses = Sweep(folder).read()
     assert ids == reference[1] and torch.allclose(losses, reference[2], atol=1e-6, rtol=0)
 
 
