@@ -3,6 +3,7 @@ alone: tiny random components saved in each family's native format and loaded ba
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from pathlib import Path
@@ -39,16 +40,22 @@ def backend(request, tmp_path_factory) -> tuple[str, Path, dict]:
     return class_path, folder, kwargs
 
 
+@pytest.fixture(scope="module")
+def loaded(backend):
+    """The backend's model as loaded from its folder, once per module; each test trains a deep copy."""
+    class_path, folder, kwargs = backend
+    return _class(class_path)(pretrained=str(folder), **kwargs)
+
+
 def _data(corpus, model) -> ForgetRetainDataModule:
     return ForgetRetainDataModule(manifest=str(corpus.train_manifest), forget_groups=[corpus.artists[0]],
                                   batch_size=2, sample_rate=model.sample_rate, num_samples=model.num_samples)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda method: method.__name__)
-def test_every_method_takes_a_step_on_every_backend(method, backend, tiny_corpus, tmp_path, monkeypatch):
+def test_every_method_takes_a_step_on_every_backend(method, loaded, tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("TTM_UNLEARNING_CACHE", str(tmp_path))
-    class_path, folder, kwargs = backend
-    model = _class(class_path)(pretrained=str(folder), **kwargs)
+    model = copy.deepcopy(loaded)
     module = method(model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
                     parameter_groups=["cross_attention_kv"], **REQUIRED.get(method, {}))
     selected = {id(p) for p in model.parameter_groups()["cross_attention_kv"]}
@@ -70,7 +77,7 @@ def test_the_evaluation_report_runs_on_every_backend(backend, tiny_corpus, tiny_
 
     class_path, folder, kwargs = backend
     config = write_config(tmp_path, tiny_corpus, folder, tiny_clap_dir,
-                          evaluation={"num_prompts": 2, "num_inference_steps": 2})
+                          evaluation={"num_prompts": 2, "num_inference_steps": 2, "log_audio": 1})
     content = yaml.safe_load(config.read_text())
     content["model"]["init_args"]["model"] = {"class_path": class_path,
                                               "init_args": {"pretrained": str(folder), **kwargs}}

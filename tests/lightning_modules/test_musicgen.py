@@ -1,24 +1,30 @@
-"""The MusicGen backend honours the `TextToMusicModel` contract, on a tiny random MusicGen saved as a transformers
-folder and loaded back through the code path of the public checkpoints."""
+"""The MusicGen backend honours the `TextToMusicModel` contract (`BackendContract`), on a tiny random MusicGen saved as
+a transformers folder and loaded back through the code path of the public checkpoints; plus what is its own: the
+transformers objective on delayed codes, the unconditional half of transformers' `generate`, one step of two methods,
+LoRA, gradient checkpointing, bf16, soft targets and the codec's bandwidth."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
 import torch
 from safetensors import safe_open
+from torch import nn
 from transformers import MusicgenForConditionalGeneration
 
 from datamodules import ForgetRetainDataModule, read_manifest
 from datamodules.audio import AudioTextDataset
-from lightning_modules.models import PARAMETER_GROUPS
 from lightning_modules.models.lora import has_lora
 from lightning_modules.models.musicgen import MusicGen
 from lightning_modules.unlearning import ESD, GradientAscent
+from tests.lightning_modules.contract import BackendContract, half_padded
 from tests.tiny.musicgen import save_tiny
 
 DURATION = 0.25  # 8000 samples at 32 kHz: 13 EnCodec frames of 640 samples, the last one partial
@@ -30,9 +36,15 @@ def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("musicgen"))
 
 
-@pytest.fixture
-def model(musicgen_dir: Path) -> MusicGen:
+@pytest.fixture(scope="module")
+def loaded(musicgen_dir: Path) -> MusicGen:
     return MusicGen.from_pretrained(musicgen_dir, duration=DURATION)
+
+
+@pytest.fixture
+def model(loaded: MusicGen) -> MusicGen:
+    """A model of its own for each test: a copy of the one loaded once per module."""
+    return copy.deepcopy(loaded)
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +54,85 @@ def batch(tiny_corpus) -> dict:
     return torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
 
 
-def _padded(batch: dict) -> dict:
-    mask = batch["mask"].clone()
-    mask[:, mask.shape[1] // 2 :] = False
-    return {**batch, "mask": mask, "audio": batch["audio"] * mask}
+class TestMusicGenContract(BackendContract):
+    backend = MusicGen
+    sample_rate = 32000
+    fixed_noise = False
+    prompts = ("a piece by aurora", "calm music")
+
+    def load(self, folder: Path, **kwargs: Any) -> MusicGen:
+        return MusicGen.from_pretrained(folder, duration=DURATION, **kwargs)
+
+    def perturb(self, model: MusicGen) -> None:
+        model.model.decoder.model.decoder.layers[0].encoder_attn.k_proj.weight.add_(0.05)
+
+    def frozen_modules(self, model: MusicGen) -> Sequence[nn.Module]:
+        return [model.model.text_encoder, model.model.audio_encoder]
+
+    def check_generation(self, model: MusicGen, audio: torch.Tensor) -> None:
+        prompts = list(self.prompts)
+        assert model.model.decoder.training
+        assert model.sample_rate == model.model.config.audio_encoder.sampling_rate
+        assert torch.equal(audio, model.generate(prompts, seed=[5, 6]))
+        short = model.generate(prompts, seed=[5, 6], duration=0.1, num_inference_steps=999)
+        assert short.shape == (2, 1, 3200)  # num_inference_steps means nothing to MusicGen and is ignored
+        assert not torch.allclose(short, model.generate(prompts, seed=[5, 7], duration=0.1))
+
+    def test_loss_is_deterministic_per_item_and_seed(self, model, batch):
+        super().test_loss_is_deterministic_per_item_and_seed(model, batch)
+        assert torch.equal(model.loss(batch), model.loss(batch, generator=torch.Generator().manual_seed(1)))
+
+    def test_fixed_loss_inputs_depend_on_the_item_id_only(self, model, batch):
+        """Replaced: the loss is cross-entropy on the codec's codes, with no noise or timesteps to fix."""
+        assert model.fixed_loss_inputs(batch["id"]) == {} == model.fixed_loss_inputs(batch["id"], seed=1)
+
+    def test_cached_targets_replace_audio_and_encoding_is_deterministic(self, model, batch, musicgen_dir):
+        super().test_cached_targets_replace_audio_and_encoding_is_deterministic(model, batch)
+        assert model.targets_key() == MusicGen.from_pretrained(musicgen_dir, duration=DURATION).targets_key()
+
+    def test_parameter_groups(self, model):
+        """Named after the decoder's modules."""
+        super().test_parameter_groups(model)
+        groups = model.parameter_groups()
+        named = {id(p): name for name, p in model.model.named_parameters()}
+        ids = {group: {id(p) for p in params} for group, params in groups.items()}
+        trained = {id(p) for p in (*model.model.decoder.parameters(), *model.model.enc_to_dec_proj.parameters())}
+        assert ids["all"] == trained
+        assert ids["cross_attention_kv"] < ids["cross_attention"] < ids["transformer_blocks"] < ids["all"]
+        projection = {id(p) for p in model.model.enc_to_dec_proj.parameters()}
+        assert ids["text_conditioning"] == ids["cross_attention"] | projection
+        assert all(".encoder_attn." in named[i] and named[i].split(".")[-2] in ("k_proj", "v_proj")
+                   for i in ids["cross_attention_kv"])
+        assert all(".self_attn." in named[i] for i in ids["self_attention"])
+        assert len(ids["cross_attention"]) == 2 * 4  # two layers of q, k, v, out projections (no biases)
+
+    def test_round_trip_gives_bit_identical_losses(self, model, batch, tmp_path):
+        """Saved as a transformers folder that the library loads."""
+        super().test_round_trip_gives_bit_identical_losses(model, batch, tmp_path)
+        assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
+            p.name for p in (tmp_path / "saved").iterdir()}
+        plain = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "saved")
+        assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.model.state_dict().values(),
+                                                     strict=True))
+
+    def test_constructor_errors(self, musicgen_dir, tmp_path):
+        super().test_constructor_errors(tmp_path)
+        with pytest.raises(ValueError, match="lora_rank"):
+            MusicGen(pretrained=str(musicgen_dir), lora_groups=["cross_attention"])
+        with pytest.raises(ValueError, match="Unknown lora_groups"):
+            MusicGen(pretrained=str(musicgen_dir), lora_rank=2, lora_groups=["attention"])
+        with pytest.raises(ValueError, match="duration"):
+            MusicGen(pretrained=str(musicgen_dir), duration=0)
+        stereo = shutil.copytree(musicgen_dir, tmp_path / "stereo")
+        config = json.loads((stereo / "config.json").read_text())
+        config["decoder"]["audio_channels"] = 2
+        (stereo / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match="stereo"):
+            MusicGen(pretrained=str(stereo))
 
 
-def test_loss_is_deterministic_per_item_and_is_the_transformers_objective(model, batch):
-    assert model.fixed_loss_inputs(batch["id"]) == {} == model.fixed_loss_inputs(batch["id"], seed=1)
+def test_loss_is_the_transformers_objective(model, batch):
     losses = model.loss(batch)
-    assert losses.shape == (3,) and torch.isfinite(losses).all()
-    assert torch.equal(losses, model.loss(batch, generator=torch.Generator().manual_seed(1)))
     # the same objective as MusicgenForConditionalGeneration(labels=delayed codes), which does not delay them itself
     codes = model.encode_audio(batch["audio"], batch["mask"])
     labels = model.delayed(codes)[..., 1:].transpose(1, 2)
@@ -71,23 +151,13 @@ def test_delay_pattern_and_padding(model, batch):
     for k in range(4):  # codebook k is delayed by k steps after the start column
         assert torch.equal(sequence[:, k, k + 1 : k + 1 + FRAMES], codes[:, k])
         assert (sequence[:, k, : k + 1] == start).all() and (sequence[:, k, k + 1 + FRAMES :] == start).all()
-    padded = _padded(batch)
+    padded = half_padded(batch)
     prediction = model.predict(padded)
     steps = FRAMES + 3
     assert prediction.output.shape == (3, 4, steps, 64) and prediction.target.shape == (3, 4, steps)
     real_frames = 7  # ceil(4000 / 640)
     assert torch.equal(prediction.weight.sum((1, 2, 3)), torch.full((3,), 4.0 * real_frames))
     assert (prediction.target[prediction.weight[..., 0] > 0] < 64).all()  # no delay padding is ever a target
-    noisy = {**padded, "audio": padded["audio"] + (~padded["mask"]) * torch.randn_like(padded["audio"])}
-    assert torch.equal(model.loss(noisy), model.loss(padded))
-    assert not torch.allclose(model.loss(padded), model.loss(batch))
-
-
-def test_cached_targets_replace_audio(model, batch, musicgen_dir):
-    targets = model.encode_audio(batch["audio"], batch["mask"])
-    cached = {**batch, "targets": targets, "audio": torch.zeros_like(batch["audio"])}
-    assert torch.equal(model.loss(cached), model.loss(batch))
-    assert model.targets_key() == MusicGen.from_pretrained(musicgen_dir, duration=DURATION).targets_key()
 
 
 def test_empty_caption_is_the_unconditional_half_of_generate(model, batch):
@@ -120,54 +190,6 @@ def test_empty_caption_is_the_unconditional_half_of_generate(model, batch):
     torch.testing.assert_close(unconditional, logits[1], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(conditional, unconditional, atol=1e-3)
     assert not torch.allclose(model.loss({**batch, "caption": [""] * 3}), model.loss(batch))
-
-
-def test_generate_shape_rate_seeds_and_duration(model):
-    model.train()
-    audio = model.generate(["a piece by aurora", "calm music"], seed=[5, 6])
-    assert model.training and model.model.decoder.training and not model.model.text_encoder.training
-    assert audio.shape == (2, 1, model.num_samples) and audio.dtype == torch.float32 and torch.isfinite(audio).all()
-    assert model.sample_rate == 32000 == model.model.config.audio_encoder.sampling_rate
-    assert torch.equal(audio, model.generate(["a piece by aurora", "calm music"], seed=[5, 6]))
-    short = model.generate(["a piece by aurora", "calm music"], seed=[5, 6], duration=0.1, num_inference_steps=999)
-    assert short.shape == (2, 1, 3200)  # num_inference_steps means nothing to MusicGen and is ignored
-    assert not torch.allclose(short, model.generate(["a piece by aurora", "calm music"], seed=[5, 7], duration=0.1))
-    with pytest.raises(ValueError, match="one seed per prompt"):
-        model.generate(["a", "b"], seed=[1])
-
-
-def test_parameter_groups_follow_module_names(model):
-    groups = model.parameter_groups()
-    named = {id(p): name for name, p in model.model.named_parameters()}
-    ids = {group: {id(p) for p in params} for group, params in groups.items()}
-    assert set(PARAMETER_GROUPS) | {"text_conditioning"} <= set(groups) and all(ids.values())
-    trained = {id(p) for p in (*model.model.decoder.parameters(), *model.model.enc_to_dec_proj.parameters())}
-    assert ids["all"] == trained == {id(p) for p in model.parameters() if p.requires_grad}
-    frozen = {id(p) for p in (*model.model.text_encoder.parameters(), *model.model.audio_encoder.parameters())}
-    assert not any(frozen & group for group in ids.values())
-    assert not any(p.requires_grad for p in model.model.text_encoder.parameters())
-    assert not any(p.requires_grad for p in model.model.audio_encoder.parameters())
-    assert ids["cross_attention_kv"] < ids["cross_attention"] < ids["transformer_blocks"] < ids["all"]
-    assert not ids["cross_attention"] & ids["self_attention"]
-    projection = {id(p) for p in model.model.enc_to_dec_proj.parameters()}
-    assert ids["text_conditioning"] == ids["cross_attention"] | projection
-    assert all(".encoder_attn." in named[i] and named[i].split(".")[-2] in ("k_proj", "v_proj")
-               for i in ids["cross_attention_kv"])
-    assert all(".self_attn." in named[i] for i in ids["self_attention"])
-    assert len(ids["cross_attention"]) == 2 * 4  # two layers of q, k, v, out projections (no biases)
-
-
-def test_save_and_load_round_trip(model, batch, tmp_path):
-    with torch.no_grad():
-        model.model.decoder.model.decoder.layers[0].encoder_attn.k_proj.weight.add_(0.05)
-    model.save_pretrained(tmp_path / "saved")
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
-        p.name for p in (tmp_path / "saved").iterdir()}
-    loaded = MusicGen.from_pretrained(tmp_path / "saved", duration=DURATION)
-    assert torch.equal(loaded.loss(batch), model.loss(batch))
-    plain = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "saved")
-    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.model.state_dict().values(),
-                                                 strict=True))
 
 
 def _data(corpus, model: MusicGen) -> ForgetRetainDataModule:
@@ -250,23 +272,6 @@ def test_soft_targets_give_the_cross_entropy_against_their_softmax(model, batch)
         assert torch.allclose(model.criterion(prediction.output, one_hot, prediction.weight), hard, rtol=1e-5)
         entropy = model.criterion(prediction.output, prediction.output, prediction.weight)
         assert (entropy < hard).all()  # the model's own distribution is its cheapest soft target
-
-
-def test_constructor_errors(musicgen_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing-folder"):
-        MusicGen(pretrained=str(tmp_path / "missing-folder"))
-    with pytest.raises(ValueError, match="lora_rank"):
-        MusicGen(pretrained=str(musicgen_dir), lora_groups=["cross_attention"])
-    with pytest.raises(ValueError, match="Unknown lora_groups"):
-        MusicGen(pretrained=str(musicgen_dir), lora_rank=2, lora_groups=["attention"])
-    with pytest.raises(ValueError, match="duration"):
-        MusicGen(pretrained=str(musicgen_dir), duration=0)
-    stereo = shutil.copytree(musicgen_dir, tmp_path / "stereo")
-    config = json.loads((stereo / "config.json").read_text())
-    config["decoder"]["audio_channels"] = 2
-    (stereo / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="stereo"):
-        MusicGen(pretrained=str(stereo))
 
 
 def test_a_codec_bandwidth_that_disagrees_with_the_decoder_names_both(musicgen_dir, batch, tmp_path):
