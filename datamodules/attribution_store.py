@@ -57,8 +57,8 @@ def differing_keys(saved: Mapping[str, Any], expected: Mapping[str, Any], ignore
                    strict: bool = False) -> list[str]:
     """The keys of `expected` whose values differ in `saved` (a missing key differs), sorted; with `strict`, keys only
     `saved` has count too. `ignore` names keys that may differ."""
-    keys = expected.keys() | saved.keys() if strict else expected.keys()
-    return sorted(key for key in keys if key not in set(ignore) and saved.get(key) != expected.get(key))
+    keys = (expected.keys() | saved.keys() if strict else expected.keys()) - set(ignore)
+    return sorted(key for key in keys if saved.get(key) != expected.get(key))
 
 
 def ids_digest(ids: Sequence[str]) -> str:

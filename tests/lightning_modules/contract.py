@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
 
+from datamodules import ForgetRetainDataModule
 from lightning_modules.models.base import PARAMETER_GROUPS, TextToMusicModel
+from lightning_modules.unlearning import GradientAscent
 
 
 def half_padded(batch: dict) -> dict:
@@ -24,6 +27,20 @@ def half_padded(batch: dict) -> dict:
     mask = batch["mask"].clone()
     mask[:, mask.shape[1] // 2 :] = False
     return {**batch, "audio": batch["audio"] * mask, "mask": mask}
+
+
+def fit_one_step(model, corpus, groups: list[str], **trainer) -> dict:
+    """One real GradientAscent step through a Lightning Trainer on the tiny corpus; its loss terms."""
+    module = GradientAscent(model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1), parameter_groups=groups)
+    terms = []
+    objective = module.objective
+    module.objective = lambda forget, retain: terms.append(objective(forget, retain)) or terms[-1]
+    data = ForgetRetainDataModule(manifest=str(corpus.train_manifest), forget_groups=[corpus.artists[0]],
+                                  batch_size=2, sample_rate=model.sample_rate, num_samples=model.num_samples)
+    L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0, **trainer).fit(module, data)
+    assert len(terms) == 1
+    return terms[0]
 
 
 class BackendContract:

@@ -13,20 +13,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from datamodules import ForgetRetainDataModule, read_manifest
+from datamodules import read_manifest
 from datamodules.audio import AudioTextDataset
 from lightning_modules.models.base import PARAMETER_GROUPS
 from lightning_modules.models.lora import has_lora
 from lightning_modules.models.mel_diffusion import N_FFT, MelLatentDiffusion
-from lightning_modules.unlearning import GradientAscent
 from lightning_modules.unlearning.base import frozen_reference
-from tests.lightning_modules.contract import BackendContract, half_padded
+from tests.lightning_modules.contract import BackendContract, fit_one_step, half_padded
 
 NUM_SAMPLES = 5120  # 32 mel frames, 16 latent frames
 DURATION = NUM_SAMPLES / 16000
@@ -36,18 +34,6 @@ def _unet_changed(model, before: dict) -> set[str]:
     return {name for name, param in model.named_parameters() if not torch.equal(before[name], param)}
 
 
-def _fit_one_step(model, corpus, groups: list[str], **trainer) -> dict:
-    """One real GradientAscent step through a Lightning Trainer on the tiny corpus; its loss terms."""
-    module = GradientAscent(model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1), parameter_groups=groups)
-    terms = []
-    objective = module.objective
-    module.objective = lambda forget, retain: terms.append(objective(forget, retain)) or terms[-1]
-    data = ForgetRetainDataModule(manifest=str(corpus.train_manifest), forget_groups=[corpus.artists[0]],
-                                  batch_size=2, sample_rate=model.sample_rate, num_samples=model.num_samples)
-    L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0, **trainer).fit(module, data)
-    assert len(terms) == 1
-    return terms[0]
 
 
 class MelDiffusionContract(BackendContract):
@@ -176,13 +162,13 @@ class MelDiffusionContract(BackendContract):
         selected = {name for name, p in model.named_parameters()
                     if id(p) in {id(q) for q in model.parameter_groups()["cross_attention"]}}
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
-        terms = _fit_one_step(model, tiny_corpus, ["cross_attention"])
+        terms = fit_one_step(model, tiny_corpus, ["cross_attention"])
         assert all(torch.isfinite(value) for value in terms.values())
         assert selected and _unet_changed(model, before) == selected
 
     @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
     def test_one_step_and_generation_under_lightning_bf16(self, model, tiny_corpus, precision):
-        terms = _fit_one_step(model, tiny_corpus, ["self_attention"], precision=precision)
+        terms = fit_one_step(model, tiny_corpus, ["self_attention"], precision=precision)
         assert all(torch.isfinite(value) for value in terms.values())
         assert model.unet.dtype == (torch.bfloat16 if precision == "bf16-true" else torch.float32)
         assert torch.isfinite(model.generate(["a piece"], num_inference_steps=1)).all()

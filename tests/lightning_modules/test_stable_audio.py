@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning as L
 import pytest
 import torch
 from diffusers import StableAudioDiTModel, StableAudioPipeline
@@ -21,13 +20,13 @@ from jsonargparse import ArgumentParser
 from safetensors.torch import load_file
 from torch import nn
 
-from datamodules import ForgetRetainDataModule, read_manifest
+from datamodules import read_manifest
 from datamodules.audio import AudioTextDataset
 from lightning_modules.models.base import PARAMETER_GROUPS, TextToMusicModel
 from lightning_modules.models.stable_audio import StableAudioOpen
 from lightning_modules.unlearning import NPO, GradientAscent
 from tests.conftest import REPO
-from tests.lightning_modules.contract import BackendContract, half_padded
+from tests.lightning_modules.contract import BackendContract, fit_one_step, half_padded
 from tests.tiny.stable_audio import save_tiny
 
 
@@ -193,18 +192,10 @@ def test_unconditional_input_is_the_pipelines(model, batch):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
 def test_one_unlearning_step_changes_only_the_selected_group(precision, model, tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("TTM_UNLEARNING_CACHE", str(tmp_path))
-    module = GradientAscent(model, optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
-                            parameter_groups=["cross_attention"])
     selected = {id(p) for p in model.parameter_groups()["cross_attention"]}
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    terms = []
-    objective = module.objective
-    module.objective = lambda forget, retain: terms.append(objective(forget, retain)) or terms[-1]
-    data = ForgetRetainDataModule(manifest=str(tiny_corpus.train_manifest), forget_groups=[tiny_corpus.artists[0]],
-                                  batch_size=2, sample_rate=model.sample_rate, num_samples=model.num_samples)
-    L.Trainer(max_steps=1, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(module, data)
-    assert len(terms) == 1 and all(torch.isfinite(value) for value in terms[0].values())
+    terms = fit_one_step(model, tiny_corpus, ["cross_attention"], precision=precision)
+    assert all(torch.isfinite(value) for value in terms.values())
     changed = {id(param) for name, param in model.named_parameters()  # bf16-true casts: compare in its dtype
                if not torch.equal(before[name].to(param.dtype), param)}
     # in bf16 weights an update below a weight's resolution is lost (a few cross-attention K weights here)
