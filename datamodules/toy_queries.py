@@ -16,6 +16,7 @@ from datamodules.manifest import ManifestItem, write_manifest
 from datamodules.source import DataSource
 from datamodules.toy_corpus import ARTISTS
 from lightning_modules.io import atomic_directory
+from lightning_modules.models.base import TextToMusicModel
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ class ToyQueries(DataSource):
 
     Args:
         root: folder of the queries.
-        model: the toy text-to-music model that generates them (a folder of `ToyTextToMusic`).
+        backend: the model class that loads `model` (`lightning_modules.models.toy.ToyTextToMusic` in the toy
+            world); passed in, so the data side depends on the model contract only.
+        model: the folder of the text-to-music model that generates them.
         per_artist: pieces per artist; piece i of artist a uses seed ``seed + a * per_artist + i``.
         num_artists: how many of the toy world's artists (in corpus order) to prompt.
         seed: seed of the first piece.
@@ -41,13 +44,17 @@ class ToyQueries(DataSource):
         guidance_scale: classifier-free guidance; None keeps the model's default.
     """
 
-    def __init__(self, root: str = "data/toy_queries", model: str = "checkpoints/toy/base", per_artist: int = 1,
-                 num_artists: int = 10, seed: int = 0, num_inference_steps: int = 25,
-                 guidance_scale: float | None = None) -> None:
+    def __init__(self, backend: type[TextToMusicModel], root: str = "data/toy_queries",
+                 model: str = "checkpoints/toy/base", per_artist: int = 1, num_artists: int = 10, seed: int = 0,
+                 num_inference_steps: int = 25, guidance_scale: float | None = None) -> None:
+        if not (isinstance(backend, type) and issubclass(backend, TextToMusicModel)):
+            raise TypeError(f"backend must be a TextToMusicModel class such as "
+                            f"lightning_modules.models.toy.ToyTextToMusic, got {backend!r}.")
         if per_artist < 1 or not 1 <= num_artists <= len(ARTISTS):
             raise ValueError(f"per_artist must be at least 1 and num_artists in [1, {len(ARTISTS)}], got "
                              f"{per_artist} and {num_artists}.")
         self.root = Path(root)
+        self.backend = backend
         self.model = model
         self.settings = {"model": model, "per_artist": per_artist, "num_artists": num_artists, "seed": seed,
                          "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
@@ -67,9 +74,7 @@ class ToyQueries(DataSource):
             return
         if self.root.exists():
             raise FileExistsError(f"{self.root} exists and holds no toy queries: choose another `root`.")
-        from lightning_modules.models.toy import ToyTextToMusic
-
-        model = ToyTextToMusic.from_pretrained(self.model).eval()
+        model = self.backend.from_pretrained(self.model).eval()
         s = self.settings
         artists = [style.name for style in ARTISTS[: s["num_artists"]]]
         prompts = [(artist, index) for artist in artists for index in range(s["per_artist"])]

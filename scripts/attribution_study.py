@@ -275,7 +275,7 @@ def heatmap(cells: list[dict], path: Path) -> None:
 
 def prompted_queries(study: ToyStudy, args: Namespace) -> tuple[list, list[dict]]:
     """The artist-prompted generations (written on first use) and their batches."""
-    source = ToyQueries(root=args.queries_dir, per_artist=args.per_artist)
+    source = ToyQueries(ToyTextToMusic, root=args.queries_dir, per_artist=args.per_artist)
     source.prepare()
     items = read_manifest(source.manifest)
     return items, [collate([item], study.model, with_targets=False) for item in items]

@@ -7,12 +7,13 @@ import soundfile as sf
 from datamodules.manifest import read_queries
 from datamodules.toy_corpus import ARTISTS
 from datamodules.toy_queries import ToyQueries
+from lightning_modules.models import ToyTextToMusic
 from tests.conftest import TINY_SAMPLES
 
 
 def test_queries_name_their_artist_and_are_reused(tmp_path, tiny_model_dir):
-    source = ToyQueries(root=str(tmp_path / "queries"), model=str(tiny_model_dir), per_artist=2, num_artists=2,
-                        num_inference_steps=2)
+    settings = {"model": str(tiny_model_dir), "num_artists": 2, "num_inference_steps": 2}
+    source = ToyQueries(ToyTextToMusic, root=str(tmp_path / "queries"), per_artist=2, **settings)
     source.prepare()
     items = read_queries(source.manifest)  # ids usable as folder names, every file readable
     artists = [style.name for style in ARTISTS[:2]]
@@ -21,8 +22,7 @@ def test_queries_name_their_artist_and_are_reused(tmp_path, tiny_model_dir):
     audio = [sf.read(item.path, dtype="float32")[0] for item in items]
     assert all(len(clip) == TINY_SAMPLES for clip in audio)
     assert not (audio[0] == audio[1]).all()  # each piece its own seed
-    again = ToyQueries(root=str(tmp_path / "again"), model=str(tiny_model_dir), per_artist=2, num_artists=2,
-                       num_inference_steps=2)
+    again = ToyQueries(ToyTextToMusic, root=str(tmp_path / "again"), per_artist=2, **settings)
     again.prepare()
     assert (sf.read(read_queries(again.manifest)[0].path, dtype="float32")[0] == audio[0]).all()  # deterministic
 
@@ -30,5 +30,9 @@ def test_queries_name_their_artist_and_are_reused(tmp_path, tiny_model_dir):
     source.prepare()  # present: nothing rewritten
     assert source.manifest.stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="per_artist"):
-        ToyQueries(root=str(tmp_path / "queries"), model=str(tiny_model_dir), per_artist=1, num_artists=2,
-                   num_inference_steps=2).prepare()
+        ToyQueries(ToyTextToMusic, root=str(tmp_path / "queries"), per_artist=1, **settings).prepare()
+
+
+def test_backend_must_be_a_model_class(tmp_path):
+    with pytest.raises(TypeError, match="TextToMusicModel class"):
+        ToyQueries("lightning_modules.models.toy.ToyTextToMusic", root=str(tmp_path / "queries"))
