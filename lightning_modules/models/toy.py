@@ -184,11 +184,13 @@ class ToyTextToMusic(TextToMusicModel):
 
     # ----------------------------------------------------------------------------------------------- encoding
     def encode_audio(self, waveform: Tensor, mask: Tensor) -> Tensor:
-        """`(batch, samples)` audio to normalised log-mel patches `(batch, patch**2, n_mels/patch, frames/patch)`."""
+        """`(batch, samples)` audio to normalised log-mel patches `(batch, patch**2, n_mels/patch, frames/patch)`;
+        the padding (`mask` false) is silenced first, so what it holds never reaches the targets."""
         arch = self.architecture
         with torch.autocast(waveform.device.type, enabled=False):
             # the front end stays float32 (bf16-true casts every buffer): the targets are the same under any precision
-            mel = self.mel.float()(waveform.float())[..., : self._frames(waveform.shape[-1])]
+            audio = waveform.float() * mask.to(waveform.device, torch.float32)
+            mel = self.mel.float()(audio)[..., : self._frames(waveform.shape[-1])]
             log_mel = mel.clamp_min(1e-5).log()
             normalised = 2 * (log_mel - arch.log_mel_min) / (arch.log_mel_max - arch.log_mel_min) - 1
             return F.pixel_unshuffle(normalised.unsqueeze(1), arch.patch_size)

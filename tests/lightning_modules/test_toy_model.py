@@ -46,9 +46,10 @@ class TestToyContract(BackendContract):
         assert relative_l2(again[0], audio[1]) < 0.1
         assert relative_l2(model.generate(["a piece by copper lanterns"], seed=[7])[0], audio[1]) > 0.5
 
-    def test_padding_is_honoured(self, model, batch):
-        """Replaced: the toy front end is a centred STFT of the whole clip, so the frames next to the end of the real
-        audio also see the padding; the loss counts the patch columns whose frame centres are real audio."""
+    def test_loss_counts_the_real_columns(self, model, batch):
+        """Beside the contract's padding test: the toy front end is a centred STFT of the whole clip, so the frames
+        next to the end of the real audio also see the (silenced) padding; the loss counts the patch columns whose
+        frame centres are real audio."""
         mask = batch["mask"].clone()
         mask[:, mask.shape[1] // 2 :] = False
         padded = {**batch, "mask": mask}
