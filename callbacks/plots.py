@@ -86,6 +86,9 @@ def mel_figure(clip: Tensor, sample_rate: int, title: str = "", n_mels: int = 64
         clip.float().mean(0))
     decibels = 10 * torch.log10(mel + 1e-10)
     figure = Figure(figsize=(3.6, 2.2))
+    # fixed margins instead of tight_layout: the labels are the same on every clip, and measuring them per figure
+    # took a third of the rendering time
+    figure.subplots_adjust(left=0.17, right=0.88, bottom=0.19, top=0.88 if title else 0.96)
     axes = figure.add_subplot()
     seconds = clip.shape[-1] / sample_rate
     image = axes.imshow(decibels.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, n_mels),
@@ -100,8 +103,7 @@ def mel_figure(clip: Tensor, sample_rate: int, title: str = "", n_mels: int = 64
     axes.set_ylabel("frequency (Hz, mel)", fontsize=7)
     if title:
         axes.set_title(title, fontsize=7)
-    figure.colorbar(image, ax=axes, label="dB").ax.tick_params(labelsize=6)
-    figure.tight_layout()
+    figure.colorbar(image, ax=axes, label="dB", fraction=0.08, pad=0.03).ax.tick_params(labelsize=6)
     return figure
 
 

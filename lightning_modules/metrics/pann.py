@@ -5,8 +5,11 @@ IEEE/ACM Transactions on Audio, Speech, and Language Processing 28, 2020."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -21,7 +24,7 @@ CNN14_EMBEDDING_DIM = 2048
 
 
 class _Cnn14Config(NamedTuple):
-    network: str  # class name in frechet_audio_distance.models.pann
+    network: str  # class name in frechet_audio_distance.models.pann (`cnn14_networks`)
     checkpoint: str  # file name, as frechet_audio_distance saves it (URL-encoded "=")
     window_size: int
     hop_size: int
@@ -35,6 +38,30 @@ CNN14_CONFIGS: dict[int, _Cnn14Config] = {
     16000: _Cnn14Config("Cnn14_16k", "Cnn14_16k_mAP%3D0.438.pth", 512, 160, 8000),
     32000: _Cnn14Config("Cnn14", "Cnn14_mAP%3D0.431.pth", 1024, 320, 16000),
 }
+
+
+def cnn14_networks() -> ModuleType:
+    """``frechet_audio_distance.models.pann`` (the Cnn14 classes), loaded without the package's ``__init__``, which
+    imports laion_clap, encodec and its FAD code: 10 s on a CPU for two network definitions. The module is loaded
+    once, under the private package name ``_fad_models`` (its relative import of ``pytorch_utils`` included); an
+    import of ``frechet_audio_distance`` elsewhere is unaffected.
+
+    Raises:
+        FileNotFoundError: if ``frechet-audio-distance`` is not installed.
+    """
+    if "_fad_models.pann" in sys.modules:
+        return sys.modules["_fad_models.pann"]
+    spec = importlib.util.find_spec("frechet_audio_distance")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("PANN's Cnn14 comes from the frechet-audio-distance package, which is not installed "
+                                "(pip install frechet-audio-distance).")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    package = importlib.util.spec_from_file_location("_fad_models", folder / "__init__.py",
+                                                     submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(package)
+    sys.modules["_fad_models"] = module
+    package.loader.exec_module(module)
+    return importlib.import_module("_fad_models.pann")
 
 
 def audioset_labels() -> list[str]:
@@ -84,9 +111,7 @@ class PANNEmbedder(AudioEmbedder):
         self.sample_rate: int = sample_rate
         self.hop_size = config.hop_size
 
-        from frechet_audio_distance.models import pann  # imports the whole package (laion_clap, encodec): slow
-
-        network = getattr(pann, config.network)(sample_rate=sample_rate, window_size=config.window_size,
+        network = getattr(cnn14_networks(), config.network)(sample_rate=sample_rate, window_size=config.window_size,
                                                 hop_size=config.hop_size, mel_bins=64, fmin=50, fmax=config.fmax,
                                                 classes_num=AUDIOSET_CLASSES)
         network.load_state_dict(load_checkpoint(self.checkpoint)["model"])

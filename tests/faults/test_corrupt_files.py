@@ -35,7 +35,7 @@ from lightning_modules.io import CorruptFileError, digest_path, load_verified, s
 from lightning_modules.metrics import FrechetAudioDistance
 from lightning_modules.models import ToyTextToMusic
 from tests.conftest import TINY_SAMPLES
-from tests.lightning_modules.test_metrics import ProjectionEmbedder
+from tests.lightning_modules.embedders import ProjectionEmbedder
 
 pytestmark = pytest.mark.faults
 

@@ -1,50 +1,25 @@
-"""Every unlearning method and the evaluation report on every real backend, through the `TextToMusicModel` contract
-alone: tiny random components saved in each family's native format and loaded back as real checkpoints are."""
+"""Every unlearning method takes a step on every real backend, through the `TextToMusicModel` contract alone: tiny
+random components saved in each family's native format and loaded back as real checkpoints are."""
 
 from __future__ import annotations
 
 import copy
-import importlib
-import json
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import yaml
 
 from datamodules import ForgetRetainDataModule
 from lightning_modules.unlearning import SalUn
-from tests.conftest import write_config
-from tests.lightning_modules.test_unlearning import METHODS, REQUIRED
-
-BACKENDS = {  # name: (class path, extra constructor arguments)
-    "audioldm": ("lightning_modules.models.AudioLDM", {}),
-    "musicldm": ("lightning_modules.models.MusicLDM", {}),
-    "audioldm2": ("lightning_modules.models.AudioLDM2", {}),
-    "stable_audio": ("lightning_modules.models.StableAudioOpen", {}),
-    "musicgen": ("lightning_modules.models.MusicGen", {"duration": 0.25}),
-}
-
-
-def _class(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-@pytest.fixture(scope="module", params=list(BACKENDS))
-def backend(request, tmp_path_factory) -> tuple[str, Path, dict]:
-    folder = tmp_path_factory.mktemp(request.param)
-    importlib.import_module(f"tests.tiny.{request.param}").save_tiny(folder)
-    class_path, kwargs = BACKENDS[request.param]
-    return class_path, folder, kwargs
+from tests.lightning_modules.backends import backend_class
+from tests.lightning_modules.methods import METHODS, REQUIRED
 
 
 @pytest.fixture(scope="module")
-def loaded(backend):
+def loaded(tiny_backend):
     """The backend's model as loaded from its folder, once per module; each test trains a deep copy."""
-    class_path, folder, kwargs = backend
-    return _class(class_path)(pretrained=str(folder), **kwargs)
+    class_path, folder, kwargs = tiny_backend
+    return backend_class(class_path)(pretrained=str(folder), **kwargs)
 
 
 def _data(corpus, model) -> ForgetRetainDataModule:
@@ -70,24 +45,3 @@ def test_every_method_takes_a_step_on_every_backend(method, loaded, tiny_corpus,
     changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
     assert changed <= {name for name, p in model.named_parameters() if id(p) in selected}
     assert changed or method is SalUn  # SalUn may mask every weight of so small a group
-
-
-def test_the_evaluation_report_runs_on_every_backend(backend, tiny_corpus, tiny_clap_dir, tmp_path, monkeypatch):
-    from train import main
-
-    class_path, folder, kwargs = backend
-    config = write_config(tmp_path, tiny_corpus, folder, tiny_clap_dir,
-                          evaluation={"num_prompts": 2, "num_inference_steps": 2, "log_audio": 1})
-    content = yaml.safe_load(config.read_text())
-    content["model"]["init_args"]["model"] = {"class_path": class_path,
-                                              "init_args": {"pretrained": str(folder), **kwargs}}
-    content["model"]["init_args"]["parameter_groups"] = ["cross_attention"]
-    content["trainer"]["max_steps"] = 1
-    config.write_text(yaml.safe_dump(content))
-    main(["fit", "--config", str(config)])
-    run = sorted((tmp_path / "logs" / "lightning_logs").iterdir())[-1]
-    report = json.loads((run / "results.json").read_text())["columns"]
-    for column in ("before", "after"):
-        assert all(torch.isfinite(torch.tensor(report[column][split]["loss"])) for split in report[column])
-        assert {"fad", "clap_score", "recognition"} <= set(report[column]["forget"])
-    _class(class_path).from_pretrained(run / "pretrained")  # SavePretrained wrote a loadable native folder

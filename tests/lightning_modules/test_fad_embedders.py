@@ -9,6 +9,7 @@ is checked the same way (slow), with a one-layer stand-in for the hub model robe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from torch import nn
 from lightning_modules.metrics.embedder import AudioEmbedder, AudioTagger
 from lightning_modules.metrics.encodec import EncodecEmbedder
 from lightning_modules.metrics.laion_clap import LaionClapEmbedder
-from lightning_modules.metrics.pann import PANNEmbedder, PANNTagger
+from lightning_modules.metrics.pann import PANNEmbedder, PANNTagger, cnn14_networks
 from lightning_modules.metrics.vggish import VGGishEmbedder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")  # encodec
@@ -73,18 +74,26 @@ def check_frozen_eval(embedder: AudioEmbedder) -> None:
 
 def build_pann_checkpoint(folder: Path, sample_rate: int) -> nn.Module:
     """A seeded random Cnn14 for `sample_rate`, saved in `folder` as a training checkpoint: the state dict under
-    "model", next to numpy sampler state, as PANN's released checkpoints may hold."""
-    from frechet_audio_distance.models import pann
-
+    "model", next to numpy sampler state, as PANN's released checkpoints may hold. The network class is the
+    package's own file (`test_cnn14_networks_are_the_packages_own_file`), loaded without the package's 10 s import."""
     network_name, file_name, kwargs = FAD_PANN[sample_rate]
     torch.manual_seed(sample_rate)
-    network = getattr(pann, network_name)(sample_rate=sample_rate, mel_bins=64, fmin=50, classes_num=527, **kwargs)
+    network = getattr(cnn14_networks(), network_name)(sample_rate=sample_rate, mel_bins=64, fmin=50, classes_num=527,
+                                                      **kwargs)
     randomise_batch_norm(network)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"model": network.state_dict(), "iteration": 0,
                 "sampler": {"indexes": np.arange(10), "random_state": np.random.RandomState(0).get_state()}},
                folder / file_name)
     return network.eval()
+
+
+def test_cnn14_networks_are_the_packages_own_file() -> None:
+    package = Path(importlib.util.find_spec("frechet_audio_distance").origin).parent
+    networks = cnn14_networks()
+    assert Path(networks.__file__) == package / "models" / "pann.py"
+    assert cnn14_networks() is networks  # loaded once
+    assert {"Cnn14", "Cnn14_8k", "Cnn14_16k"} <= set(vars(networks))
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +367,7 @@ HEAVY = {heavy!r}
 import lightning_modules.metrics
 from lightning_modules.metrics.encodec import EncodecEmbedder
 from lightning_modules.metrics.laion_clap import LaionClapEmbedder
-from lightning_modules.metrics.pann import PANNEmbedder, PANNTagger
+from lightning_modules.metrics.pann import PANNEmbedder, PANNTagger, cnn14_networks
 from lightning_modules.metrics.vggish import VGGishEmbedder
 report = {{"import": sorted(name for name in HEAVY if name in sys.modules)}}
 empty, clap = Path(sys.argv[1]), Path(sys.argv[2])

@@ -26,10 +26,7 @@ from lightning_modules.unlearning import (
     UnlearningModule,
 )
 from tests.conftest import TINY_SAMPLES, poison_loss
-
-METHODS = [GradientAscent, GradientDifference, NegGradPlus, RandomLabel, RetainFinetune, NPO, ESD, ConceptAblation,
-           SalUn, EWC, SimNPO]
-REQUIRED = {ConceptAblation: {"anchor": "a piece"}}  # arguments without a default
+from tests.lightning_modules.methods import METHODS, REQUIRED
 
 
 def test_every_method_is_in_the_contract_test():

@@ -1,0 +1,35 @@
+"""The evaluation report on every real backend: a whole `train.py fit` (one step, generation metrics with the tiny
+CLAP, SavePretrained) on tiny random components saved in each family's native format. In its own file, so that
+pytest-xdist's per-file distribution can give it and the per-method steps (`test_backends.py`) to different workers."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import yaml
+
+from tests.conftest import write_config
+from tests.lightning_modules.backends import backend_class
+
+
+def test_the_evaluation_report_runs_on_every_backend(tiny_backend, tiny_corpus, tiny_clap_dir, tmp_path, monkeypatch):
+    from train import main
+
+    class_path, folder, kwargs = tiny_backend
+    config = write_config(tmp_path, tiny_corpus, folder, tiny_clap_dir,
+                          evaluation={"num_prompts": 2, "num_inference_steps": 2, "log_audio": 1})
+    content = yaml.safe_load(config.read_text())
+    content["model"]["init_args"]["model"] = {"class_path": class_path,
+                                              "init_args": {"pretrained": str(folder), **kwargs}}
+    content["model"]["init_args"]["parameter_groups"] = ["cross_attention"]
+    content["trainer"]["max_steps"] = 1
+    del content["data"]["init_args"]["heldout_manifest"]  # forget and retain: the sets are not what is tested
+    config.write_text(yaml.safe_dump(content))
+    main(["fit", "--config", str(config)])
+    run = sorted((tmp_path / "logs" / "lightning_logs").iterdir())[-1]
+    report = json.loads((run / "results.json").read_text())["columns"]
+    for column in ("before", "after"):
+        assert all(torch.isfinite(torch.tensor(report[column][split]["loss"])) for split in report[column])
+        assert {"fad", "clap_score", "recognition"} <= set(report[column]["forget"])
+    backend_class(class_path).from_pretrained(run / "pretrained")  # SavePretrained wrote a loadable native folder
