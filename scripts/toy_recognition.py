@@ -1,9 +1,12 @@
 """Evidence that the toy world makes unlearning measurable: per-artist recognition of real tracks and of each model's
-generations, by two independent judges, with their agreement and each artist's FAD.
+generations, by three judges, with their agreement and each artist's FAD.
 
-The judges: the toy CLAP zero-shot over the prompts "a piece by <artist>", and the feature tagger
-(`lightning_modules.metrics.feature_tagger`: logistic regression on hand-crafted spectral and rhythmic features,
-fitted on the real training tracks; it shares nothing with the CLAP). Each model generates `--generations` clips per
+The judges: the toy CLAP zero-shot over the prompts "a piece by <artist>"; a linear probe on the toy CLAP's audio
+embeddings (`lightning_modules.metrics.probe`, fitted on the real training tracks: the CLAP's audio tower without its
+text tower); and the feature tagger (`lightning_modules.metrics.feature_tagger`: logistic regression on hand-crafted
+spectral and rhythmic features, fitted on the real training tracks; it shares nothing with the CLAP). The toy model is
+conditioned on the toy CLAP's text tower, so where the zero-shot judge and the probe disagree on a model's
+generations, the text side of the CLAP is what differs. Each model generates `--generations` clips per
 artist twice, at fixed seeds: from captions of the artist's held-out tracks (which describe the music and name the
 artist; cycled, each with its own seed) and from the name alone ("a piece by <artist>"), which separates what a model
 learned of the name from what the description carries. FAD (toy-CLAP embeddings) compares each artist's name-only
@@ -32,10 +35,11 @@ from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E
 from lightning_modules.metrics import ClapEmbedder, ZeroShotTagger  # noqa: E402
 from lightning_modules.metrics.feature_tagger import FeatureTagger  # noqa: E402
 from lightning_modules.metrics.functional import frechet_distance, gaussian_statistics  # noqa: E402
+from lightning_modules.metrics.probe import EmbeddingProbe  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
 log = logging.getLogger("toy_recognition")
-JUDGES = ("clap", "features")
+JUDGES = ("clap", "probe", "features")  # a report written before the probe existed names ("clap", "features")
 
 
 def load_clips(manifest: Path, sample_rate: int, num_samples: int) -> tuple[torch.Tensor, list]:
@@ -59,22 +63,32 @@ def percussion_bands(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
     return torch.stack([power[:, freqs < 120].sum((1, 2)), power[:, freqs > 4000].sum((1, 2))], 1) / total[:, None]
 
 
+JUDGE_NAMES = {"clap": "toy CLAP zero-shot", "probe": "probe on toy-CLAP audio embeddings",
+               "features": "feature tagger"}
+
+
+def spread(column: dict, a: int) -> float:
+    """The largest difference between two judges' recognition of artist `a` in a column."""
+    values = [column[j][a] for j in JUDGES if j in column]
+    return max(values) - min(values)
+
+
 def markdown(report: dict) -> str:
     """The evidence table of a report (the JSON this script writes): a row per artist, a column per set of clips."""
     artists, columns, fads = report["artists"], report["columns"], report["fad"]
+    judges = report.get("judges", ["clap", "features"])
     names = list(columns)
     lines = ["| artist | " + " | ".join(names) + " | " + " | ".join(f"FAD {f}" for f in fads) + " |",
              "|---|" + "---|" * (len(names) + len(fads))]
     for a, artist in enumerate(artists):
-        cells = [f"{columns[c]['clap'][a]:.2f} / {columns[c]['features'][a]:.2f}" for c in names]
+        cells = [" / ".join(f"{columns[c][j][a]:.2f}" for j in judges) for c in names]
         lines.append(f"| {artist} | " + " | ".join(cells) + " | " + " | ".join(f"{fads[f][a]:.3f}" for f in fads)
                      + " |")
-    means = [" / ".join(f"{sum(columns[c][j]) / len(artists):.2f}" for j in JUDGES) for c in names]
-    worst = [" / ".join(f"{min(columns[c][j]):.2f}" for j in JUDGES) for c in names]
+    means = [" / ".join(f"{sum(columns[c][j]) / len(artists):.2f}" for j in judges) for c in names]
+    worst = [" / ".join(f"{min(columns[c][j]):.2f}" for j in judges) for c in names]
     agreement = [f"{sum(columns[c]['agreement']) / len(artists):.2f}" for c in names]
-    gap = [f"{max(abs(x - y) for x, y in zip(columns[c]['clap'], columns[c]['features'], strict=True)):.2f}"
-           for c in names]
-    for label, cells in (("**mean**", means), ("worst artist", worst), ("clips the judges agree on", agreement),
+    gap = [f"{max(spread(columns[c], a) for a in range(len(artists))):.2f}" for c in names]
+    for label, cells in (("**mean**", means), ("worst artist", worst), ("clips all judges agree on", agreement),
                          ("largest judge gap (one artist)", gap)):
         lines.append(f"| {label} | " + " | ".join(cells) + " |" + " |" * len(fads))
     seeds = f"{report['seed']}..{report['seed'] + len(artists) * report['generations'] - 1}"
@@ -85,22 +99,22 @@ def markdown(report: dict) -> str:
 
     def disagreement(c: str, a: int) -> str:
         named = columns[c]["confusions"]
-        labels = list(dict.fromkeys(label for judge in JUDGES for label in named[judge][a]))
+        labels = list(dict.fromkeys(label for judge in judges for label in named[judge][a]))
         return (f"- {c}, {artists[a]}: " + "; ".join(
-            f"{judge} {', '.join(f'{label} {n}' for label, n in named[judge][a].items())}" for judge in JUDGES)
+            f"{judge} {', '.join(f'{label} {n}' for label, n in named[judge][a].items())}" for judge in judges)
             + (f". Kick / hats band: these clips {bands(columns[c], a)}; real "
                + ", ".join(f"{label} {bands(real, artists.index(label))}" for label in labels)
                if "bands" in columns[c] else ""))
 
     disagreements = [disagreement(c, a) for c in names for a in range(len(artists))
-                     if abs(columns[c]["clap"][a] - columns[c]["features"][a]) >= 0.25 and "confusions" in columns[c]]
+                     if spread(columns[c], a) >= 0.25 and "confusions" in columns[c]]
     return "\n".join(lines) + (
-        f"\n\nEach cell: toy CLAP zero-shot / feature tagger. Chance: {1 / len(artists):.2f}. "
+        f"\n\nEach cell: {' / '.join(JUDGE_NAMES[j] for j in judges)}. Chance: {1 / len(artists):.2f}. "
         f"{report['heldout_per_artist']} held-out tracks and {report['generations']} generations per artist and column "
         f"({report['steps']} DDIM steps, the model's guidance, seeds {seeds}). FAD: toy-CLAP embeddings of the "
         f"name-only generations against the artist's {report['real_per_artist']} real tracks; 'real' is its held-out "
         "tracks against its training tracks.\n") + (
-        "\nWhere the judges differ by 0.25 or more, what each judge named the clips (counts), and the median share of "
+        "\nWhere two judges differ by 0.25 or more, what each judge named the clips (counts), and the median share of "
         "the clips' power below 120 Hz (the corpus's kick) and above 4 kHz (its hats) beside the real tracks' of each "
         "artist named (`percussion_bands`):\n\n"
         + "\n".join(disagreements) + "\n" if disagreements else "")
@@ -142,13 +156,13 @@ def main() -> None:
     def judge(audio: torch.Tensor, groups: list[str], embeddings: torch.Tensor) -> dict:
         """Per-artist recognition by each judge (the CLAP's from the clips' `embeddings`), the share of clips on
         which the judges agree, and what each judge named each artist's clips (label: count)."""
-        logits = {"clap": taggers["clap"].logits(embeddings),
+        logits = {"clap": taggers["clap"].logits(embeddings), "probe": taggers["probe"].logits(embeddings),
                   "features": torch.cat([taggers["features"](chunk, rate) for chunk in audio.split(args.batch)])}
         predicted = {name: [taggers[name].labels[i] for i in logits[name].argmax(-1).tolist()] for name in JUDGES}
         result = {name: [sum(p == g for p, g in zip(predicted[name], groups, strict=True) if g == a) / groups.count(a)
                          for a in artists] for name in JUDGES}
-        result["agreement"] = [sum(c == f for c, f, g in zip(*predicted.values(), groups, strict=True) if g == a)
-                               / groups.count(a) for a in artists]
+        result["agreement"] = [sum(len(set(named)) == 1 for *named, g in zip(*predicted.values(), groups, strict=True)
+                                   if g == a) / groups.count(a) for a in artists]
         result["confusions"] = {name: [dict(Counter(p for p, g in zip(predicted[name], groups, strict=True) if g == a)
                                             .most_common()) for a in artists] for name in JUDGES}
         bands = percussion_bands(audio, rate)
@@ -158,6 +172,7 @@ def main() -> None:
     train_groups = [item.group for item in train_items]
     heldout_groups = [item.group for item in heldout_items]
     train_embeddings, heldout_embeddings = embed(train), embed(heldout)
+    taggers["probe"] = EmbeddingProbe.fit(clap, train_embeddings, train_groups)
     columns = {"held-out tracks": judge(heldout, heldout_groups, heldout_embeddings)}
     reference = {a: torch.cat([train_embeddings[[g == a for g in train_groups]],
                                heldout_embeddings[[g == a for g in heldout_groups]]]) for a in artists}
@@ -188,8 +203,9 @@ def main() -> None:
         timings[name] = time.perf_counter() - started
         log.info("%s: %d generations in %.0f s", name, 2 * len(groups), timings[name])
 
-    report = {"artists": artists, "columns": columns, "fad": fads, "generations": args.generations,
-              "steps": args.steps, "seed": args.seed, "heldout_per_artist": len(heldout_items) // len(artists),
+    report = {"artists": artists, "judges": list(JUDGES), "columns": columns, "fad": fads,
+              "generations": args.generations, "steps": args.steps, "seed": args.seed,
+              "heldout_per_artist": len(heldout_items) // len(artists),
               "real_per_artist": (len(train_items) + len(heldout_items)) // len(artists), "seconds": timings}
     table = markdown(report)
     log.info("%s", table)

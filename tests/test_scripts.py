@@ -55,6 +55,17 @@ def test_recognition_table_names_what_each_judge_heard_where_they_disagree():
     assert "base (name only), A" not in table  # the judges agree on A
 
 
+def test_recognition_table_has_a_cell_per_judge_the_report_names():
+    column = {"clap": [1.0, 0.5], "probe": [1.0, 0.75], "features": [1.0, 1.0], "agreement": [1.0, 0.5]}
+    report = {"artists": ["A", "B"], "judges": ["clap", "probe", "features"],
+              "columns": {"held-out tracks": column, "base (name only)": column}, "fad": {}, "generations": 4,
+              "steps": 25, "seed": 0, "heldout_per_artist": 8, "real_per_artist": 48}
+    table = toy_recognition.markdown(report)
+    assert "| B | 0.50 / 0.75 / 1.00 | 0.50 / 0.75 / 1.00 |" in table
+    assert "| largest judge gap (one artist) | 0.50 | 0.50 |" in table
+    assert "toy CLAP zero-shot / probe on toy-CLAP audio embeddings / feature tagger" in table
+
+
 def test_percussion_bands_find_a_kick_and_hats():
     t = torch.arange(16000) / 16000
     kick, hats = torch.sin(2 * torch.pi * 50 * t), torch.sin(2 * torch.pi * 6000 * t)

@@ -72,6 +72,34 @@ def add_white_noise(waveform: Tensor, snr_db: tuple[float, float], generator: to
     return waveform + noise * (signal / 10 ** (snr / 10)).sqrt()
 
 
+def fit_logistic(features: Tensor, targets: Tensor, num_classes: int, weight_decay: float,
+                 what: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A multinomial logistic regression on standardised `features` `(n, dim)` with class indices `targets`, fitted by
+    L-BFGS in float64 with an L2 penalty `weight_decay`: ``(mean, scale, weight, bias)`` in float32, the logits of
+    `x` being ``((x - mean) / scale) @ weight.T + bias``. Deterministic.
+
+    Raises:
+        ValueError: the fit diverged (named by `what`).
+    """
+    features = features.double()
+    mean, scale = features.mean(0), features.std(0).clamp_min(1e-6)
+    x = (features - mean) / scale
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, targets) + weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    if not all(math.isfinite(v) for v in (weight.sum().item(), bias.sum().item())):
+        raise ValueError(f"The {what}'s fit diverged (non-finite weights); check the clips for silence.")
+    return mean.float(), scale.float(), weight.detach().float(), bias.detach().float()
+
+
 class FeatureTagger(AudioTagger):
     """Artist (or any label) classifier on `clip_features`: logits `(batch, len(labels))`.
 
@@ -118,26 +146,11 @@ class FeatureTagger(AudioTagger):
         targets = torch.tensor([names.index(label) for label in labels])
         generator = torch.Generator().manual_seed(seed)
         copies = [waveforms] + [add_white_noise(waveforms, snr_db, generator) for _ in range(noisy_copies)]
-        features = torch.cat([clip_features(w, sample_rate) for w in copies]).double()
-        targets = targets.repeat(len(copies))
-        mean, scale = features.mean(0), features.std(0).clamp_min(1e-6)
-        x = (features - mean) / scale
-        weight = torch.zeros(len(names), x.shape[1], dtype=torch.float64, requires_grad=True)
-        bias = torch.zeros(len(names), dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, targets) + weight_decay * weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-        if not all(math.isfinite(v) for v in (weight.sum().item(), bias.sum().item())):
-            raise ValueError("The feature tagger's fit diverged (non-finite weights); check the clips for silence.")
+        features = torch.cat([clip_features(w, sample_rate) for w in copies])
+        mean, scale, weight, bias = fit_logistic(features, targets.repeat(len(copies)), len(names), weight_decay,
+                                                 "feature tagger")
         with atomic_directory(folder) as tmp:
-            save_file({"mean": mean.float(), "scale": scale.float(), "weight": weight.detach().float(),
-                       "bias": bias.detach().float()}, tmp / WEIGHTS)
+            save_file({"mean": mean, "scale": scale, "weight": weight, "bias": bias}, tmp / WEIGHTS)
             (tmp / CONFIG).write_text(json.dumps({"labels": names, "sample_rate": sample_rate, "seed": seed,
                                                   "noisy_copies": noisy_copies, "snr_db": list(snr_db),
                                                   "weight_decay": weight_decay}, indent=1) + "\n")
