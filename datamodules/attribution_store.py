@@ -11,6 +11,7 @@ Layout (each file written atomically with its digest, `lightning_modules.io`, an
     <out_dir>/<query id>/<method>/                  a ranking of the training set for the query (`write_ranking_files`)
     <out_dir>/scores_<name>.pt                      a similarity pass's score matrix (n_queries, n_train)
     <out_dir>/summary.json, summary.md              attribution by unlearning over every query
+    <lds folder>/lds.json, models/NNNN.pt           an LDS benchmark: recipe, a file per subset model (`LdsBenchmark`)
 
 `AttributionStore` is the ``out_dir`` of a run (per-query folders, score matrices, the summary); `Sweep`, `Delta` and
 `FisherFile` are the three files a pass may also be given by path (the "before" sweep, a ``delta_path``, a
@@ -390,3 +391,124 @@ class AttributionStore:
         lines += [f"| {row['query']} | {row['caption']} | {row['top_group']} | {', '.join(row['top_tracks'])} | "
                   f"{row['query_loss']['before']:.4g} -> {row['query_loss']['after']:.4g} |" for row in rows]
         write_text_atomic(self.out_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+class LdsBenchmark:
+    """The linear datamodeling benchmark of a model (`lightning_modules.attribution.lds`): subset models trained on
+    random halves of the training set and each one's loss on every query.
+
+    Layout: ``lds.json``, the recipe (``train_ids``; ``query_ids``; ``split``, query id -> "validation" or "test";
+    ``fraction`` of the training set per subset; ``seed``; ``num_models``; and whatever else the losses depend on, such
+    as the loss draws and the subset models' training recipe), and ``models/NNNN.pt`` per finished subset model (its
+    training mask and its loss on every query). Subset m is drawn from the seed and m alone, so a build stops and
+    resumes anywhere, on any machine, and each model's file is written when it finishes.
+
+    Args:
+        folder: the benchmark's folder.
+    """
+
+    RECIPE_KEYS = ("train_ids", "query_ids", "split", "fraction", "seed", "num_models")
+    SPLITS = ("validation", "test")
+    WHAT = "LDS subset model"
+    REMEDY = "delete it; the build trains that subset model again (`python scripts/lds.py build`)"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.recipe_path = self.folder / "lds.json"
+
+    def create(self, recipe: Mapping[str, Any]) -> None:
+        """Write `recipe` for a new benchmark, or check that an existing one was made with the same recipe.
+
+        Raises:
+            ValueError: a key is missing or malformed, or the folder holds a benchmark of another recipe (the message
+                names the keys that differ).
+        """
+        missing = [key for key in self.RECIPE_KEYS if key not in recipe]
+        if missing:
+            raise ValueError(f"An LDS recipe needs {list(self.RECIPE_KEYS)}; missing {missing}.")
+        if set(recipe["split"]) != set(recipe["query_ids"]) or not set(recipe["split"].values()) <= set(self.SPLITS):
+            raise ValueError(f"The LDS recipe's split must give every query id one of {self.SPLITS}.")
+        if not 0 < recipe["fraction"] < 1 or recipe["num_models"] < 3:
+            raise ValueError(f"An LDS needs a subset fraction in (0, 1) and at least 3 models, got fraction "
+                             f"{recipe['fraction']} and {recipe['num_models']} models.")
+        if self.recipe_path.is_file():
+            differ = differing_keys(self.recipe(), recipe, strict=True)
+            if differ:
+                raise ValueError(f"{self.folder} holds an LDS benchmark made with another recipe (keys {differ} "
+                                 "differ): choose another folder, or delete it to build this one.")
+            return
+        write_json_verified(self.recipe_path, dict(recipe))
+
+    def recipe(self) -> dict[str, Any]:
+        """The benchmark's recipe, verified."""
+        recipe = read_json_verified(self.recipe_path, "LDS benchmark recipe",
+                                    f"delete {self.folder} and build the benchmark again")
+        missing = [key for key in self.RECIPE_KEYS if key not in recipe] if isinstance(recipe, dict) else ["all"]
+        if missing:
+            raise CorruptFileError(self.recipe_path, "LDS benchmark recipe", f"lacks {missing}",
+                                   f"delete {self.folder} and build the benchmark again")
+        return recipe
+
+    def subset(self, index: int) -> Tensor:
+        """The training mask `(n_train,)` bool of subset model `index`: a random `fraction` of the tracks, drawn from
+        the recipe's seed and `index` alone."""
+        recipe = self.recipe()
+        n_train = len(recipe["train_ids"])
+        generator = torch.Generator().manual_seed(recipe["seed"] * 100_003 + index)
+        chosen = torch.randperm(n_train, generator=generator)[: round(recipe["fraction"] * n_train)]
+        return torch.zeros(n_train, dtype=torch.bool).index_fill_(0, chosen, True)
+
+    def model_path(self, index: int) -> Path:
+        return self.folder / "models" / f"{index:04d}.pt"
+
+    def write_model(self, index: int, losses: Tensor) -> None:
+        """Record subset model `index`: its loss on every query `(n_queries,)`, in the recipe's query order."""
+        recipe = self.recipe()
+        if not 0 <= index < recipe["num_models"] or losses.shape != (len(recipe["query_ids"]),):
+            raise ValueError(f"Subset model {index} of {recipe['num_models']} needs one loss per query "
+                             f"({len(recipe['query_ids'])}), got shape {tuple(losses.shape)}.")
+        if not torch.isfinite(losses).all():
+            raise ValueError(f"Subset model {index} has non-finite query losses; its training diverged.")
+        save_verified({"index": index, "mask": self.subset(index), "losses": losses.detach().double().cpu()},
+                      self.model_path(index))
+
+    def finished(self) -> list[int]:
+        """The subset models whose file is there and passes verification."""
+        recipe = self.recipe()
+        return [index for index in range(recipe["num_models"])
+                if reusable(self.model_path(index), lambda path, i=index: self._read_model(i))]
+
+    def missing(self) -> list[int]:
+        """The subset models still to train."""
+        done = set(self.finished())
+        return [index for index in range(self.recipe()["num_models"]) if index not in done]
+
+    def _read_model(self, index: int) -> dict[str, Any]:
+        path = self.model_path(index)
+        record = load_verified(path, self.WHAT, self.REMEDY,
+                               {"index": int, "mask": TensorField(ndim=1, dtype=torch.bool),
+                                "losses": TensorField(ndim=1, finite=True)})
+        recipe = self.recipe()
+        if record["index"] != index or not torch.equal(record["mask"], self.subset(index)) or (
+                len(record["losses"]) != len(recipe["query_ids"])):
+            raise CorruptFileError(path, self.WHAT, "belongs to another subset or another query set", self.REMEDY)
+        return record
+
+    def read(self, split: str | None = None) -> tuple[list[str], list[str], Tensor, Tensor]:
+        """The training ids, the query ids (of `split`, or all), the finished models' masks `(n_models, n_train)` and
+        their losses `(n_models, n_queries)`.
+
+        Raises:
+            ValueError: an unknown split, or fewer than 3 finished models.
+        """
+        if split is not None and split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS} or None, got {split!r}.")
+        recipe = self.recipe()
+        records = [self._read_model(index) for index in self.finished()]
+        if len(records) < 3:
+            raise ValueError(f"{self.folder} has {len(records)} finished subset model(s) of {recipe['num_models']}; "
+                             "LDS needs at least 3: go on with `python scripts/lds.py build`.")
+        keep = [i for i, query in enumerate(recipe["query_ids"]) if split is None or recipe["split"][query] == split]
+        masks = torch.stack([record["mask"] for record in records])
+        losses = torch.stack([record["losses"] for record in records])[:, keep]
+        return recipe["train_ids"], [recipe["query_ids"][i] for i in keep], masks, losses

@@ -1,0 +1,60 @@
+"""The LDS benchmark's files (`LdsBenchmark`: recipe, resumable subset models) and `scripts/lds.py evaluate` on an
+additive world, where the true effects must score exactly 1."""
+
+import json
+
+import pytest
+import torch
+
+from datamodules.attribution_store import AttributionStore, LdsBenchmark
+from scripts import lds
+
+
+def _recipe(num_models: int = 6) -> dict:
+    queries = [f"q{i}" for i in range(4)]
+    return {"train_ids": [f"t{i:02d}" for i in range(12)], "query_ids": queries,
+            "split": {query: "validation" if i < 2 else "test" for i, query in enumerate(queries)},
+            "fraction": 0.5, "seed": 3, "num_models": num_models, "draws": 8}
+
+
+def test_subsets_are_fixed_by_seed_and_index_and_a_build_resumes(tmp_path):
+    benchmark = LdsBenchmark(tmp_path / "lds")
+    benchmark.create(_recipe())
+    masks = [benchmark.subset(index) for index in range(6)]
+    assert all(int(mask.sum()) == 6 for mask in masks) and not torch.equal(masks[0], masks[1])
+    assert torch.equal(LdsBenchmark(tmp_path / "lds").subset(4), masks[4])  # another process, the same subset
+    assert benchmark.missing() == list(range(6))
+    benchmark.write_model(2, torch.ones(4))
+    assert benchmark.finished() == [2] and benchmark.missing() == [0, 1, 3, 4, 5]
+    benchmark.model_path(2).write_bytes(b"torn")  # a half-written file is trained again, never read
+    assert benchmark.missing() == list(range(6))
+    benchmark.create(_recipe())  # the same recipe: accepted
+    with pytest.raises(ValueError, match=r"another recipe \(keys \['num_models'\]"):
+        benchmark.create(_recipe(num_models=8))
+    with pytest.raises(ValueError, match="one loss per query"):
+        benchmark.write_model(0, torch.ones(3))
+    with pytest.raises(ValueError, match="non-finite"):
+        benchmark.write_model(0, torch.tensor([1.0, float("nan"), 1.0, 1.0]))
+    with pytest.raises(ValueError, match="at least 3"):
+        benchmark.read()
+
+
+def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp_path):
+    benchmark = LdsBenchmark(tmp_path / "lds")
+    recipe = _recipe()
+    benchmark.create(recipe)
+    effect = torch.randn(4, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for index in range(6):
+        benchmark.write_model(index, 5 - benchmark.subset(index).double() @ effect.T)  # loss falls by what helps
+    store = AttributionStore(tmp_path / "out")
+    tracks, queries = [3, 0, 7, 1, 11, 2, 5, 4, 9, 6, 10, 8], [2, 0, 3, 1]  # another order than the benchmark's
+    store.write_scores("true", [recipe["train_ids"][j] for j in tracks], [recipe["query_ids"][i] for i in queries],
+                       effect[queries][:, tracks].float(), "test")
+    result = lds.main(["evaluate", "--benchmark", str(tmp_path / "lds"), "--scores", str(store.scores_path("true"))])
+    assert list(result["per_query"]) == ["q2", "q3"] and result["models"] == 6
+    assert result["per_query"]["q2"] == pytest.approx(1.0) and result["lds"]["value"] == pytest.approx(1.0)
+    written = json.loads((tmp_path / "out" / "lds_scores_true.json").read_text())
+    assert written["lds"] == result["lds"]
+    store.write_scores("short", recipe["train_ids"][:-1], recipe["query_ids"], effect[:, :-1].float(), "test")
+    with pytest.raises(ValueError, match="training tracks"):
+        lds.main(["evaluate", "--benchmark", str(tmp_path / "lds"), "--scores", str(store.scores_path("short"))])
