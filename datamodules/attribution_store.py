@@ -440,7 +440,14 @@ class LdsBenchmark:
         write_json_verified(self.recipe_path, dict(recipe))
 
     def recipe(self) -> dict[str, Any]:
-        """The benchmark's recipe, verified."""
+        """The benchmark's recipe, verified.
+
+        Raises:
+            FileNotFoundError: the folder holds no benchmark.
+            CorruptFileError: the recipe fails verification.
+        """
+        if not self.recipe_path.is_file():
+            raise FileNotFoundError(f"{self.folder} holds no LDS benchmark (no lds.json): give the folder of one.")
         recipe = read_json_verified(self.recipe_path, "LDS benchmark recipe",
                                     f"delete {self.folder} and build the benchmark again")
         missing = [key for key in self.RECIPE_KEYS if key not in recipe] if isinstance(recipe, dict) else ["all"]

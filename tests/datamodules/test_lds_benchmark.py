@@ -37,6 +37,8 @@ def test_subsets_are_fixed_by_seed_and_index_and_a_build_resumes(tmp_path):
         benchmark.write_model(0, torch.tensor([1.0, float("nan"), 1.0, 1.0]))
     with pytest.raises(ValueError, match="at least 3"):
         benchmark.read()
+    with pytest.raises(FileNotFoundError, match="holds no LDS benchmark"):
+        LdsBenchmark(tmp_path / "elsewhere").missing()
 
 
 def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp_path):
