@@ -459,7 +459,10 @@ class LdsBenchmark:
     def subset(self, index: int) -> Tensor:
         """The training mask `(n_train,)` bool of subset model `index`: a random `fraction` of the tracks, drawn from
         the recipe's seed and `index` alone."""
-        recipe = self.recipe()
+        return self._subset(self.recipe(), index)
+
+    @staticmethod
+    def _subset(recipe: Mapping[str, Any], index: int) -> Tensor:
         n_train = len(recipe["train_ids"])
         generator = torch.Generator().manual_seed(recipe["seed"] * 100_003 + index)
         chosen = torch.randperm(n_train, generator=generator)[: round(recipe["fraction"] * n_train)]
@@ -476,27 +479,33 @@ class LdsBenchmark:
                              f"({len(recipe['query_ids'])}), got shape {tuple(losses.shape)}.")
         if not torch.isfinite(losses).all():
             raise ValueError(f"Subset model {index} has non-finite query losses; its training diverged.")
-        save_verified({"index": index, "mask": self.subset(index), "losses": losses.detach().double().cpu()},
+        save_verified({"index": index, "mask": self._subset(recipe, index), "losses": losses.detach().double().cpu()},
                       self.model_path(index))
 
     def finished(self) -> list[int]:
         """The subset models whose file is there and passes verification."""
-        recipe = self.recipe()
-        return [index for index in range(recipe["num_models"])
-                if reusable(self.model_path(index), lambda path, i=index: self._read_model(i))]
+        return sorted(self._finished_records(self.recipe()))
+
+    def _finished_records(self, recipe: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+        """Index -> record of every finished subset model, each file read and verified once."""
+        records: dict[int, dict[str, Any]] = {}
+        for index in range(recipe["num_models"]):
+            def read(path: Path, index: int = index) -> None:
+                records[index] = self._read_model(index, recipe)
+            reusable(self.model_path(index), read)
+        return records
 
     def missing(self) -> list[int]:
         """The subset models still to train."""
         done = set(self.finished())
         return [index for index in range(self.recipe()["num_models"]) if index not in done]
 
-    def _read_model(self, index: int) -> dict[str, Any]:
+    def _read_model(self, index: int, recipe: Mapping[str, Any]) -> dict[str, Any]:
         path = self.model_path(index)
         record = load_verified(path, self.WHAT, self.REMEDY,
                                {"index": int, "mask": TensorField(ndim=1, dtype=torch.bool),
                                 "losses": TensorField(ndim=1, finite=True)})
-        recipe = self.recipe()
-        if record["index"] != index or not torch.equal(record["mask"], self.subset(index)) or (
+        if record["index"] != index or not torch.equal(record["mask"], self._subset(recipe, index)) or (
                 len(record["losses"]) != len(recipe["query_ids"])):
             raise CorruptFileError(path, self.WHAT, "belongs to another subset or another query set", self.REMEDY)
         return record
@@ -511,7 +520,8 @@ class LdsBenchmark:
         if split is not None and split not in self.SPLITS:
             raise ValueError(f"split must be one of {self.SPLITS} or None, got {split!r}.")
         recipe = self.recipe()
-        records = [self._read_model(index) for index in self.finished()]
+        finished = self._finished_records(recipe)
+        records = [finished[index] for index in sorted(finished)]
         if len(records) < 3:
             raise ValueError(f"{self.folder} has {len(records)} finished subset model(s) of {recipe['num_models']}; "
                              "LDS needs at least 3: go on with `python scripts/lds.py build`.")
