@@ -471,16 +471,17 @@ class LdsBenchmark:
     def model_path(self, index: int) -> Path:
         return self.folder / "models" / f"{index:04d}.pt"
 
-    def write_model(self, index: int, losses: Tensor) -> None:
-        """Record subset model `index`: its loss on every query `(n_queries,)`, in the recipe's query order."""
+    def write_model(self, index: int, losses: Tensor, info: Mapping[str, Any] | None = None) -> None:
+        """Record subset model `index`: its loss on every query `(n_queries,)`, in the recipe's query order, and
+        `info` on how it was made (seconds, device; not part of the recipe)."""
         recipe = self.recipe()
         if not 0 <= index < recipe["num_models"] or losses.shape != (len(recipe["query_ids"]),):
             raise ValueError(f"Subset model {index} of {recipe['num_models']} needs one loss per query "
                              f"({len(recipe['query_ids'])}), got shape {tuple(losses.shape)}.")
         if not torch.isfinite(losses).all():
             raise ValueError(f"Subset model {index} has non-finite query losses; its training diverged.")
-        save_verified({"index": index, "mask": self._subset(recipe, index), "losses": losses.detach().double().cpu()},
-                      self.model_path(index))
+        save_verified({"index": index, "mask": self._subset(recipe, index), "losses": losses.detach().double().cpu(),
+                       "info": dict(info or {})}, self.model_path(index))
 
     def finished(self) -> list[int]:
         """The subset models whose file is there and passes verification."""

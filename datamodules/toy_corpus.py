@@ -106,6 +106,13 @@ def caption_for(style: ArtistStyle, rng: np.random.Generator) -> str:
                            percussion=_percussion_word(style.percussion))
 
 
+def description_of(style: ArtistStyle) -> str:
+    """A caption that describes the music of `style` without naming its artist (near artists' descriptions differ in
+    one or two words)."""
+    return (f"{_tempo_word(style.tempo_bpm)} {style.mode} music for {style.instrument} in a {style.register} register "
+            f"with {_percussion_word(style.percussion)}")
+
+
 def _midi_to_hz(midi: float) -> float:
     return 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
 

@@ -1,29 +1,52 @@
-"""The linear datamodeling score (LDS) of an attribution method's scores on an LDS benchmark
-(`datamodules.attribution_store.LdsBenchmark`: subset models and their losses on every query).
+"""The linear datamodeling benchmark (`datamodules.attribution_store.LdsBenchmark`: subset models trained on random
+halves of the training set and their losses on every query) and the LDS of an attribution method's scores on it.
 
+    python scripts/lds.py queries                     # the toy world's queries (ToyLdsQueries) from the LDS base
+    python scripts/lds.py build [--shard 0/2]         # train the subset models still missing; resumes anywhere
     python scripts/lds.py evaluate --benchmark <folder> --scores <out_dir>/scores_<name>.pt [--split test]
+
+`build` trains each subset model with the training config of the model that is attributed (`--config`, by default
+`configs/toy/lds_base.yaml`, which also trains that model, the LDS base, on the whole set), in this process, on a GPU
+when there is one; it measures the model's loss on every query at fixed draws, writes one verified file per model
+and deletes the model. A model stopped part-way resumes from its last checkpoint (in `--work-dir`); `--shard K/N`
+lets N processes or machines share the models.
 
 `--scores` is a score matrix as the attribution passes write it (`AttributionStore.write_scores`: training ids, query
 ids, scores of shape (queries, training tracks), higher meaning the track helps the query more). The benchmark's
 queries of the split must all be scored, and the scored training ids must be the benchmark's. Prints the mean LDS with
 its 95 % bootstrap interval over queries and writes every query's LDS to `--out` (JSON). Seconds on a CPU.
-
-Not here yet: ``build``, the training of the subset models (issue 18).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import logging
+import shutil
 import sys
+import time
+import warnings
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch
+import yaml
+from torch.utils.data import default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import train  # noqa: E402
+from callbacks import SavePretrained  # noqa: E402
 from datamodules.attribution_store import AttributionStore, LdsBenchmark  # noqa: E402
-from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds  # noqa: E402
-from lightning_modules.io import load_verified, write_json_atomic  # noqa: E402
+from datamodules.audio import AudioTextDataset  # noqa: E402
+from datamodules.manifest import ManifestItem, read_manifest, read_queries, write_manifest  # noqa: E402
+from datamodules.toy_queries import ToyLdsQueries  # noqa: E402
+from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, query_losses  # noqa: E402
+from lightning_modules.io import load_verified, read_json_verified, write_json_atomic  # noqa: E402
+from lightning_modules.models import ToyTextToMusic  # noqa: E402
+
+log = logging.getLogger("lds")
 
 
 def aligned_scores(path: Path, train_ids: list[str], query_ids: list[str]) -> torch.Tensor:
@@ -57,15 +80,135 @@ def evaluate(benchmark: LdsBenchmark, scores_path: Path, split: str | None) -> d
             "lds": interval.as_dict(), "per_query": dict(zip(query_ids, per_query.tolist(), strict=True))}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def training_manifest(config: dict, config_path: Path) -> Path:
+    """The training manifest the config trains on (``data.init_args.manifest``)."""
+    manifest = ((config.get("data") or {}).get("init_args") or {}).get("manifest")
+    if not manifest:
+        raise ValueError(f"{config_path} names no data.init_args.manifest: give the training config of the model "
+                         "that is attributed (e.g. configs/toy/lds_base.yaml).")
+    return Path(manifest)
+
+
+def build_recipe(args: argparse.Namespace) -> tuple[dict, list[ManifestItem], list[ManifestItem]]:
+    """The benchmark's recipe from the build's arguments, the training items and the queries."""
+    config = yaml.safe_load(args.config.read_text())
+    train_items = read_manifest(training_manifest(config, args.config))
+    query_items = read_queries(args.queries)
+    split_path = args.queries.parent / ToyLdsQueries.SPLIT
+    split = read_json_verified(split_path, "LDS query split", "generate the queries again (python scripts/lds.py "
+                               "queries)") if split_path.is_file() else None
+    if split is None or set(split) != {query.id for query in query_items}:
+        raise ValueError(f"{split_path} must give every query of {args.queries} its half (validation or test); "
+                         "make the queries with `python scripts/lds.py queries` or write that file.")
+    recipe = {"train_ids": [item.id for item in train_items], "query_ids": [query.id for query in query_items],
+              "split": split,
+              "fraction": args.fraction, "seed": args.seed, "num_models": args.num_models, "draws": args.draws,
+              "draw_seed": args.draw_seed, "training_config": config,
+              "query_audio": {query.id: file_digest(query.path) for query in query_items}}
+    return recipe, train_items, query_items
+
+
+def train_subset(config: Path, manifest: Path, work: Path) -> L.LightningModule:
+    """The training module fitted by `config` on `manifest`, in this process, its run in `work` (resumed from the
+    last checkpoint there); the config's `SavePretrained` is left out (the benchmark keeps no model) and so is
+    validation."""
+    with warnings.catch_warnings():  # the build's own command line is not the CLI's: Lightning warns of both
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = train.main(["--config", str(config), "--data.init_args.manifest", str(manifest),
+                          "--trainer.default_root_dir", str(work), "--run_name", "subset",
+                          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                          "--trainer.limit_val_batches=0"], run=False)
+    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, SavePretrained)]
+    last = work / "lightning_logs" / "subset" / "checkpoints" / "last.ckpt"
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.is_file() else None)
+    return cli.model
+
+
+def build(args: argparse.Namespace) -> list[int]:
+    """Train the shard's missing subset models and record their query losses; the indices it finished."""
+    recipe, train_items, query_items = build_recipe(args)
+    benchmark = LdsBenchmark(args.benchmark)
+    benchmark.create(recipe)
+    shard, shards = args.shard
+    todo = [index for index in benchmark.missing() if index % shards == shard]
+    log.info("LDS build of %s: %d of %d subset models to train in this shard (%d/%d).", args.benchmark, len(todo),
+             recipe["num_models"], shard, shards)
+    done = []
+    for index in todo:
+        started = time.perf_counter()
+        work = args.work_dir / f"{index:04d}"
+        mask = benchmark.subset(index)
+        write_manifest([item for item, kept in zip(train_items, mask.tolist(), strict=True) if kept],
+                       work / "train.jsonl")
+        module = train_subset(args.config, work / "train.jsonl", work)
+        model = module.model
+        dataset = AudioTextDataset(query_items, model.sample_rate, model.num_samples, split="queries")
+        batch = default_collate([dataset[i] for i in range(len(dataset))])
+        losses = query_losses(model, batch, recipe["draws"], recipe["draw_seed"])
+        seconds = time.perf_counter() - started
+        benchmark.write_model(index, losses, {"seconds": seconds, "device": str(next(model.parameters()).device),
+                                              "threads": torch.get_num_threads()})
+        shutil.rmtree(work)
+        done.append(index)
+        log.info("Subset model %d: trained and measured in %.0f s; %d of %d finished.", index, seconds,
+                 len(benchmark.finished()), recipe["num_models"])
+    return done
+
+
+def make_queries(args: argparse.Namespace) -> Path:
+    """Generate the toy world's LDS queries (`ToyLdsQueries`) unless they are there."""
+    source = ToyLdsQueries(ToyTextToMusic, root=str(args.out), model=str(args.model))
+    source.prepare()
+    return source.manifest
+
+
+def shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N with 0 <= K < N (e.g. 0/2), got {value!r}.")
+    return index, count
+
+
+def main(argv: list[str] | None = None) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("queries", help="generate the toy world's LDS queries")
+    make.add_argument("--model", type=Path, default=Path("checkpoints/toy/lds_base"), help="the model attributed")
+    make.add_argument("--out", type=Path, default=Path("checkpoints/toy/lds/queries"))
+    grow = commands.add_parser("build", help="train the missing subset models and record their query losses")
+    grow.add_argument("--benchmark", type=Path, default=Path("checkpoints/toy/lds"))
+    grow.add_argument("--config", type=Path, default=Path("configs/toy/lds_base.yaml"),
+                      help="the training config of the model that is attributed")
+    grow.add_argument("--queries", type=Path, default=Path("checkpoints/toy/lds/queries/queries.jsonl"),
+                      help="the queries' manifest, with split.json beside it")
+    grow.add_argument("--num-models", type=int, default=32)
+    grow.add_argument("--fraction", type=float, default=0.5)
+    grow.add_argument("--seed", type=int, default=0, help="seed of the subsets")
+    grow.add_argument("--draws", type=int, default=64, help="(timestep, noise) draws per query loss")
+    grow.add_argument("--draw-seed", type=int, default=10_000, help="seed of the first draw (apart from the seeds "
+                      "the attribution methods use)")
+    grow.add_argument("--shard", type=shard, default=(0, 1), help="K/N: train the missing models whose index is K "
+                      "modulo N (N processes or machines sharing a build)")
+    grow.add_argument("--work-dir", type=Path, default=Path("lightning_logs/lds_build"),
+                      help="where each model trains (its last checkpoint: a stopped model resumes from it)")
     run = commands.add_parser("evaluate", help="LDS of a score matrix")
     run.add_argument("--benchmark", required=True, type=Path, help="the LDS benchmark folder (lds.json, models/)")
     run.add_argument("--scores", required=True, type=Path, help="a score matrix (scores_<name>.pt)")
     run.add_argument("--split", choices=[*LdsBenchmark.SPLITS, "all"], default="test")
     run.add_argument("--out", type=Path, help="JSON of every query's LDS (default: beside the scores)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "queries":
+        return make_queries(args)
+    if args.command == "build":
+        return build(args)
     result = evaluate(LdsBenchmark(args.benchmark), args.scores, None if args.split == "all" else args.split)
     lds = result["lds"]
     print(f"LDS ({args.split} queries, {len(result['per_query'])}; {result['models']} subset models): "

@@ -17,6 +17,8 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from lightning_modules.metrics.functional import Interval, bootstrap
+from lightning_modules.models.base import Batch, TextToMusicModel
+from lightning_modules.passes import check_finite, measuring
 
 
 def spearman(x: Tensor, y: Tensor) -> Tensor:
@@ -56,3 +58,24 @@ def mean_lds(per_query: Tensor, resamples: int = 1000, level: float = 0.95, seed
     if len(defined) == 0:
         raise ValueError("No query has a defined LDS (every prediction is constant over the subset models).")
     return bootstrap(lambda sample: sample["lds"].mean(-1), [{"lds": defined}], resamples, level, seed, batched=True)
+
+
+def query_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int) -> Tensor:
+    """The behaviour an LDS measures: each query's loss `(n_queries,)` float64, the mean over `draws` (timestep, noise)
+    draws fixed by its id (`fixed_loss_inputs`, seeds ``seed .. seed + draws - 1``), so every subset model is measured
+    at the same draws. The model is put in eval mode and measured without gradients, on its own device.
+
+    Raises:
+        NonFiniteLossError: a query's loss is NaN or infinite (the model diverged).
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}.")
+    device = next(iter(model.parameters())).device
+    batch = {key: value.to(device) if isinstance(value, Tensor) else value for key, value in batch.items()}  # type: ignore[assignment]
+    with measuring(model, device):
+        total = torch.zeros(len(batch["id"]), dtype=torch.float64, device=device)
+        for draw in range(draws):
+            total += model.loss(batch, **model.fixed_loss_inputs(list(batch["id"]), seed + draw)).double()
+    losses = (total / draws).cpu()
+    check_finite(losses, list(batch["id"]), "query loss of an LDS subset model")
+    return losses
