@@ -25,7 +25,7 @@ from torch import Tensor
 from datamodules.attribution_store import UNLEARNING, AttributionStore
 from datamodules.interfaces import HasQueries, require
 from lightning_modules.attribution.scoring import log_ranking, write_ranking
-from lightning_modules.attribution.similarity import Features, SimilarityBaseline, cosine_scores
+from lightning_modules.attribution.similarity import Features, SimilarityBaseline
 from lightning_modules.io import check_folder_name
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
@@ -71,7 +71,7 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
 
     @property
     def score_label(self) -> str:
-        return f"cosine similarity ({self.name})"
+        return f"{self.baseline.score_label} ({self.name})"
 
     def setup(self, stage: str) -> None:
         if stage != "predict":
@@ -185,10 +185,16 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         rows, index = self._gather(vectors, positions)
         return self._assemble(rows, index, len(self.query_ids), "queries")
 
+    def _total(self, value: Tensor) -> Tensor:
+        """`value` summed over the ranks (each rank's share of the training set contributes)."""
+        if self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value.to(self.device), reduce_op="sum").to(value.device)
+
     def on_predict_end(self) -> None:
         queries = self.query_features()
         local = torch.cat(self._vectors) if self._vectors else torch.zeros(0, queries.shape[1])
-        local_scores = cosine_scores(queries, local) if local.shape[0] else torch.zeros(len(self.query_ids), 0)
+        local_scores = self.baseline.match(queries, local, self._total)
         rows, index = self._gather(local_scores.T.contiguous(), torch.tensor(self._rows, dtype=torch.long))
         self.scores = self._assemble(rows, index, len(self.train_ids), "training items").T.contiguous()
         if self.trainer.is_global_zero:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -53,7 +53,8 @@ def cosine_scores(queries: Tensor, train: Tensor, chunk_size: int = 4096) -> Ten
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
     queries = F.normalize(queries.float(), dim=1)
-    return torch.cat([queries @ F.normalize(chunk.float(), dim=1).T for chunk in train.split(chunk_size)], dim=1)
+    chunks = [queries @ F.normalize(chunk.float(), dim=1).T for chunk in train.split(chunk_size)]
+    return torch.cat(chunks, dim=1) if chunks else queries.new_zeros(len(queries), 0)
 
 
 def _on(batch: Batch, device: torch.device) -> Batch:
@@ -192,53 +193,95 @@ def activation_features(model: TextToMusicModel, module: str, batches: Iterable[
         handle.remove()
 
 
-def _project(flat: Tensor, dim: int, seed: int, block: int = 1 << 16) -> Tensor:
-    """`(batch, n)` vectors times a fixed Gaussian `(n, dim)` matrix scaled by 1/sqrt(dim), generated block by block
-    from `seed` (never held whole), so every batch and process sees the same projection."""
+PROJECTIONS = ("gaussian", "sketch")
+
+
+def _project(flat: Tensor, dim: int, seed: int, kind: str = "gaussian", block: int = 1 << 16) -> Tensor:
+    """`(batch, n)` vectors mapped to `(batch, dim)` by a fixed random linear map from `seed`, generated block by
+    block (never held whole), so every batch and process sees the same map; inner products are kept in expectation.
+
+    - "gaussian": a Gaussian matrix scaled by 1/sqrt(dim) (Johnson-Lindenstrauss, TRAK's projection); costs
+      ``n * dim`` random numbers per call (about 13 s per batch for 2.2M weights at dim 1024 on one CPU core).
+    - "sketch": a count sketch (each coordinate added, with a random sign, to one random output coordinate; Charikar
+      et al. 2002), the sparse Johnson-Lindenstrauss map: ``n`` random numbers per call, whatever `dim`.
+    """
+    if kind not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}.")
     projected = torch.zeros(flat.shape[0], dim, dtype=torch.float32, device=flat.device)
     for index, start in enumerate(range(0, flat.shape[1], block)):
         chunk = flat[:, start : start + block]
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        matrix = torch.randn(chunk.shape[1], dim, generator=generator).to(flat.device)
-        projected += chunk @ matrix
-    return projected / math.sqrt(dim)
+        if kind == "gaussian":
+            projected += chunk @ torch.randn(chunk.shape[1], dim, generator=generator).to(flat.device)
+        else:
+            bucket = torch.randint(dim, (chunk.shape[1],), generator=generator).to(flat.device)
+            sign = torch.randint(2, (chunk.shape[1],), generator=generator).to(flat.device) * 2.0 - 1.0
+            projected.index_add_(1, bucket, chunk * sign)
+    return projected / math.sqrt(dim) if kind == "gaussian" else projected
+
+
+FUNCTIONS = ("loss", "output_norm")
+
+
+def _function_of(model: TextToMusicModel, one: Batch, inputs: dict[str, Tensor], function: str) -> Tensor:
+    """The scalar whose gradient is an item's feature: its training loss, or (D-TRAK's best variant, Zheng et al.
+    2024) the squared norm of the network's output, ``criterion(output, 0)``, the masked mean of the output squared."""
+    if function == "loss":
+        return model.loss(one, **inputs).sum()
+    output, _, weight = model.predict(one, **inputs)
+    return model.criterion(output, torch.zeros_like(output), weight).sum()
 
 
 def gradient_features(model: TextToMusicModel, parameter_groups: Sequence[str], batches: Iterable[Batch], *,
                       seed: int = 0, timestep: float | None = None, draws: int = 1,
-                      projection_dim: int | None = None, projection_seed: int = 0) -> Features:
-    """Each item's loss gradient on the parameters of `parameter_groups`, averaged over `draws` shared (timestep,
-    noise) draws (`shared_loss_inputs`, seeds ``seed .. seed + draws - 1``), flattened, and projected to
-    `projection_dim` by a fixed Gaussian matrix from `projection_seed` when given (Johnson-Lindenstrauss: cosines are
-    kept approximately while memory is bounded). One backward pass per item and draw; the model is left in its own
-    train / eval mode, random state and ``requires_grad`` flags.
+                      projection_dim: int | None = None, projection_seed: int = 0, projection: str = "gaussian",
+                      function: str = "loss", shared_draws: bool = True,
+                      preconditioner: Sequence[Tensor] | None = None) -> Features:
+    """Each item's gradient of `function` (`_function_of`: its loss, or D-TRAK's output norm) on the parameters of
+    `parameter_groups`, averaged over `draws` (timestep, noise) draws (seeds ``seed .. seed + draws - 1``; shared by
+    every item, `shared_loss_inputs`, or with ``shared_draws=False`` each item's own, ``fixed_loss_inputs([id], ...)``,
+    as the loss sweeps of attribution by unlearning draw them), multiplied elementwise by `preconditioner` (one
+    tensor per parameter, e.g. ``1 / sqrt(N F + eps)``) when given, flattened, and projected to `projection_dim` by
+    `_project` (`projection`, from `projection_seed`) when given. One backward pass per item and draw; the model is
+    left in its own train / eval mode, random state and ``requires_grad`` flags.
     """
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}.")
     if projection_dim is not None and projection_dim < 1:
         raise ValueError(f"projection_dim must be at least 1 (or None for no projection), got {projection_dim}.")
+    if function not in FUNCTIONS:
+        raise ValueError(f"function must be one of {FUNCTIONS}, got {function!r}.")
     parameters = model.select_parameters(parameter_groups)
+    if preconditioner is not None and [p.shape for p in preconditioner] != [p.shape for p in parameters]:
+        raise ValueError("The preconditioner needs one tensor per selected parameter, of its shape.")
     device = _device(model)
+    scale = None if preconditioner is None else torch.cat([p.to(device).float().flatten() for p in preconditioner])
+
+    def inputs(one: Batch, draw: int) -> dict[str, Tensor]:
+        if shared_draws:
+            return shared_loss_inputs(model, 1, seed + draw, timestep)
+        return model.fixed_loss_inputs(list(one["id"]), seed + draw)
 
     def pairs() -> Iterable[tuple[list[str], Tensor]]:
         for batch in batches:
             batch = _on(batch, device)
-            rows, losses = [], []
+            rows, values = [], []
             for index in range(len(batch["id"])):
                 one = item(batch, index)
                 total = torch.zeros(sum(p.numel() for p in parameters), dtype=torch.float32, device=device)
                 for draw in range(draws):
-                    loss = model.loss(one, **shared_loss_inputs(model, 1, seed + draw, timestep)).sum()
-                    losses.append(loss.detach())
-                    grads = torch.autograd.grad(loss, parameters)
+                    value = _function_of(model, one, inputs(one, draw), function)
+                    values.append(value.detach())
+                    grads = torch.autograd.grad(value, parameters)
                     total += torch.cat([grad.float().flatten() for grad in grads])
-                rows.append(total / draws)
+                rows.append(total / draws if scale is None else total * scale / draws)
             flat = torch.stack(rows)
-            # once per batch (one device sync): a NaN loss or gradient would give NaN cosine scores
-            check_finite(torch.stack(losses).view(-1, draws), list(batch["id"]), "per-item loss of the gradient "
-                         "similarity pass")
-            check_finite(flat, list(batch["id"]), "per-item loss gradient of the gradient similarity pass")
-            yield list(batch["id"]), flat if projection_dim is None else _project(flat, projection_dim, projection_seed)
+            # once per batch (one device sync): a NaN loss or gradient would give NaN scores
+            check_finite(torch.stack(values).view(-1, draws), list(batch["id"]), f"per-item {function} of the "
+                         "gradient pass")
+            check_finite(flat, list(batch["id"]), f"per-item {function} gradient of the gradient pass")
+            yield list(batch["id"]), (flat if projection_dim is None
+                                      else _project(flat, projection_dim, projection_seed, projection))
 
     flags = [param.requires_grad for param in parameters]
     try:
@@ -251,10 +294,17 @@ def gradient_features(model: TextToMusicModel, parameter_groups: Sequence[str], 
             param.requires_grad_(flag)
 
 
+def _unreduced(value: Tensor) -> Tensor:
+    return value
+
+
 class SimilarityBaseline(nn.Module, ABC):
     """A similarity baseline: per-item `features` of batches under a model, and `scores` of queries against training
-    items. The model is given to each call, never held, so a pass's config names it once (`SimilarityRanking`); a
-    baseline is an `nn.Module` so that what it does hold (an embedder) moves to the pass's device."""
+    items (`match` of their features: the cosine unless a baseline says otherwise). The model is given to each call,
+    never held, so a pass's config names it once (`SimilarityRanking`); a baseline is an `nn.Module` so that what it
+    does hold (an embedder) moves to the pass's device."""
+
+    score_label = "cosine similarity"
 
     def check(self, model: TextToMusicModel) -> None:
         """Raise a ValueError when the baseline's settings do not fit `model` (a module or group name); the pass
@@ -264,10 +314,15 @@ class SimilarityBaseline(nn.Module, ABC):
     def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
         """Feature vectors `(n_items, dim)` of the items of `batches` under `model`, in order."""
 
+    def match(self, queries: Tensor, train: Tensor, total: Callable[[Tensor], Tensor] = _unreduced) -> Tensor:
+        """Scores `(n_queries, n_train)` of query features against training features (higher = the track counts
+        more for the query). `train` may be one process's share of the training set: `total` sums a tensor over
+        the processes (the identity in one process), for a score that depends on the whole set."""
+        return cosine_scores(queries, train)
+
     def scores(self, queries: Iterable[Batch], train: Iterable[Batch], model: TextToMusicModel) -> Tensor:
-        """`(n_queries, n_train)` cosine similarities, rows in the order of `queries`' items, columns in the order of
-        `train`'s (higher = more similar)."""
-        return cosine_scores(self.features(queries, model).vectors, self.features(train, model).vectors)
+        """`(n_queries, n_train)` scores, rows in the order of `queries`' items, columns in the order of `train`'s."""
+        return self.match(self.features(queries, model).vectors, self.features(train, model).vectors)
 
 
 class ClapSimilarity(SimilarityBaseline):
@@ -311,21 +366,96 @@ class ActivationSimilarity(SimilarityBaseline):
 
 
 class GradientSimilarity(SimilarityBaseline):
-    """Per-item loss-gradient cosine similarity: arguments as in `gradient_features`."""
+    """Per-item gradient cosine similarity: arguments as in `gradient_features`."""
 
     def __init__(self, parameter_groups: Sequence[str] = ("all",), seed: int = 0, timestep: float | None = None,
-                 draws: int = 1, projection_dim: int | None = None, projection_seed: int = 0) -> None:
+                 draws: int = 1, projection_dim: int | None = None, projection_seed: int = 0,
+                 projection: str = "gaussian", function: str = "loss") -> None:
         super().__init__()
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}.")
         if projection_dim is not None and projection_dim < 1:
             raise ValueError(f"projection_dim must be at least 1 (or None for no projection), got {projection_dim}.")
+        for name, value, allowed in (("projection", projection, PROJECTIONS), ("function", function, FUNCTIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
         self.parameter_groups = list(parameter_groups)
         self.options = {"seed": seed, "timestep": timestep, "draws": draws, "projection_dim": projection_dim,
-                        "projection_seed": projection_seed}
+                        "projection_seed": projection_seed, "projection": projection, "function": function}
 
     def check(self, model: TextToMusicModel) -> None:
         model.select_parameters(self.parameter_groups)
+        if self.options["function"] == "output_norm" and not model.fixed_loss_inputs(["check"], 0):
+            raise ValueError(f"function 'output_norm' (D-TRAK) is the norm of a diffusion model's output at a drawn "
+                             f"timestep; {type(model).__name__} draws none: use function 'loss'.")
 
     def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
         return gradient_features(model, self.parameter_groups, batches, **self.options)  # type: ignore[arg-type]
+
+
+class TrakScores(GradientSimilarity):
+    """TRAK (Park et al., ICML 2023) on a diffusion model, and D-TRAK (Zheng et al., ICLR 2024): projected
+    per-item gradients φ (`gradient_features`, every item at the same `draws` shared draws), scored
+    ``φ(q)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z)`` with Φ the training set's projected gradients; λ is `damping` times the mean
+    eigenvalue of ΦᵀΦ. `function` "loss" is TRAK on the training loss; "output_norm", the squared norm of the
+    denoiser's output, is the variant D-TRAK found to attribute best. Both need `projection_dim` (the kernel is
+    `projection_dim` square); "sketch" projects all of a model's weights at the cost of one pass over them.
+    Other arguments as in `gradient_features`.
+    """
+
+    score_label = "TRAK score"
+
+    def __init__(self, parameter_groups: Sequence[str] = ("all",), function: str = "output_norm", seed: int = 0,
+                 timestep: float | None = None, draws: int = 10, projection_dim: int = 2048, projection_seed: int = 0,
+                 projection: str = "sketch", damping: float = 1e-3) -> None:
+        if projection_dim is None or damping < 0:
+            raise ValueError(f"TRAK needs a projection_dim (its kernel is that size) and a non-negative damping, got "
+                             f"{projection_dim} and {damping}.")
+        super().__init__(parameter_groups, seed, timestep, draws, projection_dim, projection_seed, projection, function)
+        self.damping = damping
+
+    def match(self, queries: Tensor, train: Tensor, total: Callable[[Tensor], Tensor] = _unreduced) -> Tensor:
+        train = train.double()
+        gram = total(train.T @ train)  # ΦᵀΦ over the whole training set
+        ridge = self.damping * torch.trace(gram) / gram.shape[0]
+        kernel = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        return (train @ torch.linalg.solve(kernel, queries.double().T)).T.float()
+
+
+class FirstOrderUnlearning(GradientSimilarity):
+    """The first-order estimate of attribution by unlearning's score, with no sweep: one Fisher-preconditioned
+    ascent step on the query, ``lr ∇L(q) / (N F + eps)`` (`FisherAscent`), changes a training track's loss by about
+    ``lr ∇L(z)ᵀ ∇L(q) / (N F + eps)``, so that inner product ranks the tracks as the unlearning score does for a
+    small step. Each item's gradient is taken at its own `draws` draws (as the loss sweeps measure it), scaled by
+    ``1 / sqrt(N F + eps)`` and projected (`projection_dim`; None keeps the full gradients); the score is the inner
+    product of the projected vectors.
+
+    Args:
+        fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``), computed at the model's weights
+            and covering `parameter_groups`.
+        eps: as in `AscentSettings`.
+        Others: as in `gradient_features`.
+    """
+
+    score_label = "first-order unlearning score"
+
+    def __init__(self, fisher_path: str, parameter_groups: Sequence[str] = ("all",), seed: int = 0, draws: int = 20,
+                 projection_dim: int | None = 4096, projection_seed: int = 0, projection: str = "sketch",
+                 eps: float = 1e-12) -> None:
+        super().__init__(parameter_groups, seed, None, draws, projection_dim, projection_seed, projection, "loss")
+        if eps < 0:
+            raise ValueError(f"eps must be non-negative, got {eps}.")
+        self.fisher_path = fisher_path
+        self.eps = eps
+
+    def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        from lightning_modules.attribution.query import FisherAscent  # the attribution pass imports this module
+
+        names = model.parameter_names(model.select_parameters(self.parameter_groups))
+        fisher, count = FisherAscent(names, self.fisher_path).fisher(model)
+        scale = [(count * value.float() + self.eps).rsqrt() for value in fisher]
+        return gradient_features(model, self.parameter_groups, batches, shared_draws=False, preconditioner=scale,
+                                 **self.options)  # type: ignore[arg-type]
+
+    def match(self, queries: Tensor, train: Tensor, total: Callable[[Tensor], Tensor] = _unreduced) -> Tensor:
+        return queries.double().matmul(train.double().T).float()
