@@ -3,7 +3,8 @@ et al., "Data Attribution for Text-to-Image Models by Unlearning Synthesized Ima
 "Large-Scale Training Data Attribution for Music Generative Models via Unlearning", 2025): each query is unlearned on
 its own by Fisher-preconditioned ascent (`FisherAscent`), the training set's losses are measured again at the
 "before" sweep's fixed draws (the "after" sweep, sharded over ranks and resumable), and each track's score is its
-loss after minus its loss before, written as a ranking per query and a summary over the queries.
+loss after minus its loss before, written as a ranking per query, a summary over the queries and the score matrix
+(``<out_dir>/scores_unlearning.pt``, `AttributionStore.read_scores`, as the baselines write theirs).
 
 The deltas are computed first, each query by one rank (round-robin) and written to ``<query>/delta.pt``, so every
 rank measures exactly the same weights and a resumed run reuses them; then the ranks share the (query, shard) steps
@@ -21,7 +22,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from datamodules.attribution_store import Delta, differing_keys
+from datamodules.attribution_store import UNLEARNING, Delta, differing_keys
 from datamodules.interfaces import QueryWork, require
 from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores, group_scores, log_ranking, write_ranking
@@ -179,13 +180,14 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         captions = [items[item_id].caption for item_id in ids]
         groups = [items[item_id].group for item_id in ids]
         experiment = self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
-        summary = []
+        summary, matrix = [], []
         for query in data.query_items():
             after_ids, after = data.store.sweep(query.id).read()
             if after_ids != ids:
                 raise ValueError(f"The sweeps in {data.before.folder} and {data.store.sweep(query.id).folder} cover "
                                  "other tracks; delete the query's folder and run again.")
             scores = attribution_scores(before, after)
+            matrix.append(scores)
             named = f"{query.id}, “{query.caption}”"
             rows = write_ranking(data.store.query_dir(query.id), ids, captions, groups, scores, self.top_k,
                                  query=named)
@@ -197,5 +199,7 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
             if experiment is not None:
                 log_ranking(experiment, rows, tag=f"attribution/{query.id}", top_k=self.top_k, query=named)
         data.store.write_summary(summary)
+        data.store.write_scores(UNLEARNING, ids, [query.id for query in data.query_items()], torch.stack(matrix),
+                                type(self).__name__)
         log.info("Attribution of %d query(ies) written to %s.", len(summary), data.store.out_dir)
         return summary

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from datamodules import read_manifest, write_manifest
-from datamodules.attribution_store import Delta, Sweep
+from datamodules.attribution_store import AttributionStore, Delta, Sweep
 from datamodules.audio import AudioTextDataset
 from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores
@@ -84,6 +84,8 @@ def test_rankings_equal_unlearning_and_sweeping_by_hand(world, tiny_model_dir):
     assert ids == [item.id for item in items]
     summary = json.loads((world["out"] / "summary.json").read_text())
     assert [row["query"] for row in summary] == ["crop-of-train-1", read_manifest(world["queries"])[1].id]
+    matrix_ids, matrix_queries, matrix = AttributionStore(world["out"]).read_scores("unlearning")  # for LDS
+    assert matrix_ids == ids and matrix_queries == [row["query"] for row in summary]
     for query, row in zip(read_manifest(world["queries"]), summary, strict=True):
         model = ToyTextToMusic.from_pretrained(tiny_model_dir).eval()
         names = model.parameter_names(model.select_parameters(["cross_attention"]))
@@ -97,6 +99,8 @@ def test_rankings_equal_unlearning_and_sweeping_by_hand(world, tiny_model_dir):
         scores = _scores(world["out"], query.id)
         assert scores.keys() == expected.keys()
         assert all(abs(scores[key] - expected[key]) < 1e-6 for key in expected), query.id
+        assert torch.allclose(matrix[matrix_queries.index(query.id)], torch.tensor([expected[key] for key in ids],
+                                                                                  dtype=matrix.dtype), atol=1e-6)
         assert row["query_loss"] == pytest.approx(query_loss, abs=1e-6)
         assert query_loss["after"] > query_loss["before"]  # the query was unlearned
         assert max(abs(value) for value in expected.values()) > 0  # the training losses moved

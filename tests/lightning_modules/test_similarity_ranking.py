@@ -20,6 +20,7 @@ from datamodules import ManifestItem, read_manifest, write_manifest
 from datamodules.attribution_store import GROUP_COLUMNS, RANKING_COLUMNS, AttributionStore
 from datamodules.audio import AudioTextDataset
 from datamodules.items import ItemsDataModule
+from lightning_modules.attribution import similarity
 from lightning_modules.attribution.ranking import SimilarityRanking
 from lightning_modules.attribution.similarity import (
     ActivationSimilarity,
@@ -32,6 +33,10 @@ from lightning_modules.models import ToyTextToMusic
 from tests.conftest import REPO, TINY_SAMPLES
 
 GRADIENT = {"parameter_groups": ["cross_attention"], "timestep": 100, "projection_dim": 64}
+# 8 training tracks in 16 dimensions: the kernel's Gram matrix has rank 8 and needs the damping
+BASELINES = {"activation": ("ActivationSimilarity", {"module": "unet.mid_block", "timestep": 50}),
+             "gradient": ("GradientSimilarity", GRADIENT),
+             "trak": ("TrakScores", {**GRADIENT, "projection_dim": 16, "draws": 2})}
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +60,15 @@ def _rank(model, baseline, corpus, queries, out_dir, name, logger=False) -> Simi
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, tiny_corpus, tiny_model_dir, queries):
-    """`single_run(kind)`: the single-process pass of the "activation" or "gradient" baseline (run once per module):
+    """`single_run(kind)`: the single-process pass of a baseline of `BASELINES` (run once per module):
     the finished module, its model and its out_dir."""
     runs: dict[str, tuple] = {}
 
     def run(kind: str) -> tuple[SimilarityRanking, ToyTextToMusic, object]:
         if kind not in runs:
             model = ToyTextToMusic.from_pretrained(tiny_model_dir)
-            baseline = (ActivationSimilarity("unet.mid_block", timestep=50) if kind == "activation"
-                        else GradientSimilarity(**GRADIENT))
+            name, options = BASELINES[kind]
+            baseline = getattr(similarity, name)(**options)
             out_dir = tmp_path_factory.mktemp(kind)
             runs[kind] = (_rank(model, baseline, tiny_corpus, queries, out_dir, kind), model, out_dir)
         return runs[kind]
@@ -108,19 +113,20 @@ def test_the_pass_writes_each_querys_ranking_of_cosine_scores(tmp_path, tiny_cor
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))  # rankings logged to TensorBoard
 
 
-@pytest.mark.parametrize("kind", ["activation", "gradient"])
+@pytest.mark.parametrize("kind", list(BASELINES))
 def test_model_baselines_under_inference_mode(tiny_corpus, tiny_model, queries, single_run, kind):
     module, model, _ = single_run(kind)
     assert not any(param.requires_grad for param in model.parameters())  # frozen by the pass, groups restored after
     _, train = _direct(module.baseline, tiny_model, tiny_corpus.train_manifest)
     _, query = _direct(module.baseline, tiny_model, queries)
-    assert module.scores is not None and torch.allclose(module.scores, cosine_scores(query, train), atol=1e-5)
+    assert module.scores is not None and torch.allclose(module.scores, module.baseline.match(query, train), atol=1e-5)
     assert module.scores[:2].argmax(dim=1).tolist() == [1, 6]  # the training tracks among the queries
 
 
 @pytest.mark.ddp
-def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, queries, single_run):
-    _, _, single_dir = single_run("gradient")
+@pytest.mark.parametrize("kind", ["gradient", "trak"])  # TRAK: each rank's Gram matrix is summed over the ranks
+def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, queries, single_run, kind):
+    _, _, single_dir = single_run(kind)
     config = yaml.safe_load((REPO / "configs" / "attribution" / "similarity_gradient.yaml").read_text())
     config["trainer"].update(accelerator="cpu", enable_progress_bar=False, logger=False,
                              default_root_dir=str(tmp_path / "logs"))
@@ -128,7 +134,10 @@ def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, qu
         model={"class_path": "lightning_modules.models.ToyTextToMusic",
                "init_args": {"pretrained": str(tiny_model_dir)}},
         out_dir=str(tmp_path / "ddp"), top_k=3)
-    config["model"]["init_args"]["baseline"]["init_args"] = GRADIENT
+    name, options = BASELINES[kind]
+    config["model"]["init_args"]["baseline"] = {"class_path": f"lightning_modules.attribution.similarity.{name}",
+                                                "init_args": options}
+    config["model"]["init_args"]["name"] = kind
     # 8 items in batches of 3: 4 per rank (2 batches each); 4 queries: 2 per rank
     config["data"]["init_args"] = {"manifest": str(tiny_corpus.train_manifest), "queries": str(queries),
                                    "batch_size": 3}
@@ -137,12 +146,12 @@ def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, qu
                              "--trainer.strategy=ddp", "--trainer.devices=2"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    single_ids, single_queries, single = AttributionStore(single_dir).read_scores("gradient")
-    ddp_ids, ddp_queries, ddp = AttributionStore(tmp_path / "ddp").read_scores("gradient")
+    single_ids, single_queries, single = AttributionStore(single_dir).read_scores(kind)
+    ddp_ids, ddp_queries, ddp = AttributionStore(tmp_path / "ddp").read_scores(kind)
     assert ddp_ids == single_ids and ddp_queries == single_queries
     assert torch.allclose(ddp, single, atol=1e-5)
     for query_id in single_queries:
-        rankings = [json.loads((run / query_id / "gradient" / "ranking.json").read_text())
+        rankings = [json.loads((run / query_id / kind / "ranking.json").read_text())
                     for run in (single_dir, tmp_path / "ddp")]
         assert [entry["id"] for entry in rankings[0]] == [entry["id"] for entry in rankings[1]]
 
