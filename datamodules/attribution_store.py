@@ -399,9 +399,11 @@ class LdsBenchmark:
 
     Layout: ``lds.json``, the recipe (``train_ids``; ``query_ids``; ``split``, query id -> "validation" or "test";
     ``fraction`` of the training set per subset; ``seed``; ``num_models``; and whatever else the losses depend on, such
-    as the loss draws and the subset models' training recipe), and ``models/NNNN.pt`` per finished subset model (its
-    training mask and its loss on every query). Subset m is drawn from the seed and m alone, so a build stops and
-    resumes anywhere, on any machine, and each model's file is written when it finishes.
+    as the loss draws and the subset models' training recipe), ``models/NNNN.pt`` per finished subset model (its
+    training mask and its loss on every query), and ``groups/<group>.pt`` per model trained without one group's tracks
+    (and ``groups/none.pt``, the model trained on all, the reference of their effects): group-level ground truth.
+    Subset m is drawn from the seed and m alone, so a build stops and resumes anywhere, on any machine, and each
+    model's file is written when it finishes.
 
     Args:
         folder: the benchmark's folder.
@@ -510,6 +512,36 @@ class LdsBenchmark:
                 len(record["losses"]) != len(recipe["query_ids"])):
             raise CorruptFileError(path, self.WHAT, "belongs to another subset or another query set", self.REMEDY)
         return record
+
+    def group_path(self, group: str) -> Path:
+        """The file of the model trained without the training tracks of `group` ("" for the model trained on all)."""
+        return self.folder / "groups" / f"{group.lower().replace(' ', '_') or 'none'}.pt"
+
+    def write_group(self, group: str, losses: Tensor, info: Mapping[str, Any] | None = None) -> None:
+        """Record the model trained with the recipe on every track but `group`'s ("" leaves none out): its loss on
+        every query, at the draws of the subset models. Its true effect on a query is its loss there minus the
+        loss of the model trained on all."""
+        recipe = self.recipe()
+        if losses.shape != (len(recipe["query_ids"]),) or not torch.isfinite(losses).all():
+            raise ValueError(f"The model without {group!r} needs one finite loss per query "
+                             f"({len(recipe['query_ids'])}), got shape {tuple(losses.shape)}.")
+        save_verified({"group": group, "losses": losses.detach().double().cpu(), "info": dict(info or {})},
+                      self.group_path(group))
+
+    def groups(self) -> dict[str, Tensor]:
+        """Left-out group ("" for none) -> its model's query losses `(n_queries,)`, of every verified group file."""
+        n_queries = len(self.recipe()["query_ids"])
+        found: dict[str, Tensor] = {}
+        for path in sorted((self.folder / "groups").glob("*.pt")):
+            def read(path: Path) -> None:
+                record = load_verified(path, "LDS group model", self.REMEDY,
+                                       {"group": str, "losses": TensorField(ndim=1, finite=True)})
+                if len(record["losses"]) != n_queries or path != self.group_path(record["group"]):
+                    raise CorruptFileError(path, "LDS group model", "belongs to another group or query set",
+                                           self.REMEDY)
+                found[record["group"]] = record["losses"]
+            reusable(path, read)
+        return found
 
     def read(self, split: str | None = None) -> tuple[list[str], list[str], Tensor, Tensor]:
         """The training ids, the query ids (of `split`, or all), the finished models' masks `(n_models, n_train)` and

@@ -42,7 +42,7 @@ from datamodules.attribution_store import AttributionStore, LdsBenchmark  # noqa
 from datamodules.audio import AudioTextDataset  # noqa: E402
 from datamodules.manifest import ManifestItem, read_manifest, read_queries, write_manifest  # noqa: E402
 from datamodules.toy_queries import ToyLdsQueries  # noqa: E402
-from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, query_losses  # noqa: E402
+from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, query_losses, spearman  # noqa: E402
 from lightning_modules.io import load_verified, read_json_verified, write_json_atomic  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
@@ -71,13 +71,39 @@ def aligned_scores(path: Path, train_ids: list[str], query_ids: list[str]) -> to
     return scores[[rows[query] for query in query_ids]][:, [columns[track] for track in train_ids]]
 
 
+def group_effects(benchmark: LdsBenchmark, scores: torch.Tensor, train_ids: list[str], query_ids: list[str]
+                  ) -> dict[str, dict[str, Any]]:
+    """Group-level truth: for each group whose model left it out, the Spearman correlation over the queries between
+    its true effect (the rise of each query's loss without the group) and the method's total score of the group's
+    tracks. Empty when the benchmark has no group models."""
+    groups = benchmark.groups()
+    if "" not in groups:
+        return {}
+    recipe = benchmark.recipe()
+    group_of = {item.id: item.group for item in
+                read_manifest(training_manifest(recipe["training_config"], benchmark.recipe_path))}
+    rows = [recipe["query_ids"].index(query) for query in query_ids]
+    result = {}
+    for group, losses in sorted(groups.items()):
+        if group:
+            effect = (losses - groups[""])[rows]
+            in_group = torch.tensor([group_of[track] == group for track in train_ids])
+            total = scores[:, in_group].sum(dim=1)
+            result[group] = {"spearman": float(spearman(total[:, None], effect[:, None])[0]),
+                             "effect": dict(zip(query_ids, effect.tolist(), strict=True)),
+                             "group_score": dict(zip(query_ids, total.tolist(), strict=True))}
+    return result
+
+
 def evaluate(benchmark: LdsBenchmark, scores_path: Path, split: str | None) -> dict:
-    """Every query's LDS and their mean with its bootstrap interval."""
+    """Every query's LDS and their mean with its bootstrap interval, and the group-level truth (`group_effects`)."""
     train_ids, query_ids, masks, losses = benchmark.read(split)
-    per_query = linear_datamodeling_scores(aligned_scores(scores_path, train_ids, query_ids), masks, losses)
+    scores = aligned_scores(scores_path, train_ids, query_ids)
+    per_query = linear_datamodeling_scores(scores, masks, losses)
     interval = mean_lds(per_query)
     return {"scores": str(scores_path), "benchmark": str(benchmark.folder), "split": split, "models": len(masks),
-            "lds": interval.as_dict(), "per_query": dict(zip(query_ids, per_query.tolist(), strict=True))}
+            "lds": interval.as_dict(), "per_query": dict(zip(query_ids, per_query.tolist(), strict=True)),
+            "groups": group_effects(benchmark, scores, train_ids, query_ids)}
 
 
 def file_digest(path: Path) -> str:
@@ -128,34 +154,53 @@ def train_subset(config: Path, manifest: Path, work: Path) -> L.LightningModule:
     return cli.model
 
 
-def build(args: argparse.Namespace) -> list[int]:
-    """Train the shard's missing subset models and record their query losses; the indices it finished."""
+def train_and_measure(config: Path, items: list[ManifestItem], queries: list[ManifestItem], recipe: dict, work: Path
+                      ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Train the recipe's model on `items` (in `work`, deleted after) and measure its loss on every query at the
+    recipe's draws; the losses and how long it took."""
+    started = time.perf_counter()
+    write_manifest(items, work / "train.jsonl")
+    model = train_subset(config, work / "train.jsonl", work).model
+    dataset = AudioTextDataset(queries, model.sample_rate, model.num_samples, split="queries")
+    batch = default_collate([dataset[i] for i in range(len(dataset))])
+    losses = query_losses(model, batch, recipe["draws"], recipe["draw_seed"])
+    shutil.rmtree(work)
+    return losses, {"seconds": time.perf_counter() - started, "device": str(next(model.parameters()).device),
+                    "threads": torch.get_num_threads(), "items": len(items)}
+
+
+def build(args: argparse.Namespace) -> list[int | str]:
+    """Train the shard's missing subset models, then its missing group models (each without one of `args.groups`,
+    and one without none), and record their query losses; the subset indices and groups it finished."""
     recipe, train_items, query_items = build_recipe(args)
     benchmark = LdsBenchmark(args.benchmark)
     benchmark.create(recipe)
     shard, shards = args.shard
     todo = [index for index in benchmark.missing() if index % shards == shard]
-    log.info("LDS build of %s: %d of %d subset models to train in this shard (%d/%d).", args.benchmark, len(todo),
-             recipe["num_models"], shard, shards)
-    done = []
+    known = {item.group for item in train_items}
+    unknown = [group for group in args.groups if group not in known]
+    if unknown:
+        raise ValueError(f"--groups {unknown} name no group of the training set; its groups: {sorted(known)}.")
+    groups = [group for position, group in enumerate(["", *args.groups] if args.groups else [])
+              if position % shards == shard and not benchmark.group_path(group).is_file()]
+    log.info("LDS build of %s, shard %d/%d: %d of %d subset models and %d group models to train.", args.benchmark,
+             shard, shards, len(todo), recipe["num_models"], len(groups))
+    done: list[int | str] = []
     for index in todo:
-        started = time.perf_counter()
-        work = args.work_dir / f"{index:04d}"
-        mask = benchmark.subset(index)
-        write_manifest([item for item, kept in zip(train_items, mask.tolist(), strict=True) if kept],
-                       work / "train.jsonl")
-        module = train_subset(args.config, work / "train.jsonl", work)
-        model = module.model
-        dataset = AudioTextDataset(query_items, model.sample_rate, model.num_samples, split="queries")
-        batch = default_collate([dataset[i] for i in range(len(dataset))])
-        losses = query_losses(model, batch, recipe["draws"], recipe["draw_seed"])
-        seconds = time.perf_counter() - started
-        benchmark.write_model(index, losses, {"seconds": seconds, "device": str(next(model.parameters()).device),
-                                              "threads": torch.get_num_threads()})
-        shutil.rmtree(work)
+        mask = benchmark.subset(index).tolist()
+        kept = [item for item, chosen in zip(train_items, mask, strict=True) if chosen]
+        losses, info = train_and_measure(args.config, kept, query_items, recipe, args.work_dir / f"{index:04d}")
+        benchmark.write_model(index, losses, info)
         done.append(index)
-        log.info("Subset model %d: trained and measured in %.0f s; %d of %d finished.", index, seconds,
+        log.info("Subset model %d: trained and measured in %.0f s; %d of %d finished.", index, info["seconds"],
                  len(benchmark.finished()), recipe["num_models"])
+    for group in groups:
+        kept = [item for item in train_items if item.group != group]
+        losses, info = train_and_measure(args.config, kept, query_items, recipe,
+                                         args.work_dir / benchmark.group_path(group).stem)
+        benchmark.write_group(group, losses, info)
+        done.append(group)
+        log.info("Model without %r: trained and measured in %.0f s.", group, info["seconds"])
     return done
 
 
@@ -196,6 +241,8 @@ def main(argv: list[str] | None = None) -> Any:
                       "the attribution methods use)")
     grow.add_argument("--shard", type=shard, default=(0, 1), help="K/N: train the missing models whose index is K "
                       "modulo N (N processes or machines sharing a build)")
+    grow.add_argument("--groups", nargs="*", default=[], help="groups (artists) of the training set to leave out "
+                      "one at a time after the subset models (with a model that leaves out none): group-level truth")
     grow.add_argument("--work-dir", type=Path, default=Path("lightning_logs/lds_build"),
                       help="where each model trains (its last checkpoint: a stopped model resumes from it)")
     run = commands.add_parser("evaluate", help="LDS of a score matrix")
@@ -213,6 +260,9 @@ def main(argv: list[str] | None = None) -> Any:
     lds = result["lds"]
     print(f"LDS ({args.split} queries, {len(result['per_query'])}; {result['models']} subset models): "
           f"{lds['value']:.3f} [{lds['low']:.3f}, {lds['high']:.3f}]")
+    for group, truth in result["groups"].items():
+        print(f"Without {group}: Spearman over the queries of its true effect and its tracks' total score "
+              f"{truth['spearman']:.3f}")
     write_json_atomic(args.out or args.scores.with_name(f"lds_{args.scores.stem}.json"), result)
     return result
 

@@ -43,12 +43,21 @@ def test_subsets_are_fixed_by_seed_and_index_and_a_build_resumes(tmp_path):
 
 
 def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp_path):
+    from datamodules.manifest import ManifestItem, write_manifest
+
     benchmark = LdsBenchmark(tmp_path / "lds")
     recipe = _recipe()
+    groups = ["A", "B", "C"] * 4  # three artists' tracks, for the group-level truth
+    write_manifest([ManifestItem(track, tmp_path / f"{track}.wav", "a caption", group)
+                    for track, group in zip(recipe["train_ids"], groups, strict=True)], tmp_path / "train.jsonl")
+    recipe["training_config"] = {"data": {"init_args": {"manifest": str(tmp_path / "train.jsonl")}}}
     benchmark.create(recipe)
     effect = torch.randn(4, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for index in range(6):
         benchmark.write_model(index, 5 - benchmark.subset(index).double() @ effect.T)  # loss falls by what helps
+    benchmark.write_group("", 5 - effect.sum(1))
+    for group in ("A", "C"):  # without a group, each query loses what the group's tracks gave it
+        benchmark.write_group(group, 5 - effect[:, [g != group for g in groups]].sum(1))
     store = AttributionStore(tmp_path / "out")
     tracks, queries = [3, 0, 7, 1, 11, 2, 5, 4, 9, 6, 10, 8], [2, 0, 3, 1]  # another order than the benchmark's
     store.write_scores("true", [recipe["train_ids"][j] for j in tracks], [recipe["query_ids"][i] for i in queries],
@@ -56,6 +65,9 @@ def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp
     result = lds.main(["evaluate", "--benchmark", str(tmp_path / "lds"), "--scores", str(store.scores_path("true"))])
     assert list(result["per_query"]) == ["q2", "q3"] and result["models"] == 6
     assert result["per_query"]["q2"] == pytest.approx(1.0) and result["lds"]["value"] == pytest.approx(1.0)
+    assert list(result["groups"]) == ["A", "C"]
+    assert all(truth["spearman"] == pytest.approx(1.0) for truth in result["groups"].values())
+    assert result["groups"]["A"]["effect"]["q3"] == pytest.approx(float(effect[3, 0::3].sum()))
     written = json.loads((tmp_path / "out" / "lds_scores_true.json").read_text())
     assert written["lds"] == result["lds"]
     store.write_scores("short", recipe["train_ids"][:-1], recipe["query_ids"], effect[:, :-1].float(), "test")
@@ -95,5 +107,12 @@ def test_build_trains_each_shards_subset_models_once_and_measures_every_query(tm
     assert len(set(losses[:, 0].tolist())) == 4  # each subset trained its own model
     assert benchmark.recipe()["training_config"]["trainer"]["max_steps"] == 2
     assert not list((tmp_path / "work").iterdir())  # no model kept
+    artist = tiny_corpus.artists[0]  # group-level truth: a model without the artist, and one without none
+    assert lds.main([*args, "--groups", artist]) == ["", artist]
+    assert lds.main([*args, "--groups", artist]) == []
+    groups = benchmark.groups()
+    assert set(groups) == {"", artist} and not torch.equal(groups[""], groups[artist])
+    with pytest.raises(ValueError, match="name no group of the training set"):
+        lds.main([*args, "--groups", "Nobody"])
     with pytest.raises(ValueError, match=r"another recipe \(keys \['draws'\]"):
         lds.main([*args[:-4], "--draws", "3", "--work-dir", str(tmp_path / "work")])
