@@ -1,0 +1,171 @@
+"""The fair comparison of attribution methods on an LDS benchmark (issue 18).
+
+    python scripts/lds_study.py [--methods clap,trak] [--study configs/attribution/study/lds.yaml]
+
+Each method of the study config runs, at each of its settings, as the ``train.py predict`` pass of its config, in this
+process, attributing the benchmark's model on the benchmark's queries; the score matrix lands in
+``<out>/<method>/<setting>/scores_<name>.pt`` and the pass's seconds in ``run.json`` beside it (a finished setting is
+not run again; delete its folder to). The one-off passes a setting needs (`prepare`: the Fisher, the "before" sweeps)
+run first, timed apart. Every setting's LDS is measured on the validation half of the queries; each method is
+reported at its best validation setting on the test half, with the bootstrap interval over queries and its cost
+(seconds per query on this machine, one-off seconds, and the model passes it takes). Writes ``<report>/results.json``
+and ``<report>/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from datamodules.attribution_store import AttributionStore, LdsBenchmark  # noqa: E402
+from lightning_modules.io import read_json_verified, write_json_verified, write_text_atomic  # noqa: E402
+from scripts.lds import evaluate  # noqa: E402
+
+log = logging.getLogger("lds_study")
+
+
+def _fill(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**names)
+    if isinstance(value, list):
+        return [_fill(item, names) for item in value]
+    return value
+
+
+def arguments(config: str, overrides: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """The ``train.py predict`` command line of `config` with `overrides` (dotted keys), placeholders filled."""
+    args = ["predict", "--config", config]
+    for key, value in overrides.items():
+        value = _fill(value, names)
+        args.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
+    return args
+
+
+def run_pass(args: list[str], record: Path) -> float:
+    """Run the pass (unless `record` says it finished) and return its seconds, kept in `record`."""
+    if record.is_file():
+        return float(read_json_verified(record, "LDS study run record", f"delete {record.parent}")["seconds"])
+    log.info("Running: train.py %s", " ".join(args))
+    started = time.perf_counter()
+    with warnings.catch_warnings():  # this script's own command line is not the CLI's: Lightning warns of both
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        train.main(args)
+    seconds = time.perf_counter() - started
+    write_json_verified(record, {"seconds": seconds, "args": args, "threads": torch.get_num_threads()})
+    return seconds
+
+
+def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    out = Path(study["out"])
+    names = {"out": str(out), "model": study["model"], "queries": study["queries"], "manifest": study["manifest"]}
+    benchmark = LdsBenchmark(study["benchmark"])
+    prepared: dict[str, float] = {}
+
+    def prepare(need: str) -> float:
+        if need not in prepared:
+            step = study["prepare"][need]
+            prepared[need] = run_pass(arguments(step["config"], {**study["common"], **step["overrides"]}, names),
+                                      out / "prepare" / need / "run.json")
+        return prepared[need]
+
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in methods:  # every pass first: they are cached, so a study stopped part-way goes on where it was
+        spec = study["methods"][method]
+        runs[method] = {}
+        for setting, values in spec["settings"].items():
+            values = dict(values or {})
+            needs = [*spec.get("needs", []), *values.pop("needs", [])]
+            one_off = sum(prepare(need) for need in needs)
+            run = out / method / setting
+            overrides = {**study["common"], **spec["overrides"], **values}
+            seconds = run_pass(arguments(spec["config"], overrides, {**names, "run": str(run)}), run / "run.json")
+            runs[method][setting] = {"seconds": seconds, "one_off_seconds": one_off, "needs": needs,
+                                     "scores": AttributionStore(run).scores_path(method)}  # each pass is named so
+    results: dict[str, Any] = {"benchmark": study["benchmark"], "model": study["model"], "methods": {}}
+    for method, settings in runs.items():
+        rows = {}
+        for setting, row in settings.items():
+            scores = row.pop("scores")
+            per_split = {split: evaluate(benchmark, scores, split) for split in LdsBenchmark.SPLITS}
+            queries = sum(len(per_split[split]["per_query"]) for split in per_split)
+            rows[setting] = {**row, "seconds_per_query": row["seconds"] / queries,
+                             "models": per_split["test"]["models"],
+                             **{split: per_split[split]["lds"] for split in per_split},
+                             "per_query": {split: per_split[split]["per_query"] for split in per_split},
+                             "groups": {split: {group: truth["spearman"] for group, truth in
+                                                per_split[split]["groups"].items()} for split in per_split}}
+            log.info("%s / %s: LDS validation %.3f, test %.3f (%.0f s)", method, setting,
+                     rows[setting]["validation"]["value"], rows[setting]["test"]["value"], row["seconds"])
+        best = max(rows, key=lambda name: rows[name]["validation"]["value"])
+        results["methods"][method] = {"passes": study["methods"][method]["passes"], "best": best, "settings": rows}
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# LDS of attribution methods on {results['benchmark']} (model {results['model']})", "",
+             "Each method at the setting with the best LDS on the validation queries; LDS on the test queries with the "
+             "95 % bootstrap interval over queries. Cost: seconds of the method's pass per query (the training-set "
+             "part amortised over the queries), one-off passes apart.", "",
+             "| method | setting | test LDS | validation LDS | s / query | one-off s | passes |",
+             "|---|---|---|---|---|---|---|"]
+    for method, entry in results["methods"].items():
+        row = entry["settings"][entry["best"]]
+        test, validation = row["test"], row["validation"]
+        lines.append(f"| {method} | {entry['best']} | {test['value']:.3f} [{test['low']:.3f}, {test['high']:.3f}] | "
+                     f"{validation['value']:.3f} | {row['seconds_per_query']:.1f} | {row['one_off_seconds']:.0f} | "
+                     f"{entry['passes']} |")
+    groups = sorted({group for entry in results["methods"].values()
+                     for group in entry["settings"][entry["best"]]["groups"]["test"]})
+    if groups:
+        lines += ["", "Group-level truth (models trained without one artist): Spearman correlation over the test "
+                  "queries between the rise of each query's loss without the artist and the method's total score of "
+                  "the artist's tracks.", "", "| method | " + " | ".join(groups) + " |",
+                  "|---|" + "---|" * len(groups)]
+        for method, entry in results["methods"].items():
+            truth = entry["settings"][entry["best"]]["groups"]["test"]
+            lines.append(f"| {method} | " + " | ".join(f"{truth[group]:.3f}" if group in truth else ""
+                                                       for group in groups) + " |")
+    lines += ["", "Every setting (validation / test LDS):", ""]
+    for method, entry in results["methods"].items():
+        for setting, row in entry["settings"].items():
+            lines.append(f"- {method} / {setting}: {row['validation']['value']:.3f} / {row['test']['value']:.3f} "
+                         f"({row['seconds']:.0f} s, {row['models']} subset models)")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", type=Path, default=Path("configs/attribution/study/lds.yaml"))
+    parser.add_argument("--methods", help="comma-separated methods of the study (default: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    spec = yaml.safe_load(args.study.read_text())
+    methods = args.methods.split(",") if args.methods else list(spec["methods"])
+    unknown = [method for method in methods if method not in spec["methods"]]
+    if unknown:
+        raise ValueError(f"{args.study} has no methods {unknown}; it has {list(spec['methods'])}.")
+    report = Path(spec["report"])
+    results = study(spec, methods)
+    if (report / "results.json").is_file():  # the methods not run this time keep their rows
+        earlier = read_json_verified(report / "results.json", "LDS study results", f"delete {report} and run all")
+        results["methods"] = {**earlier["methods"], **results["methods"]}
+    write_json_verified(report / "results.json", results)
+    write_text_atomic(report / "README.md", markdown(results))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
