@@ -226,3 +226,29 @@ def fitted(tmp_path_factory, tiny_corpus, tiny_model_dir, tiny_clap_dir, tiny_ju
     return SimpleNamespace(config=Path(paths["config"]), run=run,
                            results=json.loads((run / "results.json").read_text()), cache=Path(paths["cache"]),
                            checkpoint=paths["checkpoint"], forget_group=tiny_corpus.artists[0])
+
+
+def tiny_lds_world(tmp_path: Path, corpus: ToyCorpus, model_dir: Path, max_steps: int) -> tuple[Path, Path]:
+    """The tiny world's LDS queries (per artist one name-prompted generation and one held-out track) and a training
+    recipe that fine-tunes the tiny model `max_steps` SGD steps (a subset model in about a second): their manifest
+    and the recipe's config."""
+    import yaml
+
+    from datamodules.toy_queries import ToyLdsQueries
+    from lightning_modules.models import ToyTextToMusic
+
+    queries = ToyLdsQueries(ToyTextToMusic, root=str(tmp_path / "queries"), model=str(model_dir),
+                            corpus=str(corpus.root), num_artists=2, prompted=1, described=0, heldout=1,
+                            num_inference_steps=2)
+    queries.prepare()
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "trainer": {"max_steps": max_steps, "accelerator": "cpu", "enable_checkpointing": False},
+        "model": {"class_path": "lightning_modules.training.TextToMusicTraining",
+                  "init_args": {"model": {"class_path": "lightning_modules.models.ToyTextToMusic",
+                                          "init_args": {"pretrained": str(model_dir)}},
+                                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}}}},
+        "data": {"class_path": "datamodules.AudioTextDataModule",
+                 "init_args": {"manifest": str(corpus.train_manifest), "batch_size": 2}}}))
+    return queries.manifest, config

@@ -5,30 +5,16 @@ import json
 
 import yaml
 
-from datamodules.toy_queries import ToyLdsQueries
-from lightning_modules.models import ToyTextToMusic
 from scripts import lds, lds_study
+from tests.conftest import tiny_lds_world
 
 
 def test_the_study_runs_each_setting_once_and_reports_the_best_on_validation(tmp_path, tiny_corpus, tiny_model_dir):
-    queries = ToyLdsQueries(ToyTextToMusic, root=str(tmp_path / "queries"), model=str(tiny_model_dir),
-                            corpus=str(tiny_corpus.root), num_artists=2, prompted=1, described=0, heldout=1,
-                            num_inference_steps=2)
-    queries.prepare()
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "seed_everything": 0,
-        "trainer": {"max_steps": 1, "accelerator": "cpu", "enable_checkpointing": False},
-        "model": {"class_path": "lightning_modules.training.TextToMusicTraining",
-                  "init_args": {"model": {"class_path": "lightning_modules.models.ToyTextToMusic",
-                                          "init_args": {"pretrained": str(tiny_model_dir)}},
-                                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}}}},
-        "data": {"class_path": "datamodules.AudioTextDataModule",
-                 "init_args": {"manifest": str(tiny_corpus.train_manifest), "batch_size": 2}}}))
+    queries, recipe = tiny_lds_world(tmp_path, tiny_corpus, tiny_model_dir, max_steps=1)
     lds.main(["build", "--benchmark", str(tmp_path / "lds"), "--config", str(recipe), "--queries",
-              str(queries.manifest), "--num-models", "3", "--draws", "2", "--work-dir", str(tmp_path / "work")])
+              str(queries), "--num-models", "3", "--draws", "2", "--work-dir", str(tmp_path / "work")])
     study = {
-        "benchmark": str(tmp_path / "lds"), "model": str(tiny_model_dir), "queries": str(queries.manifest),
+        "benchmark": str(tmp_path / "lds"), "model": str(tiny_model_dir), "queries": str(queries),
         "manifest": str(tiny_corpus.train_manifest), "out": str(tmp_path / "out"), "report": str(tmp_path / "report"),
         "common": {"trainer.logger": False, "trainer.enable_progress_bar": False, "trainer.accelerator": "cpu",
                    "model.init_args.model.init_args.pretrained": "{model}", "data.init_args.manifest": "{manifest}",

@@ -9,6 +9,7 @@ import torch
 from datamodules.attribution_store import AttributionStore, LdsBenchmark
 from datamodules.manifest import read_queries
 from scripts import lds
+from tests.conftest import tiny_lds_world
 
 
 def _recipe(num_models: int = 6) -> dict:
@@ -76,33 +77,15 @@ def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp
 
 
 def test_build_trains_each_shards_subset_models_once_and_measures_every_query(tmp_path, tiny_corpus, tiny_model_dir):
-    import yaml
-
-    from datamodules.toy_queries import ToyLdsQueries
-    from lightning_modules.models import ToyTextToMusic
-
-    queries = ToyLdsQueries(ToyTextToMusic, root=str(tmp_path / "queries"), model=str(tiny_model_dir),
-                            corpus=str(tiny_corpus.root), num_artists=2, prompted=1, described=0, heldout=1,
-                            num_inference_steps=2)
-    queries.prepare()
-    config = tmp_path / "recipe.yaml"  # fine-tunes the tiny model 2 steps: a subset model in about a second
-    config.write_text(yaml.safe_dump({
-        "seed_everything": 0,
-        "trainer": {"max_steps": 2, "accelerator": "cpu", "enable_checkpointing": False},
-        "model": {"class_path": "lightning_modules.training.TextToMusicTraining",
-                  "init_args": {"model": {"class_path": "lightning_modules.models.ToyTextToMusic",
-                                          "init_args": {"pretrained": str(tiny_model_dir)}},
-                                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}}}},
-        "data": {"class_path": "datamodules.AudioTextDataModule",
-                 "init_args": {"manifest": str(tiny_corpus.train_manifest), "batch_size": 2}}}))
+    queries, config = tiny_lds_world(tmp_path, tiny_corpus, tiny_model_dir, max_steps=2)
     args = ["build", "--benchmark", str(tmp_path / "lds"), "--config", str(config), "--queries",
-            str(queries.manifest), "--num-models", "4", "--draws", "2", "--work-dir", str(tmp_path / "work")]
+            str(queries), "--num-models", "4", "--draws", "2", "--work-dir", str(tmp_path / "work")]
     assert lds.main([*args, "--shard", "1/2"]) == [1, 3]
     assert lds.main([*args, "--shard", "0/2"]) == [0, 2]
     assert lds.main(args) == []  # all finished: nothing trained again
     benchmark = LdsBenchmark(tmp_path / "lds")
     train_ids, query_ids, masks, losses = benchmark.read()
-    assert query_ids == [item.id for item in read_queries(queries.manifest)] and len(train_ids) == 8
+    assert query_ids == [item.id for item in read_queries(queries)] and len(train_ids) == 8
     assert masks.sum(1).tolist() == [4, 4, 4, 4] and losses.shape == (4, 4)
     assert len(set(losses[:, 0].tolist())) == 4  # each subset trained its own model
     assert benchmark.recipe()["training_config"]["trainer"]["max_steps"] == 2
