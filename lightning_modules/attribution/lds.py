@@ -63,7 +63,8 @@ def mean_lds(per_query: Tensor, resamples: int = 1000, level: float = 0.95, seed
 def query_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int) -> Tensor:
     """The behaviour an LDS measures: each query's loss `(n_queries,)` float64, the mean over `draws` (timestep, noise)
     draws fixed by its id (`fixed_loss_inputs`, seeds ``seed .. seed + draws - 1``), so every subset model is measured
-    at the same draws. The model is put in eval mode and measured without gradients, on its own device.
+    at the same draws; in eval mode, without gradients, on the model's device, its modes and random state left as they
+    were (`measuring`).
 
     Raises:
         NonFiniteLossError: a query's loss is NaN or infinite (the model diverged).
