@@ -124,8 +124,8 @@ def test_model_baselines_under_inference_mode(tiny_corpus, tiny_model, queries, 
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("kind", ["gradient", "trak"])  # TRAK: each rank's Gram matrix is summed over the ranks
-def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, queries, single_run, kind):
+def test_two_ddp_processes_rank_as_one(tmp_path, tiny_corpus, tiny_model_dir, queries, single_run, kind="trak"):
+    # TRAK: the tracks' features and scores gathered as every baseline's are, and the Gram matrix summed over ranks
     _, _, single_dir = single_run(kind)
     config = yaml.safe_load((REPO / "configs" / "attribution" / "similarity_gradient.yaml").read_text())
     config["trainer"].update(accelerator="cpu", enable_progress_bar=False, logger=False,
