@@ -20,6 +20,7 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +54,21 @@ def arguments(config: str, overrides: dict[str, Any], names: dict[str, str]) -> 
     return args
 
 
-def run_pass(args: list[str], record: Path) -> float:
-    """Run the pass (unless `record` says it finished) and return its seconds, kept in `record`."""
+def run_pass(args: list[str], record: Path, before: Callable[[], dict[str, float]] = dict) -> dict[str, Any]:
+    """Run `before` (the one-off passes the pass needs: their seconds by name) and the pass, unless `record` says it
+    finished; the record (seconds, one-off seconds, arguments, threads), kept in `record`."""
     if record.is_file():
-        return float(read_json_verified(record, "LDS study run record", f"delete {record.parent}")["seconds"])
+        return read_json_verified(record, "LDS study run record", f"delete {record.parent} to run it again")
+    one_off = before()
     log.info("Running: train.py %s", " ".join(args))
     started = time.perf_counter()
     with warnings.catch_warnings():  # this script's own command line is not the CLI's: Lightning warns of both
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         train.main(args)
-    seconds = time.perf_counter() - started
-    write_json_verified(record, {"seconds": seconds, "args": args, "threads": torch.get_num_threads()})
-    return seconds
+    result = {"seconds": time.perf_counter() - started, "one_off": one_off, "args": args,
+              "threads": torch.get_num_threads()}
+    write_json_verified(record, result)
+    return result
 
 
 def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
@@ -73,12 +77,18 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     benchmark = LdsBenchmark(study["benchmark"])
     prepared: dict[str, float] = {}
 
-    def prepare(need: str) -> float:
-        if need not in prepared:
-            step = study["prepare"][need]
-            prepared[need] = run_pass(arguments(step["config"], {**study["common"], **step["overrides"]}, names),
-                                      out / "prepare" / need / "run.json")
-        return prepared[need]
+    def prepare(needs: list[str]) -> dict[str, float]:
+        """Run the one-off passes `needs` not yet run by this study run (each skips or resumes what its files hold,
+        so only a setting still to run asks for them); their seconds."""
+        for need in needs:
+            if need not in prepared:
+                step = study["prepare"][need]
+                started = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                    train.main(arguments(step["config"], {**study["common"], **step["overrides"]}, names))
+                prepared[need] = time.perf_counter() - started
+        return {need: prepared[need] for need in needs}
 
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for method in methods:  # every pass first: they are cached, so a study stopped part-way goes on where it was
@@ -87,11 +97,12 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
         for setting, values in spec["settings"].items():
             values = dict(values or {})
             needs = [*spec.get("needs", []), *values.pop("needs", [])]
-            one_off = sum(prepare(need) for need in needs)
             run = out / method / setting
             overrides = {**study["common"], **spec["overrides"], **values}
-            seconds = run_pass(arguments(spec["config"], overrides, {**names, "run": str(run)}), run / "run.json")
-            runs[method][setting] = {"seconds": seconds, "one_off_seconds": one_off, "needs": needs,
+            record = run_pass(arguments(spec["config"], overrides, {**names, "run": str(run)}), run / "run.json",
+                              lambda needs=needs: prepare(needs))
+            runs[method][setting] = {"seconds": record["seconds"], "needs": needs,
+                                     "one_off_seconds": sum(record.get("one_off", {}).values()),
                                      "scores": AttributionStore(run).scores_path(method)}  # each pass is named so
     results: dict[str, Any] = {"benchmark": study["benchmark"], "model": study["model"], "methods": {}}
     for method, settings in runs.items():
