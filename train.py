@@ -130,17 +130,20 @@ def main(args: list[str] | None = None, run: bool = True) -> TextToMusicCLI:
         logger.setLevel(logging.INFO)
         if not logger.handlers:
             logger.addHandler(handler)
-    return TextToMusicCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=args,
-        run=run,
-    )
+    with warnings.catch_warnings():
+        if args is not None:  # a caller's own command line is not the CLI's, which Lightning would warn of
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return TextToMusicCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
 
 
 if __name__ == "__main__":

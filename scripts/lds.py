@@ -25,7 +25,6 @@ import logging
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +141,10 @@ def train_subset(config: Path, manifest: Path, work: Path) -> L.LightningModule:
     """The training module fitted by `config` on `manifest`, in this process, its run in `work` (resumed from the
     last checkpoint there); the config's `SavePretrained` is left out (the benchmark keeps no model) and so is
     validation."""
-    with warnings.catch_warnings():  # the build's own command line is not the CLI's: Lightning warns of both
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = train.main(["--config", str(config), "--data.init_args.manifest", str(manifest),
-                          "--trainer.default_root_dir", str(work), "--run_name", "subset",
-                          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-                          "--trainer.limit_val_batches=0"], run=False)
+    cli = train.main(["--config", str(config), "--data.init_args.manifest", str(manifest),
+                      "--trainer.default_root_dir", str(work), "--run_name", "subset",
+                      "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                      "--trainer.limit_val_batches=0"], run=False)
     cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, SavePretrained)]
     last = work / "lightning_logs" / "subset" / "checkpoints" / "last.ckpt"
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.is_file() else None)

@@ -19,7 +19,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,9 +61,7 @@ def run_pass(args: list[str], record: Path, before: Callable[[], dict[str, float
     one_off = before()
     log.info("Running: train.py %s", " ".join(args))
     started = time.perf_counter()
-    with warnings.catch_warnings():  # this script's own command line is not the CLI's: Lightning warns of both
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        train.main(args)
+    train.main(args)
     result = {"seconds": time.perf_counter() - started, "one_off": one_off, "args": args,
               "threads": torch.get_num_threads()}
     write_json_verified(record, result)
@@ -84,9 +81,7 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
             if need not in prepared:
                 step = study["prepare"][need]
                 started = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-                    train.main(arguments(step["config"], {**study["common"], **step["overrides"]}, names))
+                train.main(arguments(step["config"], {**study["common"], **step["overrides"]}, names))
                 prepared[need] = time.perf_counter() - started
         return {need: prepared[need] for need in needs}
 
