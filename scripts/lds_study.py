@@ -6,10 +6,11 @@ Each method of the study config runs, at each of its settings, as the ``train.py
 process, attributing the benchmark's model on the benchmark's queries; the score matrix lands in
 ``<out>/<method>/<setting>/scores_<name>.pt`` and the pass's seconds in ``run.json`` beside it (a finished setting is
 not run again; delete its folder to). The one-off passes a setting needs (`prepare`: the Fisher, the "before" sweeps)
-run first, timed apart. Every setting's LDS is measured on the validation half of the queries; each method is
-reported at its best validation setting on the test half, with the bootstrap interval over queries and its cost
-(seconds per query on this machine, one-off seconds, and the model passes it takes). Writes ``<report>/results.json``
-and ``<report>/README.md``.
+run first, once, each timed in its own ``<out>/prepare/<name>/run.json``. Every setting's LDS is measured on the
+validation half of the queries; each method is reported at its best validation setting on the test half, with the
+bootstrap interval over queries, its paired difference from the study's `reference` method on the same queries, and
+its cost (seconds per query on this machine, one-off seconds, and the model passes it takes). Writes
+``<report>/results.json`` and ``<report>/README.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from datamodules.attribution_store import AttributionStore, LdsBenchmark  # noqa: E402
+from lightning_modules.attribution.lds import paired_lds_difference  # noqa: E402
 from lightning_modules.io import read_json_verified, write_json_verified, write_text_atomic  # noqa: E402
 from scripts.lds import evaluate  # noqa: E402
 
@@ -53,17 +54,16 @@ def arguments(config: str, overrides: dict[str, Any], names: dict[str, str]) -> 
     return args
 
 
-def run_pass(args: list[str], record: Path, before: Callable[[], dict[str, float]] = dict) -> dict[str, Any]:
-    """Run `before` (the one-off passes the pass needs: their seconds by name) and the pass, unless `record` says it
-    finished; the record (seconds, one-off seconds, arguments, threads), kept in `record`."""
+def run_pass(args: list[str], record: Path) -> dict[str, Any]:
+    """Run ``train.py`` with `args` unless `record` says it finished; the record (seconds, arguments, threads), kept in
+    `record`. The seconds are those of the run that wrote the pass's files: delete them with the record to time it
+    again (a pass finding its files already written skips them, and its seconds would say nothing)."""
     if record.is_file():
         return read_json_verified(record, "LDS study run record", f"delete {record.parent} to run it again")
-    one_off = before()
     log.info("Running: train.py %s", " ".join(args))
     started = time.perf_counter()
     train.main(args)
-    result = {"seconds": time.perf_counter() - started, "one_off": one_off, "args": args,
-              "threads": torch.get_num_threads()}
+    result = {"seconds": time.perf_counter() - started, "args": args, "threads": torch.get_num_threads()}
     write_json_verified(record, result)
     return result
 
@@ -72,18 +72,13 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     out = Path(study["out"])
     names = {"out": str(out), "model": study["model"], "queries": study["queries"], "manifest": study["manifest"]}
     benchmark = LdsBenchmark(study["benchmark"])
-    prepared: dict[str, float] = {}
 
     def prepare(needs: list[str]) -> dict[str, float]:
-        """Run the one-off passes `needs` not yet run by this study run (each skips or resumes what its files hold,
-        so only a setting still to run asks for them); their seconds."""
-        for need in needs:
-            if need not in prepared:
-                step = study["prepare"][need]
-                started = time.perf_counter()
-                train.main(arguments(step["config"], {**study["common"], **step["overrides"]}, names))
-                prepared[need] = time.perf_counter() - started
-        return {need: prepared[need] for need in needs}
+        """Run the one-off passes `needs` (the Fisher, a "before" sweep) once for the whole study, each recorded in
+        ``<out>/prepare/<name>/run.json``; their seconds by name."""
+        return {need: run_pass(arguments(study["prepare"][need]["config"],
+                                         {**study["common"], **study["prepare"][need]["overrides"]}, names),
+                               out / "prepare" / need / "run.json")["seconds"] for need in needs}
 
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for method in methods:  # every pass first: they are cached, so a study stopped part-way goes on where it was
@@ -94,10 +89,10 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
             needs = [*spec.get("needs", []), *values.pop("needs", [])]
             run = out / method / setting
             overrides = {**study["common"], **spec["overrides"], **values}
-            record = run_pass(arguments(spec["config"], overrides, {**names, "run": str(run)}), run / "run.json",
-                              lambda needs=needs: prepare(needs))
+            one_off = prepare(needs)  # before the pass, which reads them
+            record = run_pass(arguments(spec["config"], overrides, {**names, "run": str(run)}), run / "run.json")
             runs[method][setting] = {"seconds": record["seconds"], "needs": needs,
-                                     "one_off_seconds": sum(record.get("one_off", {}).values()),
+                                     "one_off_seconds": sum(one_off.values()),
                                      "scores": AttributionStore(run).scores_path(method)}  # each pass is named so
     results: dict[str, Any] = {"benchmark": study["benchmark"], "model": study["model"], "methods": {}}
     for method, settings in runs.items():
@@ -119,19 +114,45 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     return results
 
 
+def compare(results: dict[str, Any], reference: str) -> None:
+    """Each method's paired difference from `reference` on the test queries (both at their best validation
+    settings), into its entry's ``versus_reference``."""
+    if reference not in results["methods"]:
+        raise ValueError(f"The study's reference method {reference!r} has no results; run it "
+                         f"(--methods {reference}) or name one of {list(results['methods'])}.")
+    results["reference"] = reference
+    base = results["methods"][reference]
+    base = base["settings"][base["best"]]["per_query"]["test"]
+    for entry in results["methods"].values():
+        mine = entry["settings"][entry["best"]]["per_query"]["test"]
+        queries = sorted(base)
+        if sorted(mine) != queries:
+            raise ValueError("Methods were measured on different test queries; run the study again on one benchmark.")
+        entry["versus_reference"] = paired_lds_difference(
+            torch.tensor([mine[query] for query in queries]), torch.tensor([base[query] for query in queries])
+        ).as_dict()
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# LDS of attribution methods on {results['benchmark']} (model {results['model']})", "",
              "Each method at the setting with the best LDS on the validation queries; LDS on the test queries with the "
-             "95 % bootstrap interval over queries. Cost: seconds of the method's pass per query (the training-set "
-             "part amortised over the queries), one-off passes apart.", "",
-             "| method | setting | test LDS | validation LDS | s / query | one-off s | passes |",
-             "|---|---|---|---|---|---|---|"]
+             "95 % bootstrap interval over queries (the subset models fixed), and its difference from "
+             f"{results['reference']} on the same test queries with the paired bootstrap interval (a difference "
+             "whose interval holds 0 is not one this benchmark shows). Cost: seconds of the method's pass per query "
+             "(the training-set part amortised over the queries), one-off passes apart.", "",
+             f"| method | setting | test LDS | − {results['reference']} (paired) | validation LDS | s / query | "
+             "one-off s | passes |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def interval(value: dict[str, float]) -> str:
+        return f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
     for method, entry in results["methods"].items():
         row = entry["settings"][entry["best"]]
-        test, validation = row["test"], row["validation"]
-        lines.append(f"| {method} | {entry['best']} | {test['value']:.3f} [{test['low']:.3f}, {test['high']:.3f}] | "
-                     f"{validation['value']:.3f} | {row['seconds_per_query']:.1f} | {row['one_off_seconds']:.0f} | "
-                     f"{entry['passes']} |")
+        difference = "" if method == results["reference"] else interval(entry["versus_reference"])
+        lines.append(f"| {method} | {entry['best']} | {interval(row['test'])} | {difference} | "
+                     f"{row['validation']['value']:.3f} | {row['seconds_per_query']:.1f} | "
+                     f"{row['one_off_seconds']:.0f} | {entry['passes']} |")
     groups = sorted({group for entry in results["methods"].values()
                      for group in entry["settings"][entry["best"]]["groups"]["test"]})
     if groups:
@@ -167,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (report / "results.json").is_file():  # the methods not run this time keep their rows
         earlier = read_json_verified(report / "results.json", "LDS study results", f"delete {report} and run all")
         results["methods"] = {**earlier["methods"], **results["methods"]}
+    compare(results, spec["reference"])
     write_json_verified(report / "results.json", results)
     write_text_atomic(report / "README.md", markdown(results))
     print(markdown(results))

@@ -60,6 +60,25 @@ def mean_lds(per_query: Tensor, resamples: int = 1000, level: float = 0.95, seed
     return bootstrap(lambda sample: sample["lds"].mean(-1), [{"lds": defined}], resamples, level, seed, batched=True)
 
 
+def paired_lds_difference(
+    first: Tensor, second: Tensor, resamples: int = 1000, level: float = 0.95, seed: int = 0,
+) -> Interval:
+    """The mean over queries of the difference of two methods' LDS on the same queries, `first` − `second` (each
+    `(n_queries,)`, in the same order), with its paired bootstrap interval: each resample draws the same queries for
+    both, so what the queries share (an easy query is easy for every method) cancels. Whether two methods differ is
+    read from this interval, not from whether their own intervals overlap. Queries undefined for either method are
+    left out."""
+    if first.shape != second.shape:
+        raise ValueError(f"A paired difference needs both methods' LDS on the same queries; got {tuple(first.shape)} "
+                         f"and {tuple(second.shape)}.")
+    defined = ~(first.isnan() | second.isnan())
+    if not defined.any():
+        raise ValueError("No query has a defined LDS for both methods.")
+    difference = (first - second)[defined]
+    return bootstrap(lambda sample: sample["difference"].mean(-1), [{"difference": difference}], resamples, level,
+                     seed, batched=True)
+
+
 def query_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int) -> Tensor:
     """The behaviour an LDS measures: each query's loss `(n_queries,)` float64, the mean over `draws` (timestep, noise)
     draws fixed by its id (`fixed_loss_inputs`, seeds ``seed .. seed + draws - 1``), so every subset model is measured

@@ -4,7 +4,7 @@ import pytest
 import scipy.stats
 import torch
 
-from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, spearman
+from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, paired_lds_difference, spearman
 
 
 def test_spearman_matches_scipy_per_column_ties_included():
@@ -49,3 +49,25 @@ def test_lds_refuses_shapes_that_disagree_too_few_models_and_non_finite_values()
         linear_datamodeling_scores(effect, masks, losses)
     with pytest.raises(ValueError, match="No query has a defined LDS"):
         mean_lds(torch.full((3,), float("nan")))
+
+
+def test_the_paired_difference_cancels_what_the_queries_share_and_finds_a_better_method():
+    effect, masks, losses = _world(n_models=32, n_queries=20, noise=0.0)
+    generator = torch.Generator().manual_seed(2)
+    losses = losses + torch.linspace(0.5, 6, 20).double() * torch.randn(losses.shape, generator=generator).double()
+    good = linear_datamodeling_scores(effect + 0.5 * torch.randn(effect.shape, generator=generator), masks, losses)
+    worse = linear_datamodeling_scores(effect + 1.5 * torch.randn(effect.shape, generator=generator), masks, losses)
+    # measured on this world: 0.665 [0.595, 0.734] against 0.365 [0.287, 0.446]; difference 0.300 [0.198, 0.394]
+    difference = paired_lds_difference(good, worse)
+    assert difference.low > 0.1 and difference.value == pytest.approx(float((good - worse).mean()))
+    assert paired_lds_difference(worse, good).value == pytest.approx(-difference.value)
+    # a method a constant 0.05 below another on every query: the paired interval is that constant, while their own
+    # intervals overlap
+    shifted = good - 0.05
+    exact = paired_lds_difference(good, shifted)
+    assert exact.low == pytest.approx(0.05) and exact.high == pytest.approx(0.05)
+    assert mean_lds(shifted).high > mean_lds(good).low
+    good[0], worse[1] = float("nan"), float("nan")  # a query undefined for either method is left out
+    assert paired_lds_difference(good, worse).n == 18
+    with pytest.raises(ValueError, match="same queries"):
+        paired_lds_difference(good, worse[:-1])
