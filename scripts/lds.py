@@ -41,7 +41,12 @@ from datamodules.attribution_store import AttributionStore, LdsBenchmark  # noqa
 from datamodules.audio import AudioTextDataset  # noqa: E402
 from datamodules.manifest import ManifestItem, read_manifest, read_queries, write_manifest  # noqa: E402
 from datamodules.toy_queries import ToyLdsQueries  # noqa: E402
-from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, query_losses, spearman  # noqa: E402
+from lightning_modules.attribution.lds import (  # noqa: E402
+    linear_datamodeling_scores,
+    mean_lds,
+    query_losses,
+    spearman_interval,
+)
 from lightning_modules.io import load_verified, read_json_verified, write_json_atomic  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
@@ -74,7 +79,7 @@ def group_effects(benchmark: LdsBenchmark, scores: torch.Tensor, train_ids: list
                   ) -> dict[str, dict[str, Any]]:
     """Group-level truth: for each group whose model left it out, the Spearman correlation over the queries between
     its true effect (the rise of each query's loss without the group) and the method's total score of the group's
-    tracks. Empty when the benchmark has no group models."""
+    tracks, with its bootstrap interval over the queries. Empty when the benchmark has no group models."""
     groups = benchmark.groups()
     if "" not in groups:
         return {}
@@ -88,7 +93,8 @@ def group_effects(benchmark: LdsBenchmark, scores: torch.Tensor, train_ids: list
             effect = (losses - groups[""])[rows]
             in_group = torch.tensor([group_of[track] == group for track in train_ids])
             total = scores[:, in_group].sum(dim=1)
-            result[group] = {"spearman": float(spearman(total[:, None], effect[:, None])[0]),
+            interval = spearman_interval(total, effect)
+            result[group] = {"spearman": interval.value, "interval": interval.as_dict(),
                              "effect": dict(zip(query_ids, effect.tolist(), strict=True)),
                              "group_score": dict(zip(query_ids, total.tolist(), strict=True))}
     return result
@@ -259,8 +265,9 @@ def main(argv: list[str] | None = None) -> Any:
     print(f"LDS ({args.split} queries, {len(result['per_query'])}; {result['models']} subset models): "
           f"{lds['value']:.3f} [{lds['low']:.3f}, {lds['high']:.3f}]")
     for group, truth in result["groups"].items():
+        interval = truth["interval"]
         print(f"Without {group}: Spearman over the queries of its true effect and its tracks' total score "
-              f"{truth['spearman']:.3f}")
+              f"{interval['value']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]")
     write_json_atomic(args.out or args.scores.with_name(f"lds_{args.scores.stem}.json"), result)
     return result
 

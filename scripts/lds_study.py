@@ -105,7 +105,7 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
                              "models": per_split["test"]["models"],
                              **{split: per_split[split]["lds"] for split in per_split},
                              "per_query": {split: per_split[split]["per_query"] for split in per_split},
-                             "groups": {split: {group: truth["spearman"] for group, truth in
+                             "groups": {split: {group: truth["interval"] for group, truth in
                                                 per_split[split]["groups"].items()} for split in per_split}}
             log.info("%s / %s: LDS validation %.3f, test %.3f (%.0f s)", method, setting,
                      rows[setting]["validation"]["value"], rows[setting]["test"]["value"], row["seconds"])
@@ -158,11 +158,12 @@ def markdown(results: dict[str, Any]) -> str:
     if groups:
         lines += ["", "Group-level truth (models trained without one artist): Spearman correlation over the test "
                   "queries between the rise of each query's loss without the artist and the method's total score of "
-                  "the artist's tracks.", "", "| method | " + " | ".join(groups) + " |",
+                  "the artist's tracks, with its 95 % bootstrap interval over the queries.", "",
+                  "| method | " + " | ".join(groups) + " |",
                   "|---|" + "---|" * len(groups)]
         for method, entry in results["methods"].items():
             truth = entry["settings"][entry["best"]]["groups"]["test"]
-            lines.append(f"| {method} | " + " | ".join(f"{truth[group]:.3f}" if group in truth else ""
+            lines.append(f"| {method} | " + " | ".join(interval(truth[group]) if group in truth else ""
                                                        for group in groups) + " |")
     lines += ["", "Every setting (validation / test LDS):", ""]
     for method, entry in results["methods"].items():

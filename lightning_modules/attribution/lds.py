@@ -22,8 +22,8 @@ from lightning_modules.passes import check_finite, measuring
 
 
 def spearman(x: Tensor, y: Tensor) -> Tensor:
-    """Spearman's rank correlation of `x` and `y` `(n, k)` per column `(k,)` (ties at their mean rank); NaN where a
-    column is constant."""
+    """Spearman's rank correlation of `x` and `y` `(n, k)` per column `(k,)`, or `(n,)` into a scalar (ties at their
+    mean rank); NaN where a column is constant."""
     rx = torch.from_numpy(rankdata(x.double().cpu().numpy(), axis=0))
     ry = torch.from_numpy(rankdata(y.double().cpu().numpy(), axis=0))
     rx, ry = rx - rx.mean(0), ry - ry.mean(0)
@@ -58,6 +58,13 @@ def mean_lds(per_query: Tensor, resamples: int = 1000, level: float = 0.95, seed
     if len(defined) == 0:
         raise ValueError("No query has a defined LDS (every prediction is constant over the subset models).")
     return bootstrap(lambda sample: sample["lds"].mean(-1), [{"lds": defined}], resamples, level, seed, batched=True)
+
+
+def spearman_interval(x: Tensor, y: Tensor, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+    """Spearman's correlation of `x` and `y` `(n,)` with its percentile bootstrap interval over the n pairs (resamples
+    on which either is constant are left out)."""
+    return bootstrap(lambda sample: spearman(sample["x"].movedim(-1, 0), sample["y"].movedim(-1, 0)),
+                     [{"x": x, "y": y}], resamples, level, seed, batched=True)
 
 
 def paired_lds_difference(

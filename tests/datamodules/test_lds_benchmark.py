@@ -67,7 +67,8 @@ def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp
     assert list(result["per_query"]) == ["q2", "q3"] and result["models"] == 6
     assert result["per_query"]["q2"] == pytest.approx(1.0) and result["lds"]["value"] == pytest.approx(1.0)
     assert list(result["groups"]) == ["A", "C"]
-    assert all(truth["spearman"] == pytest.approx(1.0) for truth in result["groups"].values())
+    assert all(truth["spearman"] == pytest.approx(1.0) == truth["interval"]["value"]
+               for truth in result["groups"].values())
     assert result["groups"]["A"]["effect"]["q3"] == pytest.approx(float(effect[3, 0::3].sum()))
     written = json.loads((tmp_path / "out" / "lds_scores_true.json").read_text())
     assert written["lds"] == result["lds"]

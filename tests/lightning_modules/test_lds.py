@@ -4,7 +4,13 @@ import pytest
 import scipy.stats
 import torch
 
-from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, paired_lds_difference, spearman
+from lightning_modules.attribution.lds import (
+    linear_datamodeling_scores,
+    mean_lds,
+    paired_lds_difference,
+    spearman,
+    spearman_interval,
+)
 
 
 def test_spearman_matches_scipy_per_column_ties_included():
@@ -14,6 +20,18 @@ def test_spearman_matches_scipy_per_column_ties_included():
     expected = [scipy.stats.spearmanr(x[:, k], y[:, k]).statistic for k in range(3)]
     torch.testing.assert_close(spearman(x, y), torch.tensor(expected, dtype=torch.float64))
     assert spearman(torch.ones(5, 1), torch.arange(5.0)[:, None]).isnan().all()  # constant: undefined
+    assert float(spearman(x[:, 0], y[:, 0])) == pytest.approx(expected[0])  # one pair of vectors: a scalar
+
+
+def test_the_spearman_interval_holds_the_value_and_narrows_with_more_pairs():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, generator=generator)
+    y = x + torch.randn(200, generator=generator)
+    few, many = spearman_interval(x[:20], y[:20]), spearman_interval(x, y)
+    assert few.value == pytest.approx(scipy.stats.spearmanr(x[:20], y[:20]).statistic)
+    # measured: 20 pairs 0.549 [0.124, 0.823], 200 pairs 0.610 [0.507, 0.694]
+    assert few.low < few.value < few.high and many.low < many.value < many.high and few.n == 20
+    assert many.high - many.low < (few.high - few.low) / 2
 
 
 def _world(n_models=64, n_train=40, n_queries=6, noise=0.5, seed=0):
