@@ -100,9 +100,12 @@ def group_effects(benchmark: LdsBenchmark, scores: torch.Tensor, train_ids: list
     return result
 
 
-def evaluate(benchmark: LdsBenchmark, scores_path: Path, split: str | None) -> dict:
-    """Every query's LDS and their mean with its bootstrap interval, and the group-level truth (`group_effects`)."""
+def evaluate(benchmark: LdsBenchmark, scores_path: Path, split: str | None, models: slice = slice(None)) -> dict:
+    """Every query's LDS and their mean with its bootstrap interval, and the group-level truth (`group_effects`).
+    `models`: the finished subset models to use, in index order (all by default; two disjoint halves show how much
+    the score owes to which models were drawn, which the interval over queries leaves out)."""
     train_ids, query_ids, masks, losses = benchmark.read(split)
+    masks, losses = masks[models], losses[models]
     scores = aligned_scores(scores_path, train_ids, query_ids)
     per_query = linear_datamodeling_scores(scores, masks, losses)
     interval = mean_lds(per_query)
@@ -224,6 +227,14 @@ def shard(value: str) -> tuple[int, int]:
     return index, count
 
 
+def model_range(value: str) -> slice:
+    try:
+        start, stop = (int(part) if part else None for part in value.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--models takes START:STOP (e.g. 0:16 or 16:), got {value!r}.") from None
+    return slice(start, stop)
+
+
 def main(argv: list[str] | None = None) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +264,8 @@ def main(argv: list[str] | None = None) -> Any:
     run.add_argument("--benchmark", required=True, type=Path, help="the LDS benchmark folder (lds.json, models/)")
     run.add_argument("--scores", required=True, type=Path, help="a score matrix (scores_<name>.pt)")
     run.add_argument("--split", choices=[*LdsBenchmark.SPLITS, "all"], default="test")
+    run.add_argument("--models", type=model_range, default=slice(None), help="START:STOP: only these of the finished "
+                     "subset models, in index order (e.g. 0:16 and 16: for the two halves)")
     run.add_argument("--out", type=Path, help="JSON of every query's LDS (default: beside the scores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -260,7 +273,8 @@ def main(argv: list[str] | None = None) -> Any:
         return make_queries(args)
     if args.command == "build":
         return build(args)
-    result = evaluate(LdsBenchmark(args.benchmark), args.scores, None if args.split == "all" else args.split)
+    result = evaluate(LdsBenchmark(args.benchmark), args.scores, None if args.split == "all" else args.split,
+                      args.models)
     lds = result["lds"]
     print(f"LDS ({args.split} queries, {len(result['per_query'])}; {result['models']} subset models): "
           f"{lds['value']:.3f} [{lds['low']:.3f}, {lds['high']:.3f}]")

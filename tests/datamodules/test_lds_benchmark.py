@@ -72,6 +72,12 @@ def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp
     assert result["groups"]["A"]["effect"]["q3"] == pytest.approx(float(effect[3, 0::3].sum()))
     written = json.loads((tmp_path / "out" / "lds_scores_true.json").read_text())
     assert written["lds"] == result["lds"]
+    half = lds.main(["evaluate", "--benchmark", str(tmp_path / "lds"), "--scores", str(store.scores_path("true")),
+                     "--models", "3:", "--out", str(tmp_path / "half.json")])
+    assert half["models"] == 3 and half["lds"]["value"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit):
+        lds.main(["evaluate", "--benchmark", str(tmp_path / "lds"), "--scores", str(store.scores_path("true")),
+                  "--models", "half"])
     store.write_scores("short", recipe["train_ids"][:-1], recipe["query_ids"], effect[:, :-1].float(), "test")
     with pytest.raises(ValueError, match="training tracks"):
         lds.main(["evaluate", "--benchmark", str(tmp_path / "lds"), "--scores", str(store.scores_path("short"))])
