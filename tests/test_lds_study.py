@@ -1,6 +1,7 @@
 """`scripts/lds_study.py` on the tiny world: each setting's pass runs once, its LDS is measured on both halves, the
 setting with the best validation LDS is reported with its paired difference from the reference method, a one-off pass
-runs once for the settings that need it and is timed apart, and a second run reuses every pass."""
+runs once for the settings that need it and is timed apart, a second run reuses every pass, and a run of one method
+reports every method whose passes are done."""
 
 import json
 
@@ -65,3 +66,9 @@ def test_the_study_runs_each_setting_once_and_reports_the_best_on_validation(tmp
     again = lds_study.main(["--study", str(tmp_path / "study.yaml")])
     assert [record.stat().st_mtime_ns for record in records] == stamps  # no pass was run again
     assert json.loads(json.dumps(again["methods"])) == json.loads(json.dumps(results["methods"]))
+    # running one method reports every method whose passes are done, and none whose passes are not
+    study["methods"]["late"] = {**study["methods"]["gradient"], "settings": {"d2": {}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    one = lds_study.main(["--study", str(tmp_path / "study.yaml"), "--methods", "gradient"])
+    assert list(one["methods"]) == ["activation", "gradient"]
+    assert not (tmp_path / "out" / "late").exists()
