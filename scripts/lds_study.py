@@ -68,6 +68,11 @@ def run_pass(args: list[str], record: Path) -> dict[str, Any]:
     return result
 
 
+def setting_needs(spec: dict[str, Any], values: dict[str, Any] | None) -> list[str]:
+    """The one-off passes a setting of a method reads: the method's `needs` and the setting's own."""
+    return [*spec.get("needs", []), *(values or {}).get("needs", [])]
+
+
 def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     out = Path(study["out"])
     names = {"out": str(out), "model": study["model"], "queries": study["queries"], "manifest": study["manifest"]}
@@ -82,9 +87,9 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
 
     def finished(method: str) -> bool:
         spec = study["methods"][method]
-        needs = {need for values in spec["settings"].values() for need in (values or {}).get("needs", [])}
-        return (all((out / method / setting / "run.json").is_file() for setting in spec["settings"])
-                and all((out / "prepare" / need / "run.json").is_file() for need in {*spec.get("needs", []), *needs}))
+        return all((out / method / setting / "run.json").is_file()
+                   and all((out / "prepare" / need / "run.json").is_file() for need in setting_needs(spec, values))
+                   for setting, values in spec["settings"].items())
 
     # every pass first: they are cached, so a study stopped part-way goes on where it was; the methods not asked for
     # are reported too where all their passes are done, so that every row is measured on the same subset models
@@ -97,8 +102,8 @@ def study(study: dict[str, Any], methods: list[str]) -> dict[str, Any]:
         spec = study["methods"][method]
         runs[method] = {}
         for setting, values in spec["settings"].items():
-            values = dict(values or {})
-            needs = [*spec.get("needs", []), *values.pop("needs", [])]
+            needs = setting_needs(spec, values)
+            values = {key: value for key, value in (values or {}).items() if key != "needs"}
             run = out / method / setting
             overrides = {**study["common"], **spec["overrides"], **values}
             one_off = prepare(needs)  # before the pass, which reads them (for a method not asked for: its records)
@@ -135,9 +140,9 @@ def compare(results: dict[str, Any], reference: str) -> None:
     results["reference"] = reference
     base = results["methods"][reference]
     base = base["settings"][base["best"]]["per_query"]["test"]
+    queries = sorted(base)
     for entry in results["methods"].values():
         mine = entry["settings"][entry["best"]]["per_query"]["test"]
-        queries = sorted(base)
         if sorted(mine) != queries:
             raise ValueError("Methods were measured on different test queries; run the study again on one benchmark.")
         entry["versus_reference"] = paired_lds_difference(

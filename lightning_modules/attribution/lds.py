@@ -78,12 +78,7 @@ def paired_lds_difference(
     if first.shape != second.shape:
         raise ValueError(f"A paired difference needs both methods' LDS on the same queries; got {tuple(first.shape)} "
                          f"and {tuple(second.shape)}.")
-    defined = ~(first.isnan() | second.isnan())
-    if not defined.any():
-        raise ValueError("No query has a defined LDS for both methods.")
-    difference = (first - second)[defined]
-    return bootstrap(lambda sample: sample["difference"].mean(-1), [{"difference": difference}], resamples, level,
-                     seed, batched=True)
+    return mean_lds(first - second, resamples, level, seed)  # NaN where either is undefined: left out
 
 
 def query_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int) -> Tensor:
