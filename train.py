@@ -32,6 +32,7 @@ import lightning_modules  # noqa: F401  (checks the torch / torchaudio pair firs
 import datamodules  # noqa: F401
 import lightning_modules.attribution  # noqa: F401
 import lightning_modules.clap_training  # noqa: F401
+import lightning_modules.codec_training  # noqa: F401
 import lightning_modules.encoding  # noqa: F401
 import lightning_modules.training  # noqa: F401
 import lightning_modules.unlearning  # noqa: F401

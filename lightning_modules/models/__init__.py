@@ -8,6 +8,8 @@ from lightning_modules.models.musicgen import MusicGen
 from lightning_modules.models.musicldm import MusicLDM
 from lightning_modules.models.stable_audio import StableAudioOpen
 from lightning_modules.models.toy import ToyArchitecture, ToyTextToMusic
+from lightning_modules.models.toy_musicgen import ToyMusicGen
 
 __all__ = ["PARAMETER_GROUPS", "AudioLDM", "AudioLDM2", "Batch", "MusicGen", "MusicLDM", "Prediction",
-           "StableAudioOpen", "TextToMusicModel", "ToyArchitecture", "ToyTextToMusic"]
+           "StableAudioOpen", "TextToMusicModel", "ToyArchitecture", "ToyMusicGen",
+           "ToyTextToMusic"]

@@ -9,17 +9,17 @@ saved as the native transformers folder (model, generation config, processor).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoProcessor, MusicgenForConditionalGeneration
+from transformers import AutoProcessor, LogitsProcessor, LogitsProcessorList, MusicgenForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as hf_logging
 
@@ -31,7 +31,6 @@ from lightning_modules.models.base import (
     check_pretrained,
     prompt_seeds,
 )
-from lightning_modules.models.diffusion import item_seed
 from lightning_modules.models.lora import adapter_groups, add_lora, merged_lora
 
 GROUPS = ("all", "cross_attention", "cross_attention_kv", "self_attention", "transformer_blocks", "text_conditioning")
@@ -71,23 +70,42 @@ class MusicGen(TextToMusicModel):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if duration <= 0:
-            raise ValueError(f"duration must be positive (seconds of audio per clip), got {duration}.")
         pretrained = check_pretrained(pretrained, "config.json", "facebook/musicgen-small")
         previous_verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the configs' pad / start token ids sit one past the codebook, by design
         try:
-            self.model = MusicgenForConditionalGeneration.from_pretrained(str(pretrained), dtype=torch.float32)
-            self.processor = AutoProcessor.from_pretrained(str(pretrained))
+            model = MusicgenForConditionalGeneration.from_pretrained(str(pretrained), dtype=torch.float32)
+            processor = AutoProcessor.from_pretrained(str(pretrained))
         finally:
             hf_logging.set_verbosity(previous_verbosity)
+        self.attach(model, processor, pretrained, duration, guidance_scale, lora_rank, lora_alpha, lora_groups,
+                    lora_dropout, gradient_checkpointing)
+
+    def attach(
+        self,
+        model: MusicgenForConditionalGeneration,
+        processor: Any,
+        name: str,
+        duration: float,
+        guidance_scale: float,
+        lora_rank: int = 0,
+        lora_alpha: float | None = None,
+        lora_groups: list[str] | None = None,
+        lora_dropout: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        """Take `model` and its `processor` (from the checkpoint `name`) as this backend's, checked and set up as the
+        constructor's arguments say."""
+        if duration <= 0:
+            raise ValueError(f"duration must be positive (seconds of audio per clip), got {duration}.")
+        self.model, self.processor = model, processor
         config = self.model.config
         if config.decoder.audio_channels != 1:
-            raise ValueError(f"{pretrained} is a stereo MusicGen (audio_channels={config.decoder.audio_channels}); "
+            raise ValueError(f"{name} is a stereo MusicGen (audio_channels={config.decoder.audio_channels}); "
                              "only mono checkpoints (musicgen-small / -medium / -large) are supported.")
         self.start_token_id = self.model.generation_config.decoder_start_token_id
         if self.start_token_id is None:
-            raise ValueError(f"{pretrained}: generation_config.json has no decoder_start_token_id; set it to the "
+            raise ValueError(f"{name}: generation_config.json has no decoder_start_token_id; set it to the "
                              f"codebook size ({config.decoder.vocab_size}) as the public checkpoints do.")
         self.model.text_encoder.requires_grad_(False).eval()
         self.model.audio_encoder.requires_grad_(False).eval()
@@ -224,12 +242,13 @@ class MusicGen(TextToMusicModel):
         guidance_scale: float | None = None,
         duration: float | None = None,
     ) -> Tensor:
-        """`(batch, 1, samples)` audio at `sample_rate` from one batched, sampled ``model.generate`` call.
+        """`(batch, 1, samples)` audio at `sample_rate` from one batched ``model.generate`` call.
 
-        Sampling draws from the global random state, once for the whole batch, so the seeds are honoured per batch,
-        not per prompt: the random state is forked and seeded from the whole seed list (``seed + i`` per prompt for
-        an int), so the same prompts with the same seeds give the same audio, but a prompt's audio also depends on
-        the rest of its batch. `num_inference_steps` means nothing to an autoregressive model and is ignored.
+        Each prompt's codes are drawn from its own random generator (`PerPromptSampler`, seeded ``seed + i`` for
+        prompt i given an int), so a prompt's audio depends on its seed, not on the rest of its batch or on how
+        prompts are split over batches and processes; the sampling is the checkpoint's own (its generation config's
+        ``temperature``, ``top_k`` and ``top_p``, classifier-free guidance at `guidance_scale`). `num_inference_steps`
+        means nothing to an autoregressive model and is ignored.
         """
         seeds = prompt_seeds(prompts, seed)
         num_samples = self.num_samples if duration is None else round(duration * self.sample_rate)
@@ -237,15 +256,21 @@ class MusicGen(TextToMusicModel):
             raise ValueError(f"duration must be positive, got {duration}.")
         device = self.model.device
         tokens = self.processor.tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        checkpoint = self.model.generation_config
+        sampler = PerPromptSampler(seeds, self.num_codebooks, scale if scale > 1 else None,
+                                   temperature=checkpoint.temperature, top_k=checkpoint.top_k, top_p=checkpoint.top_p)
+        config = copy.deepcopy(checkpoint)  # greedy on the sampler's scores, whose maximum is its draw
+        config.do_sample = False
+        # greedy decoding ignores these; transformers' own defaults, which it does not warn about
+        config.temperature, config.top_k, config.top_p = 1.0, 50, 1.0
+        config.guidance_scale = scale
+        config.max_new_tokens = self.frames(num_samples) + self.num_codebooks - 1
         modes = {module: module.training for module in self.modules()}
         self.eval()
         try:
-            with _seeded(device, item_seed(",".join(map(str, seeds)))):
-                audio = self.model.generate(
-                    **tokens.to(device), do_sample=True,
-                    guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
-                    max_new_tokens=self.frames(num_samples) + self.num_codebooks - 1,
-                )
+            audio = self.model.generate(**tokens.to(device), generation_config=config,
+                                        logits_processor=LogitsProcessorList([sampler]))
         finally:
             for module, training in modes.items():
                 module.training = training
@@ -291,13 +316,69 @@ class MusicGen(TextToMusicModel):
         return cls(pretrained=str(path), **kwargs)
 
 
-@contextmanager
-def _seeded(device: torch.device, seed: int) -> Iterator[None]:
-    """Fork the global random state of the CPU (and of `device` when it is a GPU) and seed it within the block."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
+class PerPromptSampler(LogitsProcessor):
+    """Samples the next code of every codebook of every prompt from that prompt's own `torch.Generator`, so that a
+    prompt's draws do not depend on its batch.
+
+    Rows of the scores are ``prompt * num_codebooks + codebook``; under classifier-free guidance there are twice as
+    many (the conditional rows, then the unconditional ones), combined here as transformers'
+    `ClassifierFreeGuidanceLogitsProcessor` combines them. The guided logits are divided by `temperature`, cut to the
+    `top_k` largest and to the `top_p` nucleus, and a code is drawn by the Gumbel-max trick (the argmax of the logits
+    plus Gumbel noise is a draw from their softmax), with the noise from the prompt's generator. The scores returned
+    are 0 at the drawn code and -1e4 elsewhere (finite in every float type), so greedy decoding takes the draw; under
+    guidance they are returned twice, for the guidance processor that `MusicgenForConditionalGeneration.generate`
+    applies after this one, which then gives them back unchanged.
+
+    Args:
+        seeds: one seed per prompt.
+        num_codebooks: codebooks per prompt (rows of the scores per prompt).
+        guidance_scale: classifier-free guidance scale; None when the scores are not doubled.
+        temperature, top_k, top_p: the sampling settings (None: not applied).
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        num_codebooks: int,
+        guidance_scale: float | None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> None:
+        self.seeds = list(seeds)
+        self.num_codebooks = num_codebooks
+        self.guidance_scale = guidance_scale
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        rows = input_ids.shape[0]
+        if rows != len(self.seeds) * self.num_codebooks:
+            raise ValueError(f"{rows} rows of codes for {len(self.seeds)} prompts of {self.num_codebooks} codebooks.")
+        logits = scores.float()
+        if self.guidance_scale is not None:
+            if scores.shape[0] != 2 * rows:
+                raise ValueError(f"Guided sampling needs conditional and unconditional scores ({2 * rows} rows), "
+                                 f"got {scores.shape[0]}.")
+            conditional, unconditional = logits.split(rows)
+            logits = unconditional + (conditional - unconditional) * self.guidance_scale
+        if self.temperature is not None and self.temperature != 1.0:
+            logits = logits / self.temperature
+        if self.top_k:
+            kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if self.top_p is not None and self.top_p < 1.0:
+            ordered, order = logits.sort(dim=-1, descending=True)
+            outside = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= self.top_p  # keeps the top code
+            logits = logits.masked_fill(outside.scatter(-1, order, outside), -math.inf)
+        if self.generators is None:
+            self.generators = [torch.Generator(scores.device).manual_seed(seed) for seed in self.seeds]
+        shape = (self.num_codebooks, logits.shape[-1])
+        uniform = torch.cat([torch.rand(shape, generator=generator, device=scores.device)
+                             for generator in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(torch.finfo(uniform.dtype).tiny, 1.0 - 1e-7)))
+        drawn = (logits + gumbel).argmax(-1, keepdim=True)
+        chosen = torch.full_like(scores[:rows], -1e4).scatter(-1, drawn, 0.0)
+        return torch.cat([chosen, chosen]) if self.guidance_scale is not None else chosen

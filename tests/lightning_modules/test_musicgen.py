@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import MusicgenForConditionalGeneration
+from transformers import ClassifierFreeGuidanceLogitsProcessor, MusicgenForConditionalGeneration
 
 from datamodules import ForgetRetainDataModule, read_manifest
 from datamodules.audio import AudioTextDataset
 from lightning_modules.models.lora import has_lora
-from lightning_modules.models.musicgen import MusicGen
+from lightning_modules.models.musicgen import MusicGen, PerPromptSampler
 from lightning_modules.unlearning import ESD, GradientAscent
 from tests.lightning_modules.contract import BackendContract, half_padded
 from tests.tiny.musicgen import save_tiny
@@ -190,6 +190,50 @@ def test_empty_caption_is_the_unconditional_half_of_generate(model, batch):
     torch.testing.assert_close(unconditional, logits[1], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(conditional, unconditional, atol=1e-3)
     assert not torch.allclose(model.loss({**batch, "caption": [""] * 3}), model.loss(batch))
+
+
+def test_a_prompts_audio_depends_on_its_seed_not_on_its_batch(model):
+    """Each prompt samples from its own generator: a batch of three gives the codes and audio of the prompts
+    generated one by one (and two plus one), with the same seeds; another seed changes only its own prompt's codes."""
+    prompts = ["a piece by aurora", "calm music", "the song"]
+    codes = []
+    decode = model.model.audio_encoder.decode
+    model.model.audio_encoder.decode = lambda c, *args, **kwargs: codes.append(c[0]) or decode(c, *args, **kwargs)
+    try:
+        together = model.generate(prompts, seed=[5, 6, 7], duration=0.1)
+        alone = torch.cat([model.generate([prompt], seed=[seed], duration=0.1)
+                           for prompt, seed in zip(prompts, [5, 6, 7], strict=True)])
+        split = torch.cat([model.generate(prompts[:2], seed=[5, 6], duration=0.1),
+                           model.generate(prompts[2:], seed=[7], duration=0.1)])
+        model.generate(prompts, seed=[5, 9, 7], duration=0.1)
+    finally:
+        model.model.audio_encoder.decode = decode
+    batched, one_by_one, two_and_one, other = codes[0], torch.cat(codes[1:4]), torch.cat(codes[4:6]), codes[6]
+    assert torch.equal(batched, one_by_one) and torch.equal(batched, two_and_one)
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(together, split, rtol=0, atol=1e-6)
+    assert torch.equal(other[[0, 2]], batched[[0, 2]]) and not torch.equal(other[1], batched[1])
+
+
+def test_the_per_prompt_sampler_draws_from_the_guided_filtered_softmax():
+    """Over many draws the codes follow the softmax of the guided logits over temperature, never leave the top k, and
+    the guidance processor transformers applies after the sampler gives its scores back unchanged."""
+    torch.manual_seed(0)
+    conditional, unconditional = torch.randn(2, 8), torch.randn(2, 8)  # one prompt, two codebooks, eight codes
+    guided = unconditional + 3.0 * (conditional - unconditional)
+    sampler = PerPromptSampler([11], num_codebooks=2, guidance_scale=3.0, temperature=0.7, top_k=5)
+    draws = []
+    for _ in range(4000):
+        scores = sampler(torch.zeros(2, 1, dtype=torch.long), torch.cat([conditional, unconditional]))
+        assert scores.shape == (4, 8) and torch.equal(scores[:2], scores[2:])
+        torch.testing.assert_close(ClassifierFreeGuidanceLogitsProcessor(3.0)(torch.zeros(2, 1), scores), scores[:2])
+        draws.append(scores[:2].argmax(-1))
+    counts = torch.nn.functional.one_hot(torch.stack(draws), 8).sum(0).float()  # (codebooks, codes)
+    top = guided.topk(5, dim=-1).indices
+    expected = torch.zeros_like(guided).scatter(-1, top, (guided.gather(-1, top) / 0.7).softmax(-1))
+    assert (counts[expected == 0] == 0).all()  # outside the top 5: never drawn
+    # binomial standard error at 4000 draws is at most 0.008; 0.03 is about 4 of them
+    torch.testing.assert_close(counts / 4000, expected, rtol=0, atol=0.03)
 
 
 def _data(corpus, model: MusicGen) -> ForgetRetainDataModule:
