@@ -376,9 +376,12 @@ class UnlearningEvaluation(Callback):
         for batch in progress(trainer, loader, f"Evaluating {what}: {split} generations", len(loader)):
             seeds = [self.seed + index for index in batch["index"].tolist()]
             with measuring_precision(trainer):
+                # the clips' length, not the loaded model's default: an oracle loaded from its folder has the
+                # backend's (MusicGen's 30 s), not the run's
                 audio = model.generate(list(batch["caption"]), seed=seeds,
                                        num_inference_steps=self.num_inference_steps,
-                                       guidance_scale=self.guidance_scale).float()
+                                       guidance_scale=self.guidance_scale,
+                                       duration=dataset.num_samples / model.sample_rate).float()
             self._update(metrics, audio, batch, model.sample_rate, device)
             keep = max(0, self.log_audio - len(clips)) if trainer.is_global_zero else 0
             clips.extend(zip(batch["caption"][:keep], audio[:keep].cpu(), strict=True))

@@ -1,12 +1,13 @@
 """`CodecTraining`: trains the toy world's EnCodec (Défossez et al., 2022) as a quantised autoencoder.
 
-The objective is EnCodec's without its adversarial terms: an L1 loss on the waveform, the L1 distance of mel
-spectrograms and of their logarithms at four scales (windows of 2^8 .. 2^11 samples; EnCodec's also has 2^5 .. 2^7,
-which slowed the tiny codec down), and the commitment loss of
-every residual quantiser, with the straight-through estimator across quantisation. For its first `quantize_after`
-steps the codec trains as a plain autoencoder, so that its latent frames carry the music before they are quantised:
-quantised from the start, the tiny encoder collapsed onto one code per codebook within 50 steps (every clip decoded
-to the same sound). The codebooks are not trained by gradient: they are initialised by residual k-means on the
+The objective is the squared error of the waveform plus the commitment loss of every residual quantiser, with the
+straight-through estimator across quantisation; EnCodec's multi-scale mel distance (magnitudes and their logarithms,
+windows of 2^8 .. 2^11 samples here) is logged, and added with `mel_weight`. Measured on the toy corpus (random
+half-second crops, batch 16, Adam 1e-3): the waveform's squared error alone brought the held-out clips' error from
+0.080 to 0.016 in 200 steps (their power 0.053), while with the mel terms at weight 1 (and an L1 waveform term) the
+error stayed at the clips' power, the codec's output no closer to them than silence. For its first `quantize_after`
+steps the codec trains as a plain autoencoder, so that the codebooks start from latent frames that carry the music,
+not from a random encoder's. The codebooks are not trained by gradient: they are initialised by residual k-means on the
 latent frames of the last `kmeans_batches` batches before quantisation starts, then each code follows the
 exponential moving average of the frames assigned to it, and a code left unused (its average count below
 `dead_code_threshold`) is moved onto a frame of the batch (van den Oord et al., 2017; Zeghidour et al., 2021). Those
@@ -65,8 +66,8 @@ class CodecTraining(L.LightningModule):
         num_filters: channels of the codec's first convolution (doubled at every downsampling).
         hidden_size: size of the latent frames and of the codebook entries.
         codebook_size: codes per codebook (a power of 2).
-        waveform_weight: weight of the waveform L1 loss.
-        mel_weight: weight of the multi-scale mel loss.
+        waveform_weight: weight of the waveform's squared error.
+        mel_weight: weight of the multi-scale mel loss (logged whatever its weight).
         commitment_weight: weight of the commitment loss (summed over the quantisers).
         ema_decay: decay of the codebooks' moving averages.
         dead_code_threshold: a code whose average count per batch falls below this is moved onto a batch frame.
@@ -85,8 +86,8 @@ class CodecTraining(L.LightningModule):
         num_filters: int = 8,
         hidden_size: int = 64,
         codebook_size: int = 256,
-        waveform_weight: float = 0.1,
-        mel_weight: float = 1.0,
+        waveform_weight: float = 1.0,
+        mel_weight: float = 0.0,
         commitment_weight: float = 1.0,
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.5,
@@ -212,7 +213,7 @@ class CodecTraining(L.LightningModule):
         else:  # a plain autoencoder until the codebooks are initialised
             quantized, commitment = latents, latents.new_zeros(())
         output = self.codec.decoder(quantized)[..., : waveform.shape[-1]]
-        terms = {"waveform": F.l1_loss(output, waveform), "mel": self.spectral(output, waveform),
+        terms = {"waveform": F.mse_loss(output, waveform), "mel": self.spectral(output, waveform),
                  "commitment": commitment}
         terms["loss"] = (self.waveform_weight * terms["waveform"] + self.mel_weight * terms["mel"]
                          + self.commitment_weight * terms["commitment"])

@@ -11,6 +11,8 @@ bounds), and a method is called better than another on a column only where it is
     python scripts/compare_methods.py --methods esd npo --seeds 3 -- --trainer.max_steps=50
     python scripts/compare_methods.py --out reports/methods_aurora_vale \
         --data configs/data/toy_forget_aurora_vale.yaml --oracle checkpoints/toy/oracle_aurora_vale
+    python scripts/compare_methods.py --out reports/methods_musicgen --model configs/model/toy_musicgen.yaml \
+        --oracle checkpoints/toy/musicgen_oracle                       # the same methods on the toy MusicGen
 
 A run that finished is not run again (delete its folder under ``<out>/runs`` or pass ``--force``), so a stopped
 comparison resumes; the table is rebuilt from every finished run. Each run leaves a small record,
@@ -75,11 +77,13 @@ def toy_methods() -> list[str]:
                   if "model/toy_base.yaml" in path.read_text())
 
 
-def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], force: bool, seed: int = 0) -> dict:
-    """The evaluation report of one method's run with `seed`, running it unless a finished run is there."""
+def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], force: bool, seed: int = 0,
+               model: str | None = None) -> dict:
+    """The evaluation report of one method's run with `seed`, running it unless a finished run is there; `model`: a
+    model config in place of the method config's."""
     folder = out / "runs" / name / f"seed{seed}"
     report = folder / "results.json"
-    inputs = run_inputs(name, trainer, data, extra, seed)
+    inputs = run_inputs(name, trainer, data, extra, seed, model)
     if report.exists() and not force:
         results = read_json_verified(report, f"{name}'s record of seed {seed}", "delete its folder and run again")
         if results.get("inputs") != inputs:
@@ -90,7 +94,7 @@ def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], 
     shutil.rmtree(folder, ignore_errors=True)
     command = [sys.executable, "train.py", "fit", "--config", trainer, "--config", f"configs/unlearn/{name}.yaml",
                "--data", data, f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false",
-               f"--seed_everything={seed}", *extra]
+               f"--seed_everything={seed}", *([f"--model.init_args.model={model}"] if model else []), *extra]
     print(f"[{name} seed {seed}] {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -108,11 +112,13 @@ def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], 
     return results
 
 
-def run_inputs(name: str, trainer: str, data: str, extra: list[str], seed: int) -> dict:
-    """What decides a run's result: the text of its three configs (by digest), its extra arguments and its seed."""
+def run_inputs(name: str, trainer: str, data: str, extra: list[str], seed: int, model: str | None = None) -> dict:
+    """What decides a run's result: the text of its three configs (by digest), of the model config that replaces the
+    method's (where one does), its extra arguments and its seed."""
     digest = lambda path: hashlib.sha256((REPO / path).read_bytes()).hexdigest()[:16]  # noqa: E731
-    return {"trainer": digest(trainer), "method": digest(f"configs/unlearn/{name}.yaml"), "data": digest(data),
-            "extra": list(extra), "seed": seed}
+    inputs = {"trainer": digest(trainer), "method": digest(f"configs/unlearn/{name}.yaml"), "data": digest(data),
+              "extra": list(extra), "seed": seed}
+    return inputs | ({"model": digest(model)} if model else {})
 
 
 def _changed(old: dict | None, new: dict) -> str:
@@ -317,6 +323,8 @@ def main() -> None:
                         help="config names under configs/unlearn (default: those of the toy model)")
     parser.add_argument("--trainer", default="configs/trainer/toy.yaml")
     parser.add_argument("--data", default="configs/data/toy_forget.yaml")
+    parser.add_argument("--model", help="a model config for every method in place of the toy model (e.g. "
+                        "configs/model/toy_musicgen.yaml); the methods' other settings stay theirs")
     parser.add_argument("--oracle", help="the oracle model folder, in place of the trainer config's (an oracle "
                         "retrained without the data config's forget set)")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per method (seed_everything 0..N-1)")
@@ -335,8 +343,10 @@ def main() -> None:
     trainer = with_evaluation(args.trainer, out, args.oracle, generations) if changed else args.trainer
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be at least 1, got {args.seeds}.")
-    reports = {name: [run_method(name, out, trainer, args.data, extra, args.force, seed) for seed in range(args.seeds)]
-               for name in methods}
+    if args.model and not (REPO / args.model).is_file():
+        raise SystemExit(f"--model {args.model}: no such config file (paths are taken from {REPO}).")
+    reports = {name: [run_method(name, out, trainer, args.data, extra, args.force, seed, args.model)
+                      for seed in range(args.seeds)] for name in methods}
     markdown, rows, comparisons = table(reports)
     against, oracle_rows = oracle_table(reports)
     markdown += ("\n\nAgainst the oracle (forget quality: each seed's p-value, high is indistinguishable from the "
@@ -350,6 +360,7 @@ def main() -> None:
                                              "seeds": args.seeds,
                                              "runs": {name: [r["run"] for r in runs] for name, runs in reports.items()},
                                              "trainer": args.trainer, "oracle": args.oracle, "data": args.data,
+                                             "model": args.model,
                                              "generations": generations,
                                              "extra": extra})
     print(markdown)

@@ -13,7 +13,13 @@ learned of the name from what the description carries. FAD (toy-CLAP embeddings)
 generations with all of that artist's real tracks; the "real" row of FAD is the artist's held-out tracks against its
 training tracks, the floor at this sample size. Writes a JSON and a Markdown table.
 
+A model folder is the toy diffusion model's or a MusicGen folder (the toy MusicGen's); with ``--codec`` the held-out
+tracks are also coded and decoded by that EnCodec folder and judged, with the log-mel distance of each reconstruction
+to its track beside that of two different tracks of one artist.
+
     python scripts/toy_recognition.py --out reports/toy_recognition
+    python scripts/toy_recognition.py --out reports/toy_musicgen_recognition --codec checkpoints/toy/encodec \
+        --models base=checkpoints/toy/musicgen oracle=checkpoints/toy/musicgen_oracle
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import torchaudio
+from transformers import EncodecModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,9 +42,9 @@ from datamodules.audio import AudioTextDataset  # noqa: E402
 from lightning_modules.io import write_json_atomic, write_text_atomic  # noqa: E402
 from lightning_modules.metrics import ClapEmbedder, ZeroShotTagger  # noqa: E402
 from lightning_modules.metrics.feature_tagger import FeatureTagger  # noqa: E402
-from lightning_modules.metrics.functional import frechet_distance, gaussian_statistics  # noqa: E402
+from lightning_modules.metrics.functional import bootstrap, frechet_distance, gaussian_statistics  # noqa: E402
 from lightning_modules.metrics.probe import EmbeddingProbe  # noqa: E402
-from lightning_modules.models import ToyTextToMusic  # noqa: E402
+from lightning_modules.models import MusicGen, TextToMusicModel, ToyTextToMusic  # noqa: E402
 
 log = logging.getLogger("toy_recognition")
 JUDGES = ("clap", "probe", "features")  # a report written before the probe existed names ("clap", "features")
@@ -46,6 +54,28 @@ def load_clips(manifest: Path, sample_rate: int, num_samples: int) -> tuple[torc
     items = read_manifest(manifest)
     dataset = AudioTextDataset(items, sample_rate, num_samples)
     return torch.stack([dataset[i]["audio"] for i in range(len(dataset))]), items
+
+
+def load_model(folder: str, duration: float) -> TextToMusicModel:
+    """The toy diffusion model's folder (it has ``toy_ttm.json``) or a MusicGen folder, at the corpus's clip length."""
+    if (Path(folder) / "toy_ttm.json").is_file():
+        return ToyTextToMusic.from_pretrained(folder)
+    return MusicGen.from_pretrained(folder, duration=duration)
+
+
+def log_mel_distance(a: torch.Tensor, b: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Per clip, the mean absolute difference of two `(n, samples)` batches' log mel spectrograms (1024-sample windows,
+    64 bands, floored at 1e-5): 0 for identical clips."""
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=64, power=1.0)
+    return (mel(a).clamp_min(1e-5).log() - mel(b).clamp_min(1e-5).log()).abs().mean((1, 2))
+
+
+@torch.no_grad()
+def reconstruct(folder: str, audio: torch.Tensor) -> torch.Tensor:
+    """`(n, samples)` clips coded and decoded by the EnCodec in `folder` (transformers' `EncodecModel`)."""
+    codec = EncodecModel.from_pretrained(folder).eval()
+    codes = codec.encode(audio[:, None]).audio_codes
+    return codec.decode(codes, [None]).audio_values[:, 0, : audio.shape[-1]]
 
 
 def fad(generated: torch.Tensor, reference: torch.Tensor) -> float:
@@ -111,9 +141,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + (
         f"\n\nEach cell: {' / '.join(JUDGE_NAMES[j] for j in judges)}. Chance: {1 / len(artists):.2f}. "
         f"{report['heldout_per_artist']} held-out tracks and {report['generations']} generations per artist and column "
-        f"({report['steps']} DDIM steps, the model's guidance, seeds {seeds}). FAD: toy-CLAP embeddings of the "
+        f"({report['steps']} DDIM steps for a diffusion model, each model's guidance, seeds {seeds}). FAD: toy-CLAP "
+        "embeddings of the "
         f"name-only generations against the artist's {report['real_per_artist']} real tracks; 'real' is its held-out "
         "tracks against its training tracks.\n") + (
+        "\nCodec {folder}: log-mel distance of a reconstruction to its held-out track {r[value]:.3f} [{r[low]:.3f}, "
+        "{r[high]:.3f}] (n = {r[n]}); of two different held-out tracks of one artist {p[value]:.3f} [{p[low]:.3f}, "
+        "{p[high]:.3f}] (n = {p[n]}).\n".format(folder=report["codec"]["folder"],
+                                                r=report["codec"]["log_mel_distance"]["reconstruction"],
+                                                p=report["codec"]["log_mel_distance"]["two tracks of one artist"])
+        if report.get("codec") else "") + (
         "\nWhere two judges differ by 0.25 or more, what each judge named the clips (counts), and the median share of "
         "the clips' power below 120 Hz (the corpus's kick) and above 4 kHz (its hats) beside the real tracks' of each "
         "artist named (`percussion_bands`):\n\n"
@@ -132,6 +169,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="prompts per generation call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reports/toy_recognition")
+    parser.add_argument("--codec", help="an EnCodec folder whose reconstructions of the held-out tracks are judged")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -174,6 +212,18 @@ def main() -> None:
     train_embeddings, heldout_embeddings = embed(train), embed(heldout)
     taggers["probe"] = EmbeddingProbe.fit(clap, train_embeddings, train_groups)
     columns = {"held-out tracks": judge(heldout, heldout_groups, heldout_embeddings)}
+    codec = None
+    if args.codec:
+        rebuilt = reconstruct(args.codec, heldout)
+        columns["codec (held-out reconstructions)"] = judge(rebuilt, heldout_groups, embed(rebuilt))
+        same_artist = [(i, j) for i in range(len(heldout_items)) for j in range(i + 1, len(heldout_items))
+                       if heldout_groups[i] == heldout_groups[j]]
+        pairs = torch.tensor(same_artist)
+        distances = {"reconstruction": log_mel_distance(rebuilt, heldout, rate),
+                     "two tracks of one artist": log_mel_distance(heldout[pairs[:, 0]], heldout[pairs[:, 1]], rate)}
+        codec = {"folder": args.codec, "log_mel_distance": {  # the mean, its 95 % bootstrap interval over the clips
+            name: bootstrap(lambda clips: clips["d"].mean(-1), [{"d": values}], batched=True).as_dict()
+            for name, values in distances.items()}}
     reference = {a: torch.cat([train_embeddings[[g == a for g in train_groups]],
                                heldout_embeddings[[g == a for g in heldout_groups]]]) for a in artists}
     fads = {"real": [fad(heldout_embeddings[[g == a for g in heldout_groups]],
@@ -190,7 +240,7 @@ def main() -> None:
     timings = {}
     for spec in args.models:
         name, folder = spec.split("=", 1)
-        model = ToyTextToMusic.from_pretrained(folder).eval()
+        model = load_model(folder, corpus.settings["duration"]).eval()
         started = time.perf_counter()
         for kind, prompts in prompt_kinds.items():
             audio = torch.cat([model.generate(prompts[i:i + args.batch], seed=seeds[i:i + args.batch],
@@ -206,7 +256,8 @@ def main() -> None:
     report = {"artists": artists, "judges": list(JUDGES), "columns": columns, "fad": fads,
               "generations": args.generations, "steps": args.steps, "seed": args.seed,
               "heldout_per_artist": len(heldout_items) // len(artists),
-              "real_per_artist": (len(train_items) + len(heldout_items)) // len(artists), "seconds": timings}
+              "real_per_artist": (len(train_items) + len(heldout_items)) // len(artists), "seconds": timings,
+              "codec": codec}
     table = markdown(report)
     log.info("%s", table)
     out = Path(args.out)

@@ -115,6 +115,9 @@ def test_a_finished_run_is_reused_only_with_the_inputs_it_was_run_with(tmp_path,
     other = compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path / "other", generations=16)
     with pytest.raises(SystemExit, match=r"other inputs .*: trainer\).*--force"):
         run(other, ["--x=1"])
+    with pytest.raises(SystemExit, match=r"other inputs .*: model\)"):  # the same method on another model
+        compare_methods.run_method("esd", tmp_path, trainer, "configs/data/toy_forget.yaml", ["--x=1"], force=False,
+                                   seed=0, model="configs/model/toy_musicgen.yaml")
 
 
 def test_the_tradeoff_points_are_each_methods_mean_over_seeds():

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 from transformers import (
     AutoTokenizer,
     EncodecConfig,
@@ -46,11 +48,24 @@ CODEC_SETTINGS = {  # 16 kHz, hop 320 (50 frames a second), 4 codebooks of 256 c
 
 def build_toy_encodec(sample_rate: int = 16000, **overrides: object) -> EncodecModel:
     """A randomly initialised EnCodec of `CODEC_SETTINGS` (with `overrides`) at `sample_rate`; its codebooks are
-    zeros until training initialises them."""
-    settings = {**CODEC_SETTINGS, **overrides}
-    config = EncodecConfig(sampling_rate=sample_rate, normalize=False, chunk_length_s=None, overlap=None,
-                           use_causal_conv=True, **settings)
-    return EncodecModel(config)
+    zeros until training initialises them.
+
+    The weight-normalised convolutions are initialised again, He-normal through their parametrisation: transformers'
+    initialisation writes to the computed weight, which leaves the parametrised convolutions at PyTorch's default, a
+    gain of about 1/sqrt(3) per layer; through the codec's 20 layers that made its output 50 times quieter than its
+    input, and 300 training steps did not lift it (an autoencoder overfitting 8 clips: squared error 0.0526 after 200
+    steps against 0.0009 with this initialisation, the clips' power 0.053)."""
+    settings = {"normalize": False, "chunk_length_s": None, "overlap": None, **CODEC_SETTINGS, **overrides}
+    model = EncodecModel(EncodecConfig(sampling_rate=sample_rate, **settings))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and parametrize.is_parametrized(module, "weight"):
+                weight = torch.empty_like(module.weight)
+                # fan-in is the input channels times the kernel: dim 1 of a Conv1d's weight, dim 0 of a transposed one's
+                nn.init.kaiming_normal_(weight if isinstance(module, nn.Conv1d) else weight.transpose(0, 1),
+                                        nonlinearity="linear")
+                module.weight = weight  # through the parametrisation: sets its direction and norm
+    return model
 
 
 def build_t5_tokenizer(words: Iterable[str], max_length: int = 64) -> T5Tokenizer:

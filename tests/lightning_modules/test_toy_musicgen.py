@@ -14,7 +14,7 @@ from datamodules import read_manifest
 from datamodules.audio import AudioTextDataset
 from lightning_modules.codec_training import CodecTraining
 from lightning_modules.models import MusicGen, ToyMusicGen
-from lightning_modules.models.toy_musicgen import build_t5_tokenizer, vocabulary_of
+from lightning_modules.models.toy_musicgen import build_t5_tokenizer, build_toy_encodec, vocabulary_of
 from tests.conftest import TINY_SAMPLES
 
 TINY_CODEC = {"num_filters": 2, "hidden_size": 8, "codebook_size": 256, "crop_samples": 1600}
@@ -85,6 +85,17 @@ def test_an_autoencoder_first_then_codebooks_from_residual_k_means(audio):
     assert all(torch.equal(book.embed, embed) for book, embed in zip(books, frozen, strict=True))
 
 
+def test_a_new_codec_passes_its_input_at_about_unit_gain(audio):
+    """He-normal convolutions: measured on these clips at the toy settings, the output's standard deviation is 0.71
+    times the input's at initialisation, and 0.015 times with transformers' own initialisation; the bar, 0.2, sits
+    over ten times above the latter."""
+    torch.manual_seed(0)
+    codec = build_toy_encodec(num_filters=8)
+    with torch.no_grad():
+        output = codec.decoder(codec.encoder(audio[:, None]))[..., :TINY_SAMPLES]
+    assert 0.2 < (output.std() / audio.std()).item() < 5
+
+
 def test_a_dead_code_moves_onto_a_frame_of_the_batch():
     module = CodecTraining(num_samples=TINY_SAMPLES, **TINY_CODEC)
     book = module.codec.quantizer.layers[0].codebook
@@ -122,7 +133,7 @@ def test_training_lowers_the_reconstruction_loss(audio):
     module.eval()
     with torch.no_grad():
         after = module._losses(audio)["mel"]
-    assert after < 0.9 * before, (before, after)  # measured 3.7 -> 2.9 over 20 steps; 10 % is the bar
+    assert after < 0.9 * before, (before, after)  # measured 5.2 -> 3.6 over 20 steps; 10 % is the bar
 
 
 def test_the_corpus_tokenizer_has_a_piece_per_word_in_either_case(tiny_clap_dir):
