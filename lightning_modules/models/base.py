@@ -93,6 +93,7 @@ class TextToMusicModel(nn.Module, ABC):
 
     sample_rate: int
     num_samples: int
+    targets_backend: str | None = None  # whose targets `encode_audio` computes, when not this class's (a subclass's)
 
     @abstractmethod
     def encode_audio(self, waveform: Tensor, mask: Tensor) -> Tensor:
@@ -107,17 +108,19 @@ class TextToMusicModel(nn.Module, ABC):
         return {}
 
     def targets_key(self) -> str:
-        """Names what `encode_audio` returns: the backend, its audio format, its settings and a digest of its
-        encoder's weights, so that cached targets are only read by a model that would compute the same ones."""
+        """Names what `encode_audio` returns: the backend (`targets_backend`, default the class's name), its audio
+        format, its settings and a digest of its encoder's weights, so that cached targets are only read by a model
+        that would compute the same ones."""
+        backend = self.targets_backend or type(self).__name__
         digest = hashlib.blake2b(digest_size=10)
-        digest.update(repr((type(self).__name__, self.sample_rate, self.num_samples,
+        digest.update(repr((backend, self.sample_rate, self.num_samples,
                             sorted(self.targets_settings().items()))).encode())
         encoder = self.audio_encoder()
         if encoder is not None:
             for name, tensor in sorted(encoder.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-        return f"{type(self).__name__.lower()}-{digest.hexdigest()}"
+        return f"{backend.lower()}-{digest.hexdigest()}"
 
     @abstractmethod
     def encode_text(self, captions: Sequence[str]) -> dict[str, Tensor]:

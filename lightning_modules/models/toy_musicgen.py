@@ -152,6 +152,8 @@ class ToyMusicGen(MusicGen):
         seed: seed of the random initialisation.
     """
 
+    targets_backend = "MusicGen"  # its codes are the MusicGen backend's: one target cache serves both
+
     def __init__(
         self,
         codec: str = "checkpoints/toy/encodec",

@@ -159,5 +159,6 @@ def test_a_new_toy_musicgen_saves_a_native_folder_with_the_same_losses(codec_dir
     model.eval()
     loaded.eval()
     assert torch.equal(model.loss(batch), loaded.loss(batch))
+    assert model.targets_key() == loaded.targets_key()  # codes cached for the training serve the trained model
     generated = loaded.generate(["a piece by Artist"], seed=1, duration=0.1)
     assert generated.shape == (1, 1, 1600) and torch.isfinite(generated).all()
