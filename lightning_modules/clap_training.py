@@ -21,6 +21,7 @@ from torch import Tensor
 from datamodules.manifest import read_manifest
 from lightning_modules.metrics.feature_tagger import add_white_noise
 from lightning_modules.models.toy_clap import build_tokenizer, build_toy_clap
+from lightning_modules.module import stepped_schedule
 from lightning_modules.passes import check_finite_terms
 
 
@@ -120,10 +121,7 @@ class ClapTraining(L.LightningModule):
         self.log("val/loss", loss, batch_size=len(batch["id"]), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
-        optimizer = self.optimizer(self.clap.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+        return stepped_schedule(self.optimizer(self.clap.parameters()), self.lr_scheduler)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a transformers folder: model, feature extractor and tokenizer, loadable by `ClapModel` /

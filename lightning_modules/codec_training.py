@@ -34,6 +34,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_modules.models.toy_musicgen import build_toy_encodec
+from lightning_modules.module import stepped_schedule
 from lightning_modules.passes import check_finite_terms
 
 
@@ -75,7 +76,8 @@ class CodecTraining(L.LightningModule):
         ema_decay: decay of the codebooks' moving averages.
         dead_code_threshold: a code whose average count per batch falls below this is moved onto a batch frame.
         quantize_after: training steps as a plain autoencoder, before the codebooks are initialised and used.
-        kmeans_batches: batches of latent frames (the last ones before quantisation) the k-means initialisation uses.
+        kmeans_batches: batches of latent frames (the last ones before quantisation) the k-means initialisation uses;
+            they are not checkpointed, so a run resumed just before `quantize_after` clusters those seen since.
         kmeans_iterations: Lloyd iterations of the k-means initialisation.
         optimizer: builds the optimizer.
         lr_scheduler: builds a learning-rate scheduler, stepped every optimizer step; none when not given.
@@ -109,7 +111,7 @@ class CodecTraining(L.LightningModule):
         self.codec = build_toy_encodec(sample_rate, num_filters=num_filters, hidden_size=hidden_size,
                                        codebook_size=codebook_size)
         for layer in self.codec.quantizer.layers:
-            layer.codebook.inited.zero_()  # k-means on the first batch sets it
+            layer.codebook.inited.zero_()  # residual k-means sets it at step `quantize_after`
         self.spectral = MultiScaleMel(sample_rate)
         self.waveform_weight = waveform_weight
         self.mel_weight = mel_weight
@@ -181,8 +183,10 @@ class CodecTraining(L.LightningModule):
         """`(batch, dim, frames)` latents through every residual quantiser: the quantised latents with the
         straight-through gradient, the summed commitment loss and the codes `(codebooks, batch, frames)`. In training
         the codebooks are updated from these latents."""
-        residual = latents.transpose(1, 2).reshape(-1, latents.shape[1])
-        quantized = torch.zeros_like(residual)
+        batch, dim, frames = latents.shape
+        flat = latents.transpose(1, 2).reshape(-1, dim)
+        residual = flat
+        quantized = torch.zeros_like(flat)
         commitment = latents.new_zeros(())
         codes = []
         for layer in self.codec.quantizer.layers:
@@ -196,9 +200,7 @@ class CodecTraining(L.LightningModule):
             quantized = quantized + chosen
             residual = residual - chosen
             codes.append(assignment)
-        flat = latents.transpose(1, 2).reshape(-1, latents.shape[1])
         straight_through = flat + (quantized - flat).detach()
-        batch, dim, frames = latents.shape
         return (straight_through.view(batch, frames, dim).transpose(1, 2), commitment,
                 torch.stack(codes).view(-1, batch, frames))
 
@@ -241,10 +243,7 @@ class CodecTraining(L.LightningModule):
                       sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
-        optimizer = self.optimizer([param for param in self.codec.parameters() if param.requires_grad])
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+        return stepped_schedule(self.optimizer(self.codec.parameters()), self.lr_scheduler)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a transformers folder loadable by ``EncodecModel.from_pretrained`` (config and weights, codebooks

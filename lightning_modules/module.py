@@ -44,6 +44,14 @@ def set_random_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def stepped_schedule(optimizer: torch.optim.Optimizer, lr_scheduler: LRSchedulerCallable | None) -> Any:
+    """What `configure_optimizers` returns: `optimizer` alone, or with the scheduler `lr_scheduler` builds, stepped
+    every optimizer step (Lightning's default is every epoch)."""
+    if lr_scheduler is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler(optimizer), "interval": "step"}}
+
+
 @runtime_checkable
 class SavesPretrained(Protocol):
     """A LightningModule that writes its model in the backend's native format (`callbacks.SavePretrained` calls it)."""
@@ -135,11 +143,7 @@ class TextToMusicModule(ModelAudioFormat, L.LightningModule):
                  add_dataloader_idx=False)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.trainable)
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+        return stepped_schedule(self.optimizer(self.trainable), self.lr_scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trained = {name for name, param in self.named_parameters() if param.requires_grad}

@@ -12,7 +12,7 @@ bounds), and a method is called better than another on a column only where it is
     python scripts/compare_methods.py --out reports/methods_aurora_vale \
         --data configs/data/toy_forget_aurora_vale.yaml --oracle checkpoints/toy/oracle_aurora_vale
     python scripts/compare_methods.py --out reports/methods_musicgen --model configs/model/toy_musicgen.yaml \
-        --oracle checkpoints/toy/musicgen_oracle                       # the same methods on the toy MusicGen
+        --trainer configs/trainer/toy_musicgen.yaml                    # the same methods on the toy MusicGen
 
 A run that finished is not run again (delete its folder under ``<out>/runs`` or pass ``--force``), so a stopped
 comparison resumes; the table is rebuilt from every finished run. Each run leaves a small record,

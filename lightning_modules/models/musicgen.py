@@ -78,8 +78,18 @@ class MusicGen(TextToMusicModel):
             processor = AutoProcessor.from_pretrained(str(pretrained))
         finally:
             hf_logging.set_verbosity(previous_verbosity)
-        self.attach(model, processor, pretrained, duration, guidance_scale, lora_rank, lora_alpha, lora_groups,
-                    lora_dropout, gradient_checkpointing)
+        self.attach(model, processor, pretrained, duration, guidance_scale)
+        if gradient_checkpointing:
+            decoder = self.model.decoder  # the method's name before transformers deprecated it for the one below
+            enable = getattr(decoder, "activation_checkpointing_enable", decoder.gradient_checkpointing_enable)
+            enable({"use_reentrant": False})
+        self.lora_rank = lora_rank
+        if lora_rank > 0:
+            names = list(lora_groups) if lora_groups is not None else ["self_attention", "cross_attention"]
+            groups = {group: [param for _, param in named] for group, named in self._named_groups().items()}
+            add_lora(self.model, groups, names, lora_rank, lora_alpha, lora_dropout)
+        elif lora_groups is not None:
+            raise ValueError("lora_groups is set but lora_rank is 0: give lora_rank > 0 to train adapters.")
 
     def attach(
         self,
@@ -88,14 +98,10 @@ class MusicGen(TextToMusicModel):
         name: str,
         duration: float,
         guidance_scale: float,
-        lora_rank: int = 0,
-        lora_alpha: float | None = None,
-        lora_groups: list[str] | None = None,
-        lora_dropout: float = 0.0,
-        gradient_checkpointing: bool = False,
     ) -> None:
-        """Take `model` and its `processor` (from the checkpoint `name`) as this backend's, checked and set up as the
-        constructor's arguments say."""
+        """Take `model` and its `processor` (from the checkpoint `name`) as this backend's, checked, with its text
+        encoder and codec frozen, at clip length `duration` and `guidance_scale`; no adapters (the constructor adds
+        LoRA and gradient checkpointing after)."""
         if duration <= 0:
             raise ValueError(f"duration must be positive (seconds of audio per clip), got {duration}.")
         self.model, self.processor = model, processor
@@ -114,17 +120,7 @@ class MusicGen(TextToMusicModel):
         self.num_codebooks = int(config.decoder.num_codebooks)
         self.num_samples = round(duration * self.sample_rate)
         self.guidance_scale = guidance_scale
-        if gradient_checkpointing:
-            decoder = self.model.decoder  # the method's name before transformers deprecated it for the one below
-            enable = getattr(decoder, "activation_checkpointing_enable", decoder.gradient_checkpointing_enable)
-            enable({"use_reentrant": False})
-        self.lora_rank = lora_rank
-        if lora_rank > 0:
-            names = list(lora_groups) if lora_groups is not None else ["self_attention", "cross_attention"]
-            groups = {group: [param for _, param in named] for group, named in self._named_groups().items()}
-            add_lora(self.model, groups, names, lora_rank, lora_alpha, lora_dropout)
-        elif lora_groups is not None:
-            raise ValueError("lora_groups is set but lora_rank is 0: give lora_rank > 0 to train adapters.")
+        self.lora_rank = 0
 
     def train(self, mode: bool = True) -> MusicGen:
         super().train(mode)
@@ -371,7 +367,8 @@ class PerPromptSampler(LogitsProcessor):
             logits = logits.masked_fill(logits < kth, -math.inf)
         if self.top_p is not None and self.top_p < 1.0:
             ordered, order = logits.sort(dim=-1, descending=True)
-            outside = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= self.top_p  # keeps the top code
+            probabilities = ordered.softmax(-1)
+            outside = probabilities.cumsum(-1) - probabilities >= self.top_p  # keeps the top code
             logits = logits.masked_fill(outside.scatter(-1, order, outside), -math.inf)
         if self.generators is None:
             self.generators = [torch.Generator(scores.device).manual_seed(seed) for seed in self.seeds]
