@@ -383,13 +383,14 @@ class AttributionStore:
         return record["ids"], record["query_ids"], record["scores"]
 
     def write_summary(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Write ``summary.json`` (one row per query: query, caption, group, query_loss, top_tracks, top_group) and
-        its table ``summary.md``, atomically."""
+        """Write ``summary.json`` (one row per query: query, caption, group, query_loss, top_tracks, top_group,
+        measured: the tracks its "after" sweep measured) and its table ``summary.md``, atomically."""
         write_json_atomic(self.out_dir / SUMMARY_FILE, list(rows))
-        lines = ["| query | caption | top group | top tracks | query loss before -> after |",
-                 "|---|---|---|---|---|"]
+        lines = ["| query | caption | top group | top tracks | query loss before -> after | tracks measured |",
+                 "|---|---|---|---|---|---:|"]
         lines += [f"| {row['query']} | {row['caption']} | {row['top_group']} | {', '.join(row['top_tracks'])} | "
-                  f"{row['query_loss']['before']:.4g} -> {row['query_loss']['after']:.4g} |" for row in rows]
+                  f"{row['query_loss']['before']:.4g} -> {row['query_loss']['after']:.4g} | {row['measured']} |"
+                  for row in rows]
         write_text_atomic(self.out_dir / "summary.md", "\n".join(lines) + "\n")
 
 

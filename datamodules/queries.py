@@ -9,20 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from datamodules.attribution_store import AttributionStore, Sweep
+from datamodules.attribution_store import AttributionStore, Sweep, ids_digest
 from datamodules.audio import AudioTextDataset
 from datamodules.manifest import ManifestItem, read_queries
 from datamodules.source import DataSource
 from datamodules.sweep import NO_SHARD, ShardDataset, ShardedItemsDataModule
+from lightning_modules.attribution.cascade import cascade_candidates, check_fraction
+from lightning_modules.io import load_verified
 
 
 class QueryShardDataset(Dataset):
-    """One element per (query, shard) still to compute: the shard's element of `ShardDataset` plus ``query`` (the
-    query's index); `NO_SHARD` entries give ``{"shard": NO_SHARD}``."""
+    """One element per (query, shard) still to compute: the shard's element of the query's `ShardDataset` plus
+    ``query`` (the query's index); `NO_SHARD` entries give ``{"shard": NO_SHARD}``."""
 
-    def __init__(self, shards: ShardDataset, work: list[tuple[int, int]]) -> None:
+    def __init__(self, shards: list[ShardDataset], work: list[tuple[int, int]]) -> None:
         self.shards = shards
         self.work = work
 
@@ -31,7 +34,7 @@ class QueryShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         query, shard = self.work[index]
-        return {"shard": NO_SHARD} if shard == NO_SHARD else {**self.shards.element(shard), "query": query}
+        return {"shard": NO_SHARD} if shard == NO_SHARD else {**self.shards[query].element(shard), "query": query}
 
 
 class QueryDataModule(ShardedItemsDataModule):
@@ -52,13 +55,22 @@ class QueryDataModule(ShardedItemsDataModule):
         cache_dir: folder of cached `encode_audio` outputs; the training items are then read from it (every item
             must be encoded); queries are always read from their audio.
         query_source: writes the queries in ``prepare_data`` when missing (e.g. `ToyQueries`).
+        candidates: the cascade: a score matrix of every training track for every query (``scores_<name>.pt`` as
+            the attribution passes write it, e.g. ``<out_dir>/scores_first_order.pt``); each query's "after" sweep
+            then measures only its top `fraction` of tracks by that score. None sweeps the whole training set.
+        fraction: the share of the training set the cascade measures exactly (``ceil(fraction * N)`` tracks).
     """
 
     def __init__(self, manifest: str, queries: str, before_dir: str, out_dir: str, shard_size: int = 256,
                  num_workers: int = 0, sample_rate: int = 16000, num_samples: int = 32768,
                  source: DataSource | None = None, cache_dir: str | None = None,
-                 query_source: DataSource | None = None) -> None:
+                 query_source: DataSource | None = None, candidates: str | None = None,
+                 fraction: float = 0.05) -> None:
         super().__init__(manifest, shard_size, num_workers, sample_rate, num_samples, source, cache_dir)
+        self.candidates = candidates
+        self.fraction = check_fraction(fraction)
+        self.cheap: torch.Tensor | None = None  # the cascade's cheap scores (queries, items sorted by id)
+        self._measured: list[list[int]] = []  # per query, the indices (into the sorted items) its sweep measures
         self.query_source = query_source
         self.queries = queries
         self.before_dir = before_dir
@@ -77,6 +89,52 @@ class QueryDataModule(ShardedItemsDataModule):
         super().setup(stage)
         self._queries = read_queries(self.queries)
         self.query_set = AudioTextDataset(self._queries, self.sample_rate, self.num_samples, split="queries")
+        everything = list(range(len(self.items)))
+        if self.candidates is None:
+            self.cheap, self._measured = None, [everything for _ in self._queries]
+        else:
+            self.cheap = self._cheap_scores(Path(self.candidates))
+            self._measured = [index.tolist() for index in cascade_candidates(self.cheap, self.fraction)]
+
+    def _cheap_scores(self, path: Path) -> torch.Tensor:
+        """The cascade's score matrix, its rows in query order and its columns in the sorted items' order.
+
+        Raises:
+            FileNotFoundError, CorruptFileError: no such file, or it fails verification.
+            ValueError: it does not score every query, or it scores another training set.
+        """
+        remedy = "run the cheap pass again (e.g. configs/attribution/first_order.yaml) to rewrite it"
+        record = load_verified(path, AttributionStore.SCORES, remedy, AttributionStore.SCORES_STRUCTURE)
+        rows = {query: i for i, query in enumerate(record["query_ids"])}
+        columns = {track: j for j, track in enumerate(record["ids"])}
+        unscored = [query.id for query in self._queries if query.id not in rows]
+        if unscored:
+            raise ValueError(f"The cascade's scores {path} do not score the queries {unscored[:5]} "
+                             f"({len(unscored)} in all): run the cheap pass on this run's queries ({self.queries}).")
+        ids = [item.id for item in self.items]
+        if set(columns) != set(ids) or len(columns) != len(ids):
+            raise ValueError(f"The cascade's scores {path} cover {len(columns)} training tracks, {self.manifest} has "
+                             f"{len(ids)}, and the sets differ (e.g. {sorted(set(columns) ^ set(ids))[:3]}): run the "
+                             "cheap pass on this training set.")
+        return record["scores"][[rows[query.id] for query in self._queries]][:, [columns[i] for i in ids]]
+
+    def measured(self, query: int) -> list[int]:
+        """The indices (into the items sorted by id) of the tracks query `query`'s "after" sweep measures: all of
+        them, or the cascade's candidates."""
+        return self._measured[query]
+
+    def recipe_of(self, query: int) -> dict:
+        """What query `query`'s "after" sweep depends on besides the model: its items and their sharding (the
+        `recipe` of the whole training set, or of the cascade's candidates with the cascade's fraction)."""
+        if self.candidates is None:
+            return self.recipe()
+        ids = [self.items[index].id for index in self.measured(query)]
+        return {"shard_size": self.shard_size, "num_items": len(ids), "ids": ids_digest(ids),
+                "cascade_fraction": self.fraction}
+
+    def num_shards_of(self, query: int) -> int:
+        """The number of shards of query `query`'s "after" sweep."""
+        return -(-len(self.measured(query)) // self.shard_size)
 
     def query_items(self) -> list[ManifestItem]:
         """The queries, in manifest order."""
@@ -90,7 +148,7 @@ class QueryDataModule(ShardedItemsDataModule):
         """The (query index, shard index) pairs without a good shard file yet (missing, or failing verification),
         query-major."""
         return [(query, shard) for query in range(len(self._queries))
-                for shard in self.sweep_of(query).missing_shards(self.num_shards)]
+                for shard in self.sweep_of(query).missing_shards(self.num_shards_of(query))]
 
     def missing_files(self) -> list[Path]:
         return [self.sweep_of(query).shard_path(shard) for query, shard in self.missing_work()]
@@ -99,4 +157,6 @@ class QueryDataModule(ShardedItemsDataModule):
         """One (query, shard) per step, query-major so that the ranks work on the same query together and each loads
         a query's unlearned weights once; at least one step per rank."""
         todo = self._pad_for_ranks(self.missing_work(), placeholder=(NO_SHARD, NO_SHARD))
-        return self._loader(QueryShardDataset(ShardDataset(self.item_set, self.shard_size, []), todo))
+        shards = [ShardDataset(Subset(self.item_set, self.measured(query)), self.shard_size, [])
+                  for query in range(len(self._queries))]
+        return self._loader(QueryShardDataset(shards, todo))

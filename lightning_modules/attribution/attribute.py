@@ -4,7 +4,9 @@ et al., "Data Attribution for Text-to-Image Models by Unlearning Synthesized Ima
 its own by Fisher-preconditioned ascent (`FisherAscent`), the training set's losses are measured again at the
 "before" sweep's fixed draws (the "after" sweep, sharded over ranks and resumable), and each track's score is its
 loss after minus its loss before, written as a ranking per query, a summary over the queries and the score matrix
-(``<out_dir>/scores_unlearning.pt``, `AttributionStore.read_scores`, as the baselines write theirs).
+(``<out_dir>/scores_unlearning.pt``, `AttributionStore.read_scores`, as the baselines write theirs). With the
+DataModule's ``candidates`` (the cascade), the "after" sweep measures only each query's candidates and the other
+tracks score their cheap score on the exact scores' scale (`calibrated_scores`).
 
 The deltas are computed first, each query by one rank (round-robin) and written to ``<query>/delta.pt``, so every
 rank measures exactly the same weights and a resumed run reuses them; then the ranks share the (query, shard) steps
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from datamodules.attribution_store import UNLEARNING, Delta, differing_keys
 from datamodules.interfaces import QueryWork, require
+from lightning_modules.attribution.cascade import calibrated_scores
 from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores, group_scores, log_ranking, write_ranking
 from lightning_modules.attribution.settings import AscentSettings
@@ -150,7 +153,7 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         self._restore()
         load_delta(self.model, data.store.delta(data.query_items()[query].id).path)
         recipe = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.sweep["masked"]),
-                  **data.recipe()}
+                  **data.recipe_of(query)}
         data.sweep_of(query).open(recipe, write=True)  # every rank holding it writes the same recipe
         self.current = query
 
@@ -181,12 +184,15 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         groups = [items[item_id].group for item_id in ids]
         experiment = self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
         summary, matrix = [], []
-        for query in data.query_items():
+        for index, query in enumerate(data.query_items()):
             after_ids, after = data.store.sweep(query.id).read()
-            if after_ids != ids:
+            measured = data.measured(index)
+            if after_ids != [ids[i] for i in measured]:
                 raise ValueError(f"The sweeps in {data.before.folder} and {data.store.sweep(query.id).folder} cover "
                                  "other tracks; delete the query's folder and run again.")
-            scores = attribution_scores(before, after)
+            scores = attribution_scores(before[measured], after)
+            if data.cheap is not None:  # the cascade: the rest by the cheap score, on the exact scores' scale
+                scores = calibrated_scores(data.cheap[index], torch.tensor(measured), scores)
             matrix.append(scores)
             named = f"{query.id}, “{query.caption}”"
             rows = write_ranking(data.store.query_dir(query.id), ids, captions, groups, scores, self.top_k,
@@ -195,7 +201,7 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
             settings = data.store.delta(query.id).settings()
             summary.append({"query": query.id, "caption": query.caption, "group": query.group,
                             "query_loss": settings["query_loss"], "top_tracks": [row["id"] for row in rows[:5]],
-                            "top_group": per_group[0]["group"] if per_group else ""})
+                            "top_group": per_group[0]["group"] if per_group else "", "measured": len(measured)})
             if experiment is not None:
                 log_ranking(experiment, rows, tag=f"attribution/{query.id}", top_k=self.top_k, query=named)
         data.store.write_summary(summary)

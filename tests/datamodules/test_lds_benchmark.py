@@ -83,6 +83,39 @@ def test_evaluate_aligns_the_scores_and_gives_the_true_effects_an_lds_of_one(tmp
         lds.main(["evaluate", "--benchmark", str(tmp_path / "lds"), "--scores", str(store.scores_path("short"))])
 
 
+def test_the_cascade_study_keeps_a_perfect_cheap_scores_ranking_and_measures_its_cost(tmp_path):
+    """`scripts/cascade_study.py` on the additive world: a cheap score proportional to the true effect (the full
+    sweep's scores here) leaves nothing for the cascade to lose (recall 1, LDS 1, the rest calibrated back exactly); a
+    random cheap score keeps only the exactly measured tracks, and measuring every track is the full sweep."""
+    from scripts import cascade_study
+
+    benchmark = LdsBenchmark(tmp_path / "lds")
+    recipe = _recipe()
+    benchmark.create(recipe)
+    effect = torch.randn(4, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for index in range(6):
+        benchmark.write_model(index, 5 - benchmark.subset(index).double() @ effect.T)
+    store = AttributionStore(tmp_path / "scores")
+    store.write_scores("exact", recipe["train_ids"], recipe["query_ids"], effect.float(), "test")
+    store.write_scores("proportional", recipe["train_ids"], recipe["query_ids"], 3 * effect.float(), "test")
+    noise = torch.randn(4, 12, generator=torch.Generator().manual_seed(1))
+    store.write_scores("random", recipe["train_ids"], recipe["query_ids"], noise, "test")
+    run = ["--benchmark", str(tmp_path / "lds"), "--exact", str(store.scores_path("exact")), "--k", "2", "6"]
+    perfect = cascade_study.main([*run, "--cheap", str(store.scores_path("proportional")), "--fractions", "0.1",
+                                  "--out", str(tmp_path / "perfect")])
+    row = perfect["cascades"]["0.1"]
+    assert row["measured_tracks"] == 2 and row["fewer_evaluations"] == 6
+    assert row["recall@2"]["value"] == row["recall@6"]["value"] == 1.0
+    assert row["lds"]["value"] == pytest.approx(1.0) and row["lds_minus_full"]["value"] == pytest.approx(0.0)
+    _, _, written = AttributionStore(tmp_path / "perfect").read_scores("cascade_0.1")
+    assert torch.allclose(written.double(), effect[2:], atol=1e-6)  # the test split's queries, calibrated exactly
+    assert "| cascade, S = 10% | 2 | 6 |" in (tmp_path / "perfect" / "cascade.md").read_text()
+    blind = cascade_study.main([*run, "--cheap", str(store.scores_path("random")), "--fractions", "1", "--split",
+                                "all", "--out", str(tmp_path / "blind")])
+    assert blind["cascades"]["1"]["recall@6"]["value"] == 1.0 == blind["full_sweep"]["lds"]["value"]
+    assert blind["cheap_alone"]["recall@6"]["value"] < 1.0
+
+
 def test_build_trains_each_shards_subset_models_once_and_measures_every_query(tmp_path, tiny_corpus, tiny_model_dir):
     queries, config = tiny_lds_world(tmp_path, tiny_corpus, tiny_model_dir, max_steps=2)
     args = ["build", "--benchmark", str(tmp_path / "lds"), "--config", str(config), "--queries",

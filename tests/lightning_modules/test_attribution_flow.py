@@ -2,12 +2,13 @@
 "before" sweep, then two queries (a padded crop of a training track and a held-out track) attributed in one run. The
 rankings equal unlearning and sweeping by hand; an interrupted run resumes to the same scores without recomputing what
 it kept, and unlearns again a query whose delta files are corrupt; two DDP processes give the rankings of one; a
-"before" sweep of the wrong masking is refused."""
+"before" sweep of the wrong masking is refused; the cascade sweeps only its candidates, at the full sweep's scores."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 from datamodules import read_manifest, write_manifest
 from datamodules.attribution_store import AttributionStore, Delta, Sweep
 from datamodules.audio import AudioTextDataset
+from lightning_modules.attribution.cascade import calibration_slope, cascade_candidates
 from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores
 from lightning_modules.attribution.settings import AscentSettings
@@ -149,3 +151,32 @@ def test_two_ddp_processes_give_the_rankings_of_one(world, tmp_path):
 def test_a_before_sweep_of_the_wrong_masking_is_refused(world, tmp_path):
     with pytest.raises(AssertionError, match="masked"):
         _attribute(world, tmp_path / "dual", "--model.init_args.ascent.masking=dual")
+
+
+def test_the_cascade_sweeps_only_its_candidates_and_keeps_their_exact_scores(world, tmp_path):
+    """`candidates` (the cascade): each query's "after" sweep measures its top `fraction` of tracks by a cheap score
+    matrix; their scores are the full sweep's, the other tracks' the cheap score on the exact scores' scale; a
+    sweep of another fraction in the same folder is refused."""
+    ids, queries, full = AttributionStore(world["out"]).read_scores("unlearning")
+    cheap = torch.rand(len(queries), len(ids), generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(1))  # any column order is read back
+    AttributionStore(tmp_path).write_scores("cheap", [ids[i] for i in order], queries, cheap[:, order], "test")
+    fraction, measured = 0.3, math.ceil(0.3 * len(ids))
+    out = tmp_path / "cascade"
+    flags = ("--data.init_args.candidates", str(tmp_path / "scores_cheap.pt"))
+    _attribute(world, out, *flags, f"--data.init_args.fraction={fraction}")
+    _, _, cascade = AttributionStore(out).read_scores("unlearning")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["measured"] for row in summary] == [measured] * len(queries)
+    for row, query in enumerate(queries):
+        swept, _ = Sweep(out / query / "unlearning" / "sweep").read()
+        candidates = cascade_candidates(cheap[row], fraction)
+        assert swept == [ids[i] for i in candidates.tolist()]  # the top 30 % by the cheap score, and nothing else
+        assert torch.allclose(cascade[row, candidates], full[row, candidates], rtol=0, atol=1e-6)
+        rest = torch.ones(len(ids), dtype=torch.bool)
+        rest[candidates] = False
+        slope = calibration_slope(cheap[row, candidates], full[row, candidates])
+        assert torch.allclose(cascade[row, rest].double(), slope * cheap[row, rest].double(), rtol=1e-5, atol=1e-9)
+        assert _scores(out, query).keys() == set(ids)  # the ranking still covers every track
+    with pytest.raises(AssertionError, match="a sweep with other cascade_fraction, ids"):  # other candidates
+        _attribute(world, out, *flags, "--data.init_args.fraction=0.6")
