@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class SweepWriter(BasePredictionWriter):
-    """Writes each prediction ``{"sweep", "shard", "id", "loss"}`` into its sweep (a
+    """Writes each prediction ``{"sweep", "shard", "id", "rows"}`` into its sweep (a
     `datamodules.attribution_store.Sweep`: the DataModule's in `LossSweep`, one per query in `QueryAttribution`), one
     file per shard with its digest; every rank writes its own shards, and at the end every shard the DataModule lists
     (``missing_files()``: missing or failing verification) must be there. The module checks and records each sweep's
@@ -39,7 +39,7 @@ class SweepWriter(BasePredictionWriter):
                            dataloader_idx: int = 0) -> None:
         if prediction["shard"] == NO_SHARD:
             return
-        prediction["sweep"].write_shard(prediction["shard"], prediction["id"], prediction["loss"])
+        prediction["sweep"].write_shard(prediction["shard"], prediction["id"], prediction["rows"])
         self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

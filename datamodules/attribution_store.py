@@ -70,20 +70,26 @@ def ids_digest(ids: Sequence[str]) -> str:
 class Sweep:
     """One loss sweep's folder: ``sweep.json`` (the recipe: the model, its weights, the draws and the items) and one
     ``shard-NNNNN.pt`` per fixed shard of the items sorted by id (ids and losses `(items, draws)` float32).
+    `FeatureStore` is the same layout for per-item feature vectors.
 
     Args:
         folder: the sweep's folder.
     """
 
     RECIPE = "sweep.json"
-    SHARD = "loss sweep shard"
-    SHARD_STRUCTURE = {"id": StrListField(), "loss": TensorField(ndim=2, dtype=torch.float32, finite=True)}
+    KIND = "loss sweep"
+    FIELD = "loss"  # the per-item rows' key in a shard file
+    COMMAND = "configs/attribution/sweep.yaml --data.init_args.sweep_dir"  # the pass that writes it
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
 
     def __repr__(self) -> str:
-        return f"Sweep({str(self.folder)!r})"
+        return f"{type(self).__name__}({str(self.folder)!r})"
+
+    @property
+    def shard_structure(self) -> dict[str, Any]:
+        return {"id": StrListField(), self.FIELD: TensorField(ndim=2, dtype=torch.float32, finite=True)}
 
     @property
     def recipe_path(self) -> Path:
@@ -94,25 +100,26 @@ class Sweep:
         return self.folder / f"shard-{index:05d}.pt"
 
     def _rerun(self) -> str:
-        return f"run the command that wrote the sweep {self.folder} again: it recomputes missing and bad shards"
+        return f"run the command that wrote the {self.KIND} {self.folder} again: it recomputes missing and bad shards"
 
-    def write_shard(self, index: int, ids: Sequence[str], loss: Tensor) -> None:
-        """Write shard `index`: its item `ids` and their losses `(items, draws)` (float32), atomically."""
-        save_verified({"id": list(ids), "loss": loss.detach().cpu().float()}, self.shard_path(index))
+    def write_shard(self, index: int, ids: Sequence[str], rows: Tensor) -> None:
+        """Write shard `index`: its item `ids` and their rows (losses `(items, draws)`), float32, atomically."""
+        save_verified({"id": list(ids), self.FIELD: rows.detach().cpu().float()}, self.shard_path(index))
 
     def read_shard(self, index: int) -> tuple[list[str], Tensor]:
-        """The ids and losses `(items, draws)` of shard `index`, verified (digest, structure, finite losses).
+        """The ids and rows (losses `(items, draws)`) of shard `index`, verified (digest, structure, finite values).
 
         Raises:
             FileNotFoundError: the shard was not written.
             CorruptFileError: it fails verification; the message names the file.
         """
         path = self.shard_path(index)
-        shard = load_verified(path, self.SHARD, self._rerun(), self.SHARD_STRUCTURE)
-        if len(shard["loss"]) != len(shard["id"]):
-            raise CorruptFileError(path, self.SHARD, f"holds {len(shard['id'])} ids but {len(shard['loss'])} rows of "
-                                   "losses", self._rerun())
-        return shard["id"], shard["loss"]
+        label = f"{self.KIND} shard"
+        shard = load_verified(path, label, self._rerun(), self.shard_structure)
+        if len(shard[self.FIELD]) != len(shard["id"]):
+            raise CorruptFileError(path, label, f"holds {len(shard['id'])} ids but {len(shard[self.FIELD])} rows",
+                                   self._rerun())
+        return shard["id"], shard[self.FIELD]
 
     def shard_done(self, index: int) -> bool:
         """Whether shard `index` is written and passes verification; a bad one is logged with a warning (it is
@@ -130,12 +137,12 @@ class Sweep:
             FileNotFoundError: there is none.
             CorruptFileError: it fails verification (or is not a JSON object); the message names it.
         """
-        remedy = (f"what the sweep's shards measured is unknown: delete the folder {self.folder} and run the sweep "
+        remedy = (f"what the {self.KIND}'s shards hold is unknown: delete the folder {self.folder} and run it "
                   "again (or give another folder)")
-        recipe = read_json_verified(self.recipe_path, "loss sweep recipe", remedy)
+        recipe = read_json_verified(self.recipe_path, f"{self.KIND} recipe", remedy)
         if not isinstance(recipe, dict):
-            raise CorruptFileError(self.recipe_path, "loss sweep recipe", f"holds {type(recipe).__name__}, not a JSON "
-                                   "object", remedy)
+            raise CorruptFileError(self.recipe_path, f"{self.KIND} recipe", f"holds {type(recipe).__name__}, not a "
+                                   "JSON object", remedy)
         return recipe
 
     def open(self, recipe: dict, write: bool) -> None:
@@ -152,7 +159,7 @@ class Sweep:
             saved = self.read_recipe()
             differs = differing_keys(saved, recipe, strict=True)
             if differs:
-                raise ValueError(f"{self.folder} holds a sweep with other {', '.join(differs)} than this run's "
+                raise ValueError(f"{self.folder} holds a {self.KIND} with other {', '.join(differs)} than this run's "
                                  f"({ {key: saved.get(key) for key in differs} } there, "
                                  f"{ {key: recipe.get(key) for key in differs} } now); give another folder, or delete "
                                  "it to start over.")
@@ -171,16 +178,15 @@ class Sweep:
             ValueError: the shards do not hold the items the recipe names.
         """
         if not self.recipe_path.is_file():
-            raise FileNotFoundError(f"{self.recipe_path} not found: {self.folder} holds no loss sweep. Run one first: "
-                                    "`python train.py predict --config configs/attribution/sweep.yaml "
-                                    f"--data.init_args.sweep_dir {self.folder}`.")
+            raise FileNotFoundError(f"{self.recipe_path} not found: {self.folder} holds no {self.KIND}. Run one first: "
+                                    f"`python train.py predict --config {self.COMMAND} {self.folder}`.")
         recipe = self.read_recipe()
         num_shards = math.ceil(recipe["num_items"] / recipe["shard_size"])
         missing = [index for index in range(num_shards) if not self.shard_path(index).is_file()]
         if missing:
-            raise FileNotFoundError(f"The sweep in {self.folder} is incomplete: {len(missing)} of {num_shards} "
+            raise FileNotFoundError(f"The {self.KIND} in {self.folder} is incomplete: {len(missing)} of {num_shards} "
                                     f"shard(s) are missing (e.g. {[self.shard_path(i).name for i in missing[:5]]}). "
-                                    "Run the same sweep command again: written shards are skipped.")
+                                    "Run the same command again: written shards are skipped.")
         ids: list[str] = []
         losses = []
         for index in range(num_shards):
@@ -189,8 +195,21 @@ class Sweep:
             losses.append(shard_losses)
         if ids != sorted(ids) or len(ids) != recipe["num_items"] or ids_digest(ids) != recipe["ids"]:
             raise ValueError(f"The shards in {self.folder} do not hold the items its {self.RECIPE} names; delete the "
-                             "folder and run the sweep again.")
+                             "folder and run it again.")
         return ids, torch.cat(losses)
+
+
+class FeatureStore(Sweep):
+    """A training set's per-item feature vectors `(items, dim)` float32 (projected, preconditioned gradients for the
+    first-order estimate, TRAK and D-TRAK), computed once and read by every later pass (`SimilarityRanking`'s
+    ``train_store``): ``store.json`` (the recipe: the model, its weights, the baseline and its feature settings, the
+    items) and one ``shard-NNNNN.pt`` per fixed shard, written atomically, resumable shard by shard
+    (``configs/attribution/gradient_store.yaml``)."""
+
+    RECIPE = "store.json"
+    KIND = "feature store"
+    FIELD = "vectors"
+    COMMAND = "configs/attribution/gradient_store.yaml --data.init_args.sweep_dir"
 
 
 class Delta:

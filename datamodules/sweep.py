@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from datamodules.attribution_store import Sweep, ids_digest
+from datamodules.attribution_store import FeatureStore, Sweep, ids_digest
 from datamodules.audio import AudioTextDataset
 from datamodules.base import ManifestDataModule
 from datamodules.manifest import ManifestItem, check_audio_files, read_manifest
@@ -147,3 +147,14 @@ class SweepDataModule(ShardedItemsDataModule):
         """One shard per step, only the shards not yet written, at least one step per rank."""
         todo = self._pad_for_ranks(self.missing_shards())
         return self._loader(ShardDataset(self.item_set, self.shard_size, todo))
+
+
+class FeatureStoreDataModule(SweepDataModule):
+    """The items of a manifest in fixed shards, for `FeatureStorePass` and `SweepWriter`: as `SweepDataModule`, with
+    `sweep_dir` the folder of a `datamodules.attribution_store.FeatureStore`."""
+
+    def __init__(self, manifest: str, sweep_dir: str, shard_size: int = 256, num_workers: int = 0,
+                 sample_rate: int = 16000, num_samples: int = 32768, source: DataSource | None = None,
+                 cache_dir: str | None = None) -> None:
+        super().__init__(manifest, sweep_dir, shard_size, num_workers, sample_rate, num_samples, source, cache_dir)
+        self.sweep = FeatureStore(sweep_dir)

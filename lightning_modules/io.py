@@ -124,6 +124,11 @@ class CorruptFileError(ValueError):
         super().__init__(f"{self.path} ({what}) {problem}; {remedy}")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex: what a recipe records of an input file (a Fisher, a query's audio)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def digest_path(path: str | os.PathLike) -> Path:
     """The sidecar holding the SHA-256 digest of `path`: ``<path>.sha256``."""
     path = Path(path)

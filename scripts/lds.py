@@ -20,7 +20,6 @@ its 95 % bootstrap interval over queries and writes every query's LDS to `--out`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shutil
 import sys
@@ -47,7 +46,7 @@ from lightning_modules.attribution.lds import (  # noqa: E402
     query_losses,
     spearman_interval,
 )
-from lightning_modules.io import load_verified, read_json_verified, write_json_atomic  # noqa: E402
+from lightning_modules.io import file_sha256, load_verified, read_json_verified, write_json_atomic  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
 log = logging.getLogger("lds")
@@ -114,10 +113,6 @@ def evaluate(benchmark: LdsBenchmark, scores_path: Path, split: str | None, mode
             "groups": group_effects(benchmark, scores, train_ids, query_ids)}
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def training_manifest(config: dict, config_path: Path) -> Path:
     """The training manifest the config trains on (``data.init_args.manifest``)."""
     manifest = ((config.get("data") or {}).get("init_args") or {}).get("manifest")
@@ -142,7 +137,7 @@ def build_recipe(args: argparse.Namespace) -> tuple[dict, list[ManifestItem], li
               "split": split,
               "fraction": args.fraction, "seed": args.seed, "num_models": args.num_models, "draws": args.draws,
               "draw_seed": args.draw_seed, "training_config": config,
-              "query_audio": {query.id: file_digest(query.path) for query in query_items}}
+              "query_audio": {query.id: file_sha256(query.path) for query in query_items}}
     return recipe, train_items, query_items
 
 

@@ -160,13 +160,13 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
     def predict_step(self, element: dict, batch_idx: int = 0) -> dict:
         """The "after" losses `(items, draws)` of one shard for one query, for `SweepWriter`."""
         if "batch" not in element:
-            return {"shard": int(element["shard"]), "id": [], "loss": torch.empty(0, self.sweep["draws"])}
+            return {"shard": int(element["shard"]), "id": [], "rows": torch.empty(0, self.sweep["draws"])}
         self._hold(int(element["query"]))
         self.model.eval()
         losses = sweep_losses(self.model, element["batch"], self.sweep["draws"], self.sweep["seed"],
                               self.sweep["masked"], self.micro_batch_size)
         return {"sweep": self.trainer.datamodule.sweep_of(int(element["query"])),
-                "shard": int(element["shard"]), "id": list(element["batch"]["id"]), "loss": losses}
+                "shard": int(element["shard"]), "id": list(element["batch"]["id"]), "rows": losses}
 
     def on_predict_end(self) -> None:
         """Rank 0 scores every query (its "after" sweep against the "before" one) and writes the rankings."""

@@ -10,6 +10,10 @@ own items, and only the scores `(n_queries, n_train)` travel to rank zero, which
 and writes, per query, ``<out_dir>/<query id>/<name>/`` (ranking and groups as CSV / JSON, top tracks as markdown
 and a bar plot; higher = more similar = more attributed) and ``<out_dir>/scores_<name>.pt``
 (`AttributionStore.read_scores`) for the consistency evaluation.
+
+With ``train_store`` (a `FeatureStore` of the same baseline, ``configs/attribution/gradient_store.yaml``), the
+training items' features are read from the store instead of computed: a pass over new queries then costs their own
+gradients and one product with the stored matrix.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from datamodules.attribution_store import UNLEARNING, AttributionStore
+from datamodules.attribution_store import UNLEARNING, AttributionStore, FeatureStore, differing_keys, ids_digest
 from datamodules.interfaces import HasQueries, require
+from lightning_modules.attribution.feature_store import baseline_features, store_recipe
 from lightning_modules.attribution.scoring import log_ranking, write_ranking
 from lightning_modules.attribution.similarity import Features, SimilarityBaseline
 from lightning_modules.io import check_folder_name
@@ -44,10 +49,13 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         out_dir: where the rankings go: ``<out_dir>/<query id>/<name>/`` and ``<out_dir>/scores_<name>.pt``.
         name: the baseline's sub-folder in each query's folder (e.g. "clap"), and its TensorBoard tag.
         top_k: tracks in each query's markdown table and bar plot.
+        train_store: a `FeatureStore` folder of the training items' features under this model and baseline
+            (written by ``configs/attribution/gradient_store.yaml``); they are read from it, not computed. None
+            computes them.
     """
 
     def __init__(self, model: TextToMusicModel, baseline: SimilarityBaseline, out_dir: str, name: str,
-                 top_k: int = 20) -> None:
+                 top_k: int = 20, train_store: str | None = None) -> None:
         super().__init__()
         check_folder_name(name, "name")
         if name == UNLEARNING:
@@ -61,6 +69,8 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         self.store = AttributionStore(out_dir)
         self.name = name
         self.top_k = top_k
+        self.train_store = None if train_store is None else FeatureStore(train_store)
+        self._stored: dict[str, Tensor] = {}  # the store's vectors by training id, once read
         self.train_ids: list[str] = []
         self.query_ids: list[str] = []
         self.scores: Tensor | None = None  # (n_queries, n_train) after the pass, on every rank
@@ -95,6 +105,25 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
                 raise ValueError(f"Query id {query_id!r} is the name of the score file in {self.out_dir}; rename the "
                                  "query or choose another model.init_args.name.")
         self._index = {item_id: index for index, item_id in enumerate(self.train_ids)}
+        if self.train_store is not None:
+            self._stored = self._read_store(self.train_store)
+
+    def _read_store(self, store: FeatureStore) -> dict[str, Tensor]:
+        """The store's vectors by id, after checking its recipe is this model's, baseline's and training set's.
+
+        Raises:
+            ValueError: the store was written for another model, weights, feature settings or training set.
+        """
+        expected = {**store_recipe(self.model, self.baseline), "num_items": len(self.train_ids),
+                    "ids": ids_digest(self.train_ids)}
+        differs = differing_keys(store.read_recipe(), expected)
+        if differs:
+            raise ValueError(f"The feature store {store.folder} holds features of other {', '.join(differs)} than "
+                             "this pass's model, baseline and training set; write a store for them "
+                             "(configs/attribution/gradient_store.yaml with the same model and baseline) or leave out "
+                             "train_store.")
+        ids, vectors = store.read()
+        return dict(zip(ids, vectors, strict=True))
 
     def on_predict_start(self) -> None:
         self._rows = []
@@ -103,15 +132,8 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         self.scores = None
 
     def features(self, batch: Batch) -> Features:
-        """The baseline's features of `batch`; autograd is re-enabled (prediction runs under inference mode or
-        no_grad) on copies of the batch's tensors made outside inference mode, for the gradient baseline."""
-        with torch.inference_mode(False), torch.enable_grad():
-            copy = {key: value.clone() if isinstance(value, Tensor) else value for key, value in batch.items()}
-            features = self.baseline.features([copy], self.model)  # type: ignore[list-item]
-        if features.ids != list(batch["id"]):
-            raise RuntimeError(f"{type(self.baseline).__name__} returned features of {features.ids[:5]} for a batch "
-                               f"of {list(batch['id'])[:5]}; a baseline must keep the order of the items.")
-        return features
+        """The baseline's features of `batch` (`baseline_features`)."""
+        return Features(list(batch["id"]), baseline_features(self.baseline, self.model, batch))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[str]:
         """Keeps the features of the batch's items not yet seen on this rank; returns their ids."""
@@ -124,7 +146,10 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         if len(fresh) < len(batch["id"]):
             batch = {key: ([value[i] for i in fresh] if isinstance(value, list) else value[fresh])  # type: ignore[assignment]
                      for key, value in batch.items()}
-        features = self.features(batch)
+        if self._stored:  # read, not computed
+            features = Features(list(batch["id"]), torch.stack([self._stored[item_id] for item_id in batch["id"]]))
+        else:
+            features = self.features(batch)
         self._rows.extend(self._index[item_id] for item_id in features.ids)
         self._seen.update(self._rows[-len(features.ids):])
         self._vectors.append(features.vectors)

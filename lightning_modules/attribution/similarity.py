@@ -15,13 +15,14 @@ import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.gradients import item
+from lightning_modules.io import file_sha256
 from lightning_modules.metrics.embedder import AudioEmbedder
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.passes import check_finite, measuring
@@ -314,6 +315,15 @@ class SimilarityBaseline(nn.Module, ABC):
     def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
         """Feature vectors `(n_items, dim)` of the items of `batches` under `model`, in order."""
 
+    def feature_settings(self) -> dict[str, Any]:
+        """What the baseline's features depend on besides the model and the item, for a `FeatureStore`'s recipe.
+
+        Raises:
+            ValueError: the baseline keeps no feature store.
+        """
+        raise ValueError(f"{type(self).__name__} keeps no feature store; the store holds the gradient baselines' "
+                         "features (GradientSimilarity, TrakScores, FirstOrderUnlearning).")
+
     def match(self, queries: Tensor, train: Tensor, total: Callable[[Tensor], Tensor] = _unreduced) -> Tensor:
         """Scores `(n_queries, n_train)` of query features against training features (higher = the track counts
         more for the query). `train` may be one process's share of the training set: `total` sums a tensor over
@@ -392,6 +402,10 @@ class GradientSimilarity(SimilarityBaseline):
     def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
         return gradient_features(model, self.parameter_groups, batches, **self.options)  # type: ignore[arg-type]
 
+    def feature_settings(self) -> dict[str, Any]:
+        """The gradients' settings (a TRAK store serves any damping: that is in `match` only)."""
+        return {"features": "GradientSimilarity", "parameter_groups": self.parameter_groups, **self.options}
+
 
 class TrakScores(GradientSimilarity):
     """TRAK (Park et al., ICML 2023) on a diffusion model, and D-TRAK (Zheng et al., ICLR 2024): projected
@@ -456,6 +470,11 @@ class FirstOrderUnlearning(GradientSimilarity):
         scale = [(count * value.float() + self.eps).rsqrt() for value in fisher]
         return gradient_features(model, self.parameter_groups, batches, shared_draws=False, preconditioner=scale,
                                  **self.options)  # type: ignore[arg-type]
+
+    def feature_settings(self) -> dict[str, Any]:
+        """The gradients' settings, each item at its own draws, and the Fisher that scales them (its file's digest)."""
+        return {**super().feature_settings(), "features": "FirstOrderUnlearning", "eps": self.eps,
+                "fisher": file_sha256(self.fisher_path)}
 
     def match(self, queries: Tensor, train: Tensor, total: Callable[[Tensor], Tensor] = _unreduced) -> Tensor:
         return queries.double().matmul(train.double().T).float()

@@ -165,10 +165,10 @@ class LossSweep(ModelAudioFormat, L.LightningModule):
         self.trainer.strategy.barrier("sweep_recipe_checked")
 
     def predict_step(self, shard: dict, batch_idx: int = 0) -> dict:
-        """``{"sweep", "shard": index, "id": ids, "loss": (items, draws)}`` for a `SweepDataModule` shard; a
+        """``{"sweep", "shard": index, "id": ids, "rows": losses (items, draws)}`` for a `SweepDataModule` shard; a
         placeholder step (no ``batch``) gives no ids."""
         if "batch" not in shard:
-            return {"shard": int(shard["shard"]), "id": [], "loss": torch.empty(0, self.draws)}
+            return {"shard": int(shard["shard"]), "id": [], "rows": torch.empty(0, self.draws)}
         self.model.eval()
         return {"sweep": self.trainer.datamodule.sweep, "shard": int(shard["shard"]),
-                "id": list(shard["batch"]["id"]), "loss": self.losses(shard["batch"])}
+                "id": list(shard["batch"]["id"]), "rows": self.losses(shard["batch"])}

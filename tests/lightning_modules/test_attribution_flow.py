@@ -2,7 +2,8 @@
 "before" sweep, then two queries (a padded crop of a training track and a held-out track) attributed in one run. The
 rankings equal unlearning and sweeping by hand; an interrupted run resumes to the same scores without recomputing what
 it kept, and unlearns again a query whose delta files are corrupt; two DDP processes give the rankings of one; a
-"before" sweep of the wrong masking is refused; the cascade sweeps only its candidates, at the full sweep's scores."""
+"before" sweep of the wrong masking is refused; the cascade sweeps only its candidates, at the full sweep's scores; a
+gradient store serves the first-order pass and resumes shard by shard."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from datamodules import read_manifest, write_manifest
-from datamodules.attribution_store import AttributionStore, Delta, Sweep
+from datamodules.attribution_store import AttributionStore, Delta, FeatureStore, Sweep
 from datamodules.audio import AudioTextDataset
 from lightning_modules.attribution.cascade import calibration_slope, cascade_candidates
 from lightning_modules.attribution.query import FisherAscent
@@ -178,5 +179,50 @@ def test_the_cascade_sweeps_only_its_candidates_and_keeps_their_exact_scores(wor
         slope = calibration_slope(cheap[row, candidates], full[row, candidates])
         assert torch.allclose(cascade[row, rest].double(), slope * cheap[row, rest].double(), rtol=1e-5, atol=1e-9)
         assert _scores(out, query).keys() == set(ids)  # the ranking still covers every track
-    with pytest.raises(AssertionError, match="a sweep with other cascade_fraction, ids"):  # other candidates
+    with pytest.raises(AssertionError, match="sweep with other cascade_fraction, ids"):  # other candidates
         _attribute(world, out, *flags, "--data.init_args.fraction=0.6")
+
+
+def _first_order_baseline(world) -> list[str]:
+    """The first-order baseline of these tests: the world's Fisher and groups, 2 draws, sketched to 64."""
+    key = "--model.init_args.baseline.init_args"
+    return [f"{key}.fisher_path", str(world["fisher"]), f"{key}.parameter_groups={GROUPS}", f"{key}.draws=2",
+            f"{key}.projection_dim=64"]
+
+
+def _first_order(world, out_dir: Path, *flags: str) -> None:
+    _cli("first_order", world["root"], *world["model"], *_first_order_baseline(world), "--model.init_args.out_dir",
+         str(out_dir), "--data.init_args.manifest", str(world["train"]), "--data.init_args.queries",
+         str(world["queries"]), "--data.init_args.query_source=null", "--data.init_args.batch_size=4", *flags)
+
+
+def test_a_gradient_store_serves_the_first_order_pass_and_resumes_shard_by_shard(world, tmp_path):
+    """`gradient_store.yaml` writes the training set's projected gradients once; `first_order.yaml` reading them
+    (`train_store`) scores as computing them; a store missing a shard recomputes only it; a reader with other
+    feature settings is refused."""
+    store = tmp_path / "store"
+
+    def build(*flags: str) -> None:
+        _cli("gradient_store", world["root"], *world["model"], *_first_order_baseline(world),
+             "--data.init_args.manifest", str(world["train"]), "--data.init_args.sweep_dir", str(store),
+             "--data.init_args.shard_size=3", *flags)
+
+    build()
+    ids, vectors = FeatureStore(store).read()
+    assert ids == sorted(item.id for item in read_manifest(world["train"])) and vectors.shape == (len(ids), 64)
+    _first_order(world, tmp_path / "computed")
+    _first_order(world, tmp_path / "stored", "--model.init_args.train_store", str(store))
+    computed = AttributionStore(tmp_path / "computed").read_scores("first_order")
+    stored = AttributionStore(tmp_path / "stored").read_scores("first_order")
+    assert computed[:2] == stored[:2] and computed[2].abs().max() > 0
+    assert torch.allclose(stored[2], computed[2], rtol=1e-5, atol=1e-7 * float(computed[2].abs().max()))
+    kept = {path: path.stat().st_mtime_ns for path in store.glob("shard-*.pt")}
+    FeatureStore(store).shard_path(1).unlink()  # as if stopped before its last shards
+    build()
+    assert [path for path in kept if path.stat().st_mtime_ns != kept[path]] == [FeatureStore(store).shard_path(1)]
+    assert torch.equal(FeatureStore(store).read()[1], vectors)
+    with pytest.raises(AssertionError, match="other projection_dim than this pass's model, baseline and training set"):
+        _first_order(world, tmp_path / "other", "--model.init_args.train_store", str(store),
+                     "--model.init_args.baseline.init_args.projection_dim=32")
+    with pytest.raises(AssertionError, match="feature store with other projection_dim"):  # nor is it continued
+        build("--model.init_args.baseline.init_args.projection_dim=32")
