@@ -7,9 +7,10 @@ missing and a DataModule that has it.
 - `HasSplits` (``split_dataset(split)``): `UnlearningModule`; `ForgetRetainDataModule`.
 - `HasEvalSets` (``eval_datasets()``): `UnlearningEvaluation`, `UnlearningGuard`; `ForgetRetainDataModule`.
 - `ShardWork` (``missing_files()``): `SweepWriter`; `SweepDataModule`, `QueryDataModule`.
-- `SweepWork` (and ``sweep``, ``recipe()``): `LossSweep`; `SweepDataModule`.
-- `QueryWork` (and ``before``, ``store``, ``query_set``, ``query_items()``, ``missing_work()``): `QueryAttribution`;
-  `QueryDataModule`.
+- `SweepWork` (and ``sweep``, ``recipe()``): `LossSweep`, `FeatureStorePass`; `SweepDataModule`,
+  `FeatureStoreDataModule`.
+- `QueryWork` (and ``before``, ``store``, ``query_set``, ``query_items()``, ``missing_work()``, ``measured()``,
+  ``recipe_of()``): `QueryAttribution`; `QueryDataModule`.
 - `RecordsTrainingData` (``training_record()``): `SavePretrained`, where the DataModule has it; `AudioTextDataModule`.
 - `DefinesOracle` (``manifest``, ``oracle_training_set()``): `UnlearningEvaluation` with an oracle;
   `ForgetRetainDataModule`.
@@ -111,6 +112,14 @@ class QueryWork(ShardWork, HasItems, Protocol):
 
     def missing_work(self) -> list[tuple[int, int]]:
         """The (query index, shard index) pairs without a good shard file yet."""
+        ...
+
+    def measured(self, query: int) -> list[int]:
+        """The indices (into the sorted items) of the tracks query `query`'s "after" sweep measures."""
+        ...
+
+    def recipe_of(self, query: int) -> dict:
+        """What query `query`'s "after" sweep depends on besides the model: its items and their sharding."""
         ...
 
 
