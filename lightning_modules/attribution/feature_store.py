@@ -5,8 +5,9 @@ projected gradients. Without a store, every pass computes them again (on the toy
 first-order pass's 440 items' gradients, about 1,980 of its 2,173 s for 40 queries); with one, a pass over new
 queries computes only the queries' gradients and reads the rest (`SimilarityRanking`'s ``train_store``). The store
 is a `FeatureStore`: the items sorted by id in fixed shards, one verified file per shard written atomically, so a
-stopped pass resumes at its first missing shard on any number of ranks, and a recipe (the model, its weights, the baseline's feature settings, the items) that
-every reader checks, so features of another model, projection or Fisher are never mixed in.
+stopped pass resumes at its first missing shard on any number of ranks, and a recipe (the model, its weights, the
+baseline's feature settings, the items) that every reader checks, so features of another model, projection or Fisher
+are never mixed in.
 
     python train.py predict --config configs/attribution/gradient_store.yaml
 
