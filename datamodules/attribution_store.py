@@ -212,6 +212,31 @@ class FeatureStore(Sweep):
     COMMAND = "configs/attribution/gradient_store.yaml --data.init_args.sweep_dir"
 
 
+def aligned_scores(path: str | os.PathLike, train_ids: Sequence[str], query_ids: Sequence[str]) -> Tensor:
+    """The score matrix an attribution pass wrote to `path` (`AttributionStore.write_scores`), verified, float64, its
+    rows in the order of `query_ids` and its columns in that of `train_ids`: how a later step (an LDS evaluation, the
+    cascade's candidates) reads another pass's scores.
+
+    Raises:
+        FileNotFoundError, CorruptFileError: no such file, or it fails verification.
+        ValueError: a query is not scored, or the scored training set is not `train_ids`.
+    """
+    record = load_verified(path, AttributionStore.SCORES, "write the scores again with the pass that made them",
+                           AttributionStore.SCORES_STRUCTURE)
+    rows = {query: i for i, query in enumerate(record["query_ids"])}
+    columns = {track: j for j, track in enumerate(record["ids"])}
+    unscored = [query for query in query_ids if query not in rows]
+    if unscored:
+        raise ValueError(f"{path} scores none of the queries {list(unscored[:5])} ({len(unscored)} in all): score "
+                         "them with the pass that wrote it.")
+    if set(columns) != set(train_ids) or len(columns) != len(train_ids):
+        raise ValueError(f"{path} scores {len(columns)} training tracks, the training set has {len(train_ids)}, and "
+                         f"the sets differ (e.g. {sorted(set(columns) ^ set(train_ids))[:3]}): score this training set "
+                         "with the pass that wrote it.")
+    scores = record["scores"].double()
+    return scores[[rows[query] for query in query_ids]][:, [columns[track] for track in train_ids]]
+
+
 class Delta:
     """A query's unlearned weights (``delta.pt``: parameter name -> tensor, what the "after" sweep loads) and the
     settings that produced them (``delta.json`` beside it).

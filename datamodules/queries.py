@@ -7,18 +7,18 @@ sweep cover the same items."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datamodules.attribution_store import AttributionStore, Sweep, ids_digest
+from datamodules.attribution_store import AttributionStore, Sweep, aligned_scores, ids_digest
 from datamodules.audio import AudioTextDataset
 from datamodules.manifest import ManifestItem, read_queries
 from datamodules.source import DataSource
 from datamodules.sweep import NO_SHARD, ShardDataset, ShardedItemsDataModule
 from lightning_modules.attribution.cascade import cascade_candidates, check_fraction
-from lightning_modules.io import load_verified
 
 
 class QueryShardDataset(Dataset):
@@ -69,7 +69,7 @@ class QueryDataModule(ShardedItemsDataModule):
         super().__init__(manifest, shard_size, num_workers, sample_rate, num_samples, source, cache_dir)
         self.candidates = candidates
         self.fraction = check_fraction(fraction)
-        self.cheap: torch.Tensor | None = None  # the cascade's cheap scores (queries, items sorted by id)
+        self.cheap: torch.Tensor | None = None  # the cascade's cheap scores (queries, items sorted by id), float64
         self._measured: list[list[int]] = []  # per query, the indices (into the sorted items) its sweep measures
         self.query_source = query_source
         self.queries = queries
@@ -93,30 +93,9 @@ class QueryDataModule(ShardedItemsDataModule):
         if self.candidates is None:
             self.cheap, self._measured = None, [everything for _ in self._queries]
         else:
-            self.cheap = self._cheap_scores(Path(self.candidates))
+            self.cheap = aligned_scores(self.candidates, [item.id for item in self.items],
+                                        [query.id for query in self._queries])
             self._measured = [index.tolist() for index in cascade_candidates(self.cheap, self.fraction)]
-
-    def _cheap_scores(self, path: Path) -> torch.Tensor:
-        """The cascade's score matrix, its rows in query order and its columns in the sorted items' order.
-
-        Raises:
-            FileNotFoundError, CorruptFileError: no such file, or it fails verification.
-            ValueError: it does not score every query, or it scores another training set.
-        """
-        remedy = "run the cheap pass again (e.g. configs/attribution/first_order.yaml) to rewrite it"
-        record = load_verified(path, AttributionStore.SCORES, remedy, AttributionStore.SCORES_STRUCTURE)
-        rows = {query: i for i, query in enumerate(record["query_ids"])}
-        columns = {track: j for j, track in enumerate(record["ids"])}
-        unscored = [query.id for query in self._queries if query.id not in rows]
-        if unscored:
-            raise ValueError(f"The cascade's scores {path} do not score the queries {unscored[:5]} "
-                             f"({len(unscored)} in all): run the cheap pass on this run's queries ({self.queries}).")
-        ids = [item.id for item in self.items]
-        if set(columns) != set(ids) or len(columns) != len(ids):
-            raise ValueError(f"The cascade's scores {path} cover {len(columns)} training tracks, {self.manifest} has "
-                             f"{len(ids)}, and the sets differ (e.g. {sorted(set(columns) ^ set(ids))[:3]}): run the "
-                             "cheap pass on this training set.")
-        return record["scores"][[rows[query.id] for query in self._queries]][:, [columns[i] for i in ids]]
 
     def measured(self, query: int) -> list[int]:
         """The indices (into the items sorted by id) of the tracks query `query`'s "after" sweep measures: all of
@@ -134,7 +113,7 @@ class QueryDataModule(ShardedItemsDataModule):
 
     def num_shards_of(self, query: int) -> int:
         """The number of shards of query `query`'s "after" sweep."""
-        return -(-len(self.measured(query)) // self.shard_size)
+        return math.ceil(len(self.measured(query)) / self.shard_size)
 
     def query_items(self) -> list[ManifestItem]:
         """The queries, in manifest order."""

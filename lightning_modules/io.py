@@ -154,13 +154,13 @@ def write_json_verified(path: str | os.PathLike, data: Any) -> None:
     _write_verified(Path(path), (json.dumps(data, indent=2) + "\n").encode())
 
 
-def read_checked_bytes(path: str | os.PathLike, what: str, remedy: str) -> bytes:
-    """The bytes of `path` after checking them against its digest file.
+def recorded_sha256(path: str | os.PathLike, what: str, remedy: str) -> str:
+    """The SHA-256 that `path`'s digest file records (what a recipe can name a verified input by, without reading a
+    large file; its bytes are checked against it when it is read).
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        CorruptFileError: the digest file is missing or unreadable (a file written before files carried a digest),
-            or the bytes do not match it (changed, truncated, or a rewrite interrupted after its new digest).
+        CorruptFileError: the digest file is missing or unreadable.
     """
     path = Path(path)
     if not path.is_file():
@@ -170,14 +170,26 @@ def read_checked_bytes(path: str | os.PathLike, what: str, remedy: str) -> bytes
         raise CorruptFileError(path, what, f"has no digest file {sidecar.name} (written before files carried a digest, "
                                "or the digest was deleted), so it cannot be trusted", remedy)
     try:
-        expected = sidecar.read_text(encoding="ascii").split()[0].lower()
+        return sidecar.read_text(encoding="ascii").split()[0].lower()
     except (UnicodeDecodeError, IndexError, OSError) as error:
         raise CorruptFileError(path, what, f"has an unreadable digest file {sidecar.name} ({type(error).__name__})",
                                remedy) from error
+
+
+def read_checked_bytes(path: str | os.PathLike, what: str, remedy: str) -> bytes:
+    """The bytes of `path` after checking them against its digest file.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        CorruptFileError: the digest file is missing or unreadable (a file written before files carried a digest),
+            or the bytes do not match it (changed, truncated, or a rewrite interrupted after its new digest).
+    """
+    path = Path(path)
+    expected = recorded_sha256(path, what, remedy)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != expected:
-        raise CorruptFileError(path, what, f"does not match its digest in {sidecar.name} ({len(data)} bytes): it was "
-                               "changed, truncated or overwritten after it was written", remedy)
+        raise CorruptFileError(path, what, f"does not match its digest in {digest_path(path).name} ({len(data)} "
+                               "bytes): it was changed, truncated or overwritten after it was written", remedy)
     return data
 
 

@@ -25,15 +25,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.attribution_store import AttributionStore, LdsBenchmark  # noqa: E402
+from datamodules.attribution_store import AttributionStore, LdsBenchmark, aligned_scores  # noqa: E402
 from lightning_modules.attribution.cascade import (  # noqa: E402
     calibrated_scores,
+    candidate_count,
     cascade_candidates,
     recall_at_k,
 )
 from lightning_modules.attribution.lds import linear_datamodeling_scores, mean_lds, paired_lds_difference  # noqa: E402
 from lightning_modules.io import write_json_verified, write_text_atomic  # noqa: E402
-from scripts.lds import aligned_scores  # noqa: E402
 
 
 def cascade_matrix(cheap: torch.Tensor, exact: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -64,7 +64,7 @@ def study(benchmark: LdsBenchmark, cheap_path: Path, exact_path: Path, fractions
     for fraction in fractions:
         scores = cascade_matrix(cheap, exact, fraction)
         per_query = linear_datamodeling_scores(scores, masks, losses)
-        measured = int(cascade_candidates(cheap[:1], fraction).shape[-1])
+        measured = candidate_count(len(train_ids), fraction)
         result["cascades"][f"{fraction:g}"] = {
             "fraction": fraction, "measured_tracks": measured, "fewer_evaluations": len(train_ids) / measured,
             "lds": mean_lds(per_query).as_dict(), "lds_minus_full": paired_lds_difference(per_query, full).as_dict(),

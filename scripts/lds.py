@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from callbacks import SavePretrained  # noqa: E402
-from datamodules.attribution_store import AttributionStore, LdsBenchmark  # noqa: E402
+from datamodules.attribution_store import LdsBenchmark, aligned_scores  # noqa: E402
 from datamodules.audio import AudioTextDataset  # noqa: E402
 from datamodules.manifest import ManifestItem, read_manifest, read_queries, write_manifest  # noqa: E402
 from datamodules.toy_queries import ToyLdsQueries  # noqa: E402
@@ -46,32 +46,10 @@ from lightning_modules.attribution.lds import (  # noqa: E402
     query_losses,
     spearman_interval,
 )
-from lightning_modules.io import file_sha256, load_verified, read_json_verified, write_json_atomic  # noqa: E402
+from lightning_modules.io import file_sha256, read_json_verified, write_json_atomic  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
 log = logging.getLogger("lds")
-
-
-def aligned_scores(path: Path, train_ids: list[str], query_ids: list[str]) -> torch.Tensor:
-    """The score matrix in `path`, its rows in the order of `query_ids` and its columns in that of `train_ids`.
-
-    Raises:
-        ValueError: a query of the benchmark is not scored, or the scored training set is not the benchmark's.
-    """
-    record = load_verified(path, AttributionStore.SCORES, "write the scores again with the pass that made them",
-                           AttributionStore.SCORES_STRUCTURE)
-    rows = {query: i for i, query in enumerate(record["query_ids"])}
-    columns = {track: j for j, track in enumerate(record["ids"])}
-    unscored = [query for query in query_ids if query not in rows]
-    if unscored:
-        raise ValueError(f"{path} scores none of the benchmark's queries {unscored[:5]} ({len(unscored)} in all): "
-                         "score the benchmark's queries (its lds.json lists them).")
-    if set(columns) != set(train_ids):
-        raise ValueError(f"{path} scores {len(columns)} training tracks, the benchmark has {len(train_ids)}, and the "
-                         f"sets differ (e.g. {sorted(set(columns) ^ set(train_ids))[:3]}): score the training set "
-                         "the benchmark's subset models were drawn from.")
-    scores = record["scores"].double()
-    return scores[[rows[query] for query in query_ids]][:, [columns[track] for track in train_ids]]
 
 
 def group_effects(benchmark: LdsBenchmark, scores: torch.Tensor, train_ids: list[str], query_ids: list[str]

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.attribution_store import FisherFile
 from lightning_modules.gradients import item
-from lightning_modules.io import file_sha256
+from lightning_modules.io import recorded_sha256
 from lightning_modules.metrics.embedder import AudioEmbedder
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.passes import check_finite, measuring
@@ -472,9 +473,10 @@ class FirstOrderUnlearning(GradientSimilarity):
                                  **self.options)  # type: ignore[arg-type]
 
     def feature_settings(self) -> dict[str, Any]:
-        """The gradients' settings, each item at its own draws, and the Fisher that scales them (its file's digest)."""
+        """The gradients' settings, each item at its own draws, and the Fisher that scales them (the digest its file
+        records: the file is checked against it when the features are computed)."""
         return {**super().feature_settings(), "features": "FirstOrderUnlearning", "eps": self.eps,
-                "fisher": file_sha256(self.fisher_path)}
+                "fisher": recorded_sha256(self.fisher_path, FisherFile.WHAT, FisherFile.REMEDY)}
 
     def match(self, queries: Tensor, train: Tensor, total: Callable[[Tensor], Tensor] = _unreduced) -> Tensor:
         return queries.double().matmul(train.double().T).float()
