@@ -7,7 +7,10 @@ its training data, ``training_data.json`` (written with a digest by `callbacks.S
 implements `RecordsTrainingData`): the manifest, the digest of the trained ids, and what was left out of the manifest.
 `check_oracle` holds it against a run: the oracle must have trained on exactly the run's training manifest without
 exactly its forget set. The record says what this training saw, not what the weights it started from saw: a model
-fine-tuned from a checkpoint that heard the forget set is no oracle, whatever its record.
+fine-tuned from a checkpoint that heard the forget set is no oracle, whatever its record. A frozen component trained on
+the same corpus (the toy model's text encoder is the toy CLAP's text tower) keeps its own record in its subfolder
+(``text_encoder/training_data.json``), and `check_oracle` holds each such record against the forget set too: an
+oracle conditioned by a text encoder that learned the forgotten artist from its tracks has not forgotten it.
 """
 
 from __future__ import annotations
@@ -93,14 +96,41 @@ class TrainingRecord:
         return f"{self.items} items of {self.manifest}, {left_out}"
 
 
+def component_records(folder: str | os.PathLike) -> dict[str, TrainingRecord]:
+    """The records of the components saved in `folder`'s subfolders (``<component>/training_data.json``), verified."""
+    return {path.parent.name: TrainingRecord.read(path.parent)
+            for path in sorted(Path(folder).glob(f"*/{RECORD_FILE}"))}
+
+
+def check_components(folder: str | os.PathLike, manifest: str, forget: Sequence[ManifestItem]) -> None:
+    """Refuse an oracle one of whose components was trained on items of the `forget` set of `manifest`.
+
+    A component's record on another manifest cannot name the forget items and is not held against them.
+
+    Raises:
+        ValueError: naming the component, the forget items it trained on, and how to train it without them.
+    """
+    forget_ids = {item.id for item in forget}
+    for component, record in component_records(folder).items():
+        heard = sorted(forget_ids - set(record.excluded_ids))
+        if Path(record.manifest).resolve() == Path(manifest).resolve() and heard:
+            raise ValueError(
+                f"The oracle {folder} is not the oracle of this run's forget set: its {component} was trained on "
+                f"{record.describe()}, {len(heard)} of this run's forget item(s) among them (e.g. {heard[:5]}), so "
+                f"the oracle is conditioned on what it should never have heard. Train the {component} without the "
+                f"forget set too (on the toy world: configs/toy/clap_oracle.yaml), then the oracle on it.")
+
+
 def check_oracle(folder: str | os.PathLike, record: TrainingRecord, manifest: str,
                  trained: Sequence[ManifestItem], forget: Sequence[ManifestItem]) -> None:
-    """Refuse an oracle whose `record` is not training on `trained`: the run's `manifest` without its `forget` set.
+    """Refuse an oracle whose `record` is not training on `trained`: the run's `manifest` without its `forget` set,
+    or one of whose components (`check_components`) trained on the forget set.
 
     Raises:
         ValueError: naming what the oracle left out, what the run forgets, and how to train the right oracle.
     """
     if record.ids_sha256 == ids_digest([item.id for item in trained]):
+        check_components(folder, manifest, forget)
         return
     forget_groups = sorted({item.group for item in forget})
     forget_ids = {item.id for item in forget}

@@ -114,11 +114,59 @@ def run_method(name: str, out: Path, trainer: str, data: str, extra: list[str], 
 
 def run_inputs(name: str, trainer: str, data: str, extra: list[str], seed: int, model: str | None = None) -> dict:
     """What decides a run's result: the text of its three configs (by digest), of the model config that replaces the
-    method's (where one does), its extra arguments and its seed."""
+    method's (where one does), the contents of every model folder they load (`loaded_models`: a retrained oracle in the
+    same folder is another oracle), its extra arguments and its seed."""
     digest = lambda path: hashlib.sha256((REPO / path).read_bytes()).hexdigest()[:16]  # noqa: E731
+    configs = [trainer, f"configs/unlearn/{name}.yaml", data, *([model] if model else [])]
     inputs = {"trainer": digest(trainer), "method": digest(f"configs/unlearn/{name}.yaml"), "data": digest(data),
-              "extra": list(extra), "seed": seed}
+              "extra": list(extra), "seed": seed, "models": loaded_models(configs)}
     return inputs | ({"model": digest(model)} if model else {})
+
+
+MODEL_KEYS = ("pretrained", "oracle", "text_encoder")  # the config keys that name a saved model's folder
+
+
+def loaded_models(configs: list[str]) -> dict[str, str]:
+    """The model folders `configs` load (the values of `MODEL_KEYS`, in them and in the configs they name), each with
+    a SHA-256 of its files (relative paths and bytes)."""
+    found: dict[str, str] = {}
+    pending, read = list(configs), set()
+    while pending:
+        config = pending.pop()
+        if config in read:
+            continue
+        read.add(config)
+        for key, value in _items(yaml.safe_load((REPO / config).read_text())):
+            if not isinstance(value, str):
+                continue
+            named = ((REPO / config).parent / value).resolve()  # jsonargparse reads a config's paths from its folder
+            if value.endswith((".yaml", ".yml")) and named.is_file():
+                pending.append(str(named))  # a config naming another (a method's model config)
+            elif key in MODEL_KEYS and (REPO / value).is_dir():
+                found[value] = folder_digest(REPO / value)
+    return dict(sorted(found.items()))
+
+
+def _items(node):
+    """Every (key, value) pair of a parsed YAML tree (list items under their list's key)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            if isinstance(value, list):
+                for item in value:
+                    yield key, item
+            yield from _items(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _items(item)
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 of a folder's files, each relative path and its bytes, in sorted order (16 hex digits)."""
+    digest = hashlib.sha256()
+    for path in sorted(path for path in folder.rglob("*") if path.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _changed(old: dict | None, new: dict) -> str:

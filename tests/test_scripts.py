@@ -3,6 +3,8 @@ oracle, and the disagreement list of `toy_recognition.py`'s table."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import soundfile as sf
 import torch
@@ -115,9 +117,29 @@ def test_a_finished_run_is_reused_only_with_the_inputs_it_was_run_with(tmp_path,
     other = compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path / "other", generations=16)
     with pytest.raises(SystemExit, match=r"other inputs .*: trainer\).*--force"):
         run(other, ["--x=1"])
-    with pytest.raises(SystemExit, match=r"other inputs .*: model\)"):  # the same method on another model
+    with pytest.raises(SystemExit, match=r"other inputs .*: models, model\)"):  # another model config, so other folders
         compare_methods.run_method("esd", tmp_path, trainer, "configs/data/toy_forget.yaml", ["--x=1"], force=False,
                                    seed=0, model="configs/model/toy_musicgen.yaml")
+
+
+def test_a_finished_run_is_not_reused_when_a_model_it_loaded_changed(tmp_path, monkeypatch):
+    """The oracle retrained into the same folder is another oracle: the configs' text is the same, the record is not
+    reused."""
+    oracle = tmp_path / "oracle"
+    oracle.mkdir()
+    (oracle / "weights").write_bytes(b"one")
+    trainer = compare_methods.with_evaluation("configs/trainer/toy.yaml", tmp_path, oracle=str(oracle))
+    inputs = compare_methods.run_inputs("esd", trainer, "configs/data/toy_forget.yaml", [], 0)
+    assert set(inputs["models"]) == {"checkpoints/toy/base", "checkpoints/toy/clap", "checkpoints/toy/judge",
+                                     os.path.relpath(oracle, compare_methods.REPO)}  # base: via the model config
+    write_json_verified(tmp_path / "runs" / "esd" / "seed0" / "results.json", {"columns": {}, "inputs": inputs})
+    monkeypatch.setattr(compare_methods.subprocess, "run", lambda *a, **k: pytest.fail("a finished run ran again"))
+    run = lambda: compare_methods.run_method(  # noqa: E731
+        "esd", tmp_path, trainer, "configs/data/toy_forget.yaml", [], force=False, seed=0)
+    run()
+    (oracle / "weights").write_bytes(b"two")
+    with pytest.raises(SystemExit, match=r"other inputs .*: models\)"):
+        run()
 
 
 def test_the_tradeoff_points_are_each_methods_mean_over_seeds():

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, ClapTextModelWithProjection
 from transformers.utils import logging as hf_logging
 
+from datamodules.provenance import TrainingRecord
 from lightning_modules.models.base import Batch, Prediction, TextToMusicModel, check_captions, prompt_seeds
 from lightning_modules.models.diffusion import (
     attention_parameter_groups,
@@ -123,6 +124,7 @@ class ToyTextToMusic(TextToMusicModel):
                 self.architecture = ToyArchitecture(**config)
                 self.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
                 self.text_encoder = ClapTextModelWithProjection.from_pretrained(folder / "text_encoder")
+                self.text_encoder_record = TrainingRecord.read(folder / "text_encoder")
                 self.tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
             else:
                 if text_encoder is None:
@@ -131,6 +133,7 @@ class ToyTextToMusic(TextToMusicModel):
                 folder = _require_dir(text_encoder, "CLAP text encoder")
                 self.architecture = architecture or ToyArchitecture()
                 self.text_encoder = ClapTextModelWithProjection.from_pretrained(folder)
+                self.text_encoder_record = TrainingRecord.read(folder)  # what the CLAP trained on, if it says
                 self.tokenizer = AutoTokenizer.from_pretrained(folder)
                 self.unet = self._new_unet()
                 self.scheduler = DDPMScheduler(
@@ -348,6 +351,8 @@ class ToyTextToMusic(TextToMusicModel):
         self.unet.save_pretrained(folder / "unet")
         self.scheduler.save_pretrained(folder / "scheduler")
         self.text_encoder.save_pretrained(folder / "text_encoder")
+        if self.text_encoder_record is not None:  # the text encoder's training data travels with it (provenance.py)
+            self.text_encoder_record.write(folder / "text_encoder")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.architecture), indent=2) + "\n")
 

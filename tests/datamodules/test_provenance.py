@@ -144,3 +144,45 @@ def test_record_training_data_writes_the_record_a_training_config_implies(tmp_pa
     assert written.excluded_groups == [tiny_corpus.artists[1]] and list(written.groups) == [tiny_corpus.artists[0]]
     with pytest.raises(SystemExit, match="no such model folder"):
         record(str(path), into=str(tmp_path / "missing"))
+
+
+def test_an_oracle_whose_text_encoder_heard_the_forget_set_is_refused(corpus, tmp_path):
+    """The toy model's text encoder is a CLAP trained on the same corpus: its own record, kept in the oracle's
+    ``text_encoder/`` subfolder, is held against the forget set too."""
+    run = forget_run(corpus, forget_groups=[KESTREL])
+    manifest = str(corpus / "train.jsonl")
+    record = oracle_record(corpus, exclude_groups=[KESTREL])
+    for name, component in [("heard", oracle_record(corpus)),
+                            ("clean", oracle_record(corpus, exclude_groups=[KESTREL])),
+                            ("elsewhere", TrainingRecord.of("other.jsonl", run.sets["forget"], []))]:
+        record.write(tmp_path / name)
+        component.write(tmp_path / name / "text_encoder")
+
+    with pytest.raises(ValueError, match=r"its text_encoder was trained on 9 items of .*train.jsonl, with nothing "
+                                         r"left out, 3 of this run's forget item\(s\) among them .*configs/toy/"
+                                         r"clap_oracle.yaml"):
+        check_oracle(tmp_path / "heard", record, manifest, *run.oracle_training_set())
+    check_oracle(tmp_path / "clean", record, manifest, *run.oracle_training_set())
+    # a component trained on another manifest cannot name this run's items: not held against them
+    check_oracle(tmp_path / "elsewhere", record, manifest, *run.oracle_training_set())
+
+
+def test_the_toy_model_keeps_its_text_encoders_record(corpus, tmp_path, tiny_clap_dir):
+    """A toy model built on a CLAP folder with a record saves that record with its text encoder, and a model loaded
+    from that folder saves it again; a CLAP without a record leaves none."""
+    import shutil
+
+    from lightning_modules.models import ToyArchitecture, ToyTextToMusic
+
+    clap = tmp_path / "clap"
+    shutil.copytree(tiny_clap_dir, clap)
+    component = oracle_record(corpus, exclude_groups=[KESTREL])
+    component.write(clap)
+    architecture = ToyArchitecture(num_samples=4000, n_mels=32, block_out_channels=(8, 16), attention_head_dim=4)
+
+    ToyTextToMusic(text_encoder=str(clap), architecture=architecture).save_pretrained(tmp_path / "oracle")
+    assert TrainingRecord.read(tmp_path / "oracle" / "text_encoder") == component
+    ToyTextToMusic.from_pretrained(tmp_path / "oracle").save_pretrained(tmp_path / "again")
+    assert TrainingRecord.read(tmp_path / "again" / "text_encoder") == component
+    ToyTextToMusic(text_encoder=str(tiny_clap_dir), architecture=architecture).save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "text_encoder" / RECORD_FILE).exists()
