@@ -359,13 +359,15 @@ def ground_truth(study: ToyStudy, args: Namespace) -> dict:
 
 def fine_tune(study: ToyStudy, args: Namespace, removed: list[str], name: str) -> Path:
     """Fine-tune the warm start on the training set without `removed` by the recipe `args.fine_tune` (in
-    counterfactual.yaml: the toy base's, for fewer steps); returns the saved model folder, cached by `name` only."""
+    counterfactual.yaml: the toy base's, for fewer steps); returns the saved model folder, cached by the warm start's
+    weights and `name` (not by the recipe: after changing it, use another cache)."""
     import lightning as L
 
     from datamodules import AudioTextDataModule
     from lightning_modules.training import TextToMusicTraining
 
-    folder = study.cache / "counterfactual" / name
+    start = ToyTextToMusic.from_pretrained(args.warm_start)
+    folder = study.cache / "counterfactual" / f"from-{weights_digest(sorted(start.state_dict().items()))}" / name
     if (folder / "model" / "toy_ttm.json").is_file():
         return folder / "model"
     folder.mkdir(parents=True, exist_ok=True)
@@ -374,7 +376,7 @@ def fine_tune(study: ToyStudy, args: Namespace, removed: list[str], name: str) -
     recipe = args.fine_tune
     L.seed_everything(recipe.seed, verbose=False)
     module = TextToMusicTraining(
-        ToyTextToMusic.from_pretrained(args.warm_start), caption_dropout=recipe.caption_dropout,
+        start, caption_dropout=recipe.caption_dropout,
         optimizer=recipe.optimizer, lr_scheduler=lambda optimizer: recipe.lr_scheduler(optimizer, recipe.steps))
     data = AudioTextDataModule(manifest=str(folder / "train.jsonl"), batch_size=recipe.batch_size,
                                sample_rate=study.model.sample_rate, num_samples=study.model.num_samples)
