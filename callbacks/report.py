@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from datamodules.manifest import ManifestItem
+from lightning_modules.io import update_with_folder
 
 
 def describe_items(items: Sequence[ManifestItem], num_samples: int) -> list:
@@ -37,16 +38,9 @@ def describe_weights(model: torch.nn.Module) -> str:
     """What an in-memory model's outputs depend on: a SHA-256 over the files its ``save_pretrained`` writes (each
     relative path and its bytes), so two models with one description load as one model (its weights, its
     configuration, its tokenizer); adapters are merged by the save, so a fresh adapter is the model it adapts."""
-    digest = hashlib.sha256(type(model).__qualname__.encode())
     with tempfile.TemporaryDirectory(prefix="ttm_describe_") as folder:
         model.save_pretrained(folder)
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                digest.update(str(path.relative_to(folder)).encode() + b"\0")
-                with path.open("rb") as file:
-                    for block in iter(lambda: file.read(1 << 24), b""):
-                        digest.update(block)
-    return digest.hexdigest()
+        return update_with_folder(hashlib.sha256(type(model).__qualname__.encode()), folder).hexdigest()
 
 
 def run_hyperparameters(config_path: str | os.PathLike, fallback: dict[str, Any]) -> dict[str, Any]:

@@ -129,6 +129,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def update_with_folder(digest: Any, folder: str | os.PathLike) -> Any:
+    """Feed `digest` every file of `folder` in sorted order, each as its relative path, a NUL and its bytes: what a
+    saved model's outputs depend on, whatever its format. Returns `digest`."""
+    folder = Path(folder)
+    for path in sorted(path for path in folder.rglob("*") if path.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 24), b""):
+                digest.update(block)
+    return digest
+
+
 def digest_path(path: str | os.PathLike) -> Path:
     """The sidecar holding the SHA-256 digest of `path`: ``<path>.sha256``."""
     path = Path(path)

@@ -43,6 +43,7 @@ from callbacks.plots import TRADEOFFS, tradeoff_figure  # noqa: E402
 from lightning_modules.io import (  # noqa: E402
     atomic_file,
     read_json_verified,
+    update_with_folder,
     write_json_atomic,
     write_json_verified,
     write_text_atomic,
@@ -128,7 +129,7 @@ MODEL_KEYS = ("pretrained", "oracle", "text_encoder")  # the config keys that na
 
 def loaded_models(configs: list[str]) -> dict[str, str]:
     """The model folders `configs` load (the values of `MODEL_KEYS`, in them and in the configs they name), each with
-    a SHA-256 of its files (relative paths and bytes)."""
+    a SHA-256 of its files (`update_with_folder`)."""
     found: dict[str, str] = {}
     pending, read = list(configs), set()
     while pending:
@@ -143,7 +144,7 @@ def loaded_models(configs: list[str]) -> dict[str, str]:
             if value.endswith((".yaml", ".yml")) and named.is_file():
                 pending.append(str(named))  # a config naming another (a method's model config)
             elif key in MODEL_KEYS and (REPO / value).is_dir():
-                found[value] = folder_digest(REPO / value)
+                found[value] = update_with_folder(hashlib.sha256(), REPO / value).hexdigest()[:16]
     return dict(sorted(found.items()))
 
 
@@ -159,14 +160,6 @@ def _items(node):
     elif isinstance(node, list):
         for item in node:
             yield from _items(item)
-
-
-def folder_digest(folder: Path) -> str:
-    """SHA-256 of a folder's files, each relative path and its bytes, in sorted order (16 hex digits)."""
-    digest = hashlib.sha256()
-    for path in sorted(path for path in folder.rglob("*") if path.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _changed(old: dict | None, new: dict) -> str:
