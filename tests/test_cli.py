@@ -15,8 +15,10 @@ from tests.conftest import REPO, write_config
 
 # parts of train.py configs (model/, data/, trainer/) and the attribution study's own configs (study/, parsed by
 # scripts/attribution_study.py: tests/test_scripts.py) are not whole train.py configs
+OVERLAYS = ["configs/toy/another_seed.yaml"]  # read after another config, not alone
 CONFIGS = sorted(str(path.relative_to(REPO)) for path in (REPO / "configs").rglob("*.yaml")
-                 if path.parent.name not in ("model", "data", "trainer", "study"))
+                 if path.parent.name not in ("model", "data", "trainer", "study")
+                 and str(path.relative_to(REPO)) not in OVERLAYS)
 
 
 BF16_LOSS_REL = 1e-3  # "after" losses of 2 bf16-mixed training steps against fp32: measured 7.5e-5 at most; 13x margin
@@ -127,6 +129,31 @@ def test_every_config_parses(config, capsys, monkeypatch):
         main([subcommand, "--config", config, "--print_config"])
     assert exited.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", ["configs/toy/base.yaml", "configs/toy/oracle.yaml",
+                                    "configs/toy/oracle_aurora_vale.yaml"])
+def test_another_seed_saves_in_the_run_folder_and_changes_nothing_else(config, capsys, monkeypatch):
+    """A shipped toy model's config with configs/toy/another_seed.yaml: the same training, saved in its run folder
+    (never over the shipped model)."""
+    from train import main
+
+    monkeypatch.chdir(REPO)
+
+    def resolved(*extra: str) -> dict:
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", config, *extra, "--print_config"])
+        return yaml.safe_load(capsys.readouterr().out)
+
+    shipped, again = resolved(), resolved("--config", OVERLAYS[0], "--seed_everything", "1")
+    saving = [c for c in again["trainer"]["callbacks"] if c["class_path"] == "callbacks.SavePretrained"]
+    assert [c["init_args"]["dirpath"] for c in saving] == [None]
+    for resolved_config in (shipped, again):
+        resolved_config.pop("seed_everything")
+        for callback in resolved_config["trainer"]["callbacks"]:
+            if callback["class_path"] == "callbacks.SavePretrained":
+                callback["init_args"].pop("dirpath")
+    assert again == shipped
 
 
 @pytest.mark.ddp
