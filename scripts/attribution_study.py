@@ -62,7 +62,13 @@ from lightning_modules.attribution.similarity import (  # noqa: E402
 )
 from lightning_modules.attribution.sweep import set_weights, sweep_losses  # noqa: E402
 from lightning_modules.gradients import squared_gradients, weights_digest  # noqa: E402
-from lightning_modules.io import atomic_file, write_json_atomic, write_text_atomic  # noqa: E402
+from lightning_modules.io import (  # noqa: E402
+    load_verified,
+    reusable,
+    save_verified,
+    write_json_atomic,
+    write_text_atomic,
+)
 from lightning_modules.metrics import ClapEmbedder  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
@@ -82,13 +88,21 @@ def collate(items, model, with_targets: bool = True) -> dict:
 
 
 def cached(path: Path, compute):
-    """`compute()`, saved to `path` (torch) the first time and read back afterwards."""
-    if path.is_file():
-        return torch.load(path, weights_only=False)
+    """`compute()`, saved to `path` with its digest the first time and read back, verified, afterwards (a file that
+    fails verification is computed again, with a warning)."""
+    def read(file: Path):
+        return load_verified(file, "attribution study cache entry", f"delete {file} to compute it again")
+
+    if reusable(path, read):
+        return read(path)
     value = compute()
-    with atomic_file(path) as tmp:
-        torch.save(value, tmp)
+    save_verified(value, path)
     return value
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """The SHA-256 of a model's weights: the cache key of everything computed from them."""
+    return weights_digest(sorted(model.state_dict().items()))
 
 
 class ToyStudy:
@@ -99,7 +113,7 @@ class ToyStudy:
         self.out = out
         self.model = ToyTextToMusic.from_pretrained(model).eval().requires_grad_(False)
         # every cached result belongs to these weights: another model (a retrained base) starts a fresh cache
-        self.digest = weights_digest(sorted(self.model.state_dict().items()))
+        self.digest = model_digest(self.model)
         self.cache = cache / self.digest
         self.items = sorted(read_manifest("data/toy/train.jsonl"), key=lambda item: item.id)
         self.ids = [item.id for item in self.items]
@@ -367,7 +381,7 @@ def fine_tune(study: ToyStudy, args: Namespace, removed: list[str], name: str) -
     from lightning_modules.training import TextToMusicTraining
 
     start = ToyTextToMusic.from_pretrained(args.warm_start)
-    folder = study.cache / "counterfactual" / f"from-{weights_digest(sorted(start.state_dict().items()))}" / name
+    folder = study.cache / "counterfactual" / f"from-{model_digest(start)}" / name
     if (folder / "model" / "toy_ttm.json").is_file():
         return folder / "model"
     folder.mkdir(parents=True, exist_ok=True)
@@ -395,6 +409,15 @@ def query_loss(model_dir: Path, batch: dict, draws: int) -> float:
     with torch.no_grad():
         losses = [model.loss(batch, **model.fixed_loss_inputs(list(batch["id"]), 7_000 + d)) for d in range(draws)]
     return float(torch.stack(losses).mean())
+
+
+def against_chance(rise: dict[str, float]) -> tuple[list[float] | None, dict[str, bool]]:
+    """The test's own noise: the range of the loss rises of the random removals (names "random <seed>"), and for
+    each method whether its rise is above all of them (False for all when there is no random removal)."""
+    chance = [value for name, value in rise.items() if name.startswith("random")]
+    above = {name: bool(chance) and value > max(chance) for name, value in rise.items()
+             if not name.startswith("random")}
+    return ([min(chance), max(chance)] if chance else None), above
 
 
 def counterfactual(study: ToyStudy, args: Namespace) -> dict:
@@ -425,15 +448,21 @@ def counterfactual(study: ToyStudy, args: Namespace) -> dict:
             log.info("%s, without the top %d of %s: query loss rise %.5f", items[q].id, args.k, name,
                      row["rise"][name])
         rows.append(row)
+    for row in rows:
+        row["random_range"], row["above_random"] = against_chance(row["rise"])
     report = {"setting": setting, "k": args.k, "train_steps": args.fine_tune.steps, "warm_start": args.warm_start,
-              "loss_draws": args.loss_draws, "queries": rows}
+              "warm_start_digest": model_digest(ToyTextToMusic.from_pretrained(args.warm_start)),
+              "loss_draws": args.loss_draws,
+              "random_repeats": args.random_repeats, "queries": rows}
     write_json_atomic(study.out / "counterfactual.json", report)
     names = list(rows[0]["rise"])
     lines = [f"| removed (K = {args.k}) | " + " | ".join(row["query"] for row in rows)
              + " | share of the prompted artist |", "|---|" + "---:|" * (len(rows) + 1)]
     for name in names:
         share = sum(row["share_of_artist"][name] for row in rows) / len(rows)
-        lines.append(f"| {name} | " + " | ".join(f"{row['rise'][name]:+.5f}" for row in rows) + f" | {share:.2f} |")
+        cells = [f"{row['rise'][name]:+.5f}" + (" (above every random)" if row["above_random"].get(name) else "")
+                 for row in rows]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {share:.2f} |")
     lines.append("| (query loss with nothing removed) | " + " | ".join(f"{row['full']:.5f}" for row in rows) + " | |")
     write_text_atomic(study.out / "counterfactual.md", "\n".join(lines) + "\n")
     return report

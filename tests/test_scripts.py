@@ -202,7 +202,7 @@ STUDY_SETTINGS = {  # what the reports in reports/attribution/ were made with
                     "crop_lrs": [1e-6, 1e-5], "crop_groups": ["cross_attention", "all"]},
     "ground-truth": {**STUDY_COMMON, "ks": [10, 20, 40]},
     "counterfactual": {**STUDY_COMMON, "k": 20, "counterfactual_artist": "Kestrel Drive", "counterfactual_queries": 2,
-                       "random_repeats": 2, "loss_draws": 64, "warm_start": "checkpoints/toy/oracle",
+                       "random_repeats": 4, "loss_draws": 64, "warm_start": "checkpoints/toy/oracle",
                        "fine_tune": {"steps": 300, "batch_size": 16, "caption_dropout": 0.1, "seed": 0,
                                      "accelerator": "cpu"}},
 }
@@ -251,10 +251,19 @@ def test_attribution_study_configs_hold_the_settings_of_the_committed_reports():
     assert (truth["ks"], truth["sweep_draws"], len(truth["queries"]), truth["setting"]) == ([10, 20, 40], 2, 20, best)
     assert {key: counterfactual[key] for key in ("k", "train_steps", "warm_start", "loss_draws")} == {
         "k": 20, "train_steps": 300, "warm_start": "checkpoints/toy/oracle", "loss_draws": 64}
+    from lightning_modules.models import ToyTextToMusic
+    from scripts.attribution_study import model_digest
+
+    # measured from the oracle shipped now, not from an earlier one
+    oracle = ToyTextToMusic.from_pretrained(REPO / "checkpoints" / "toy" / "oracle")
+    assert counterfactual["warm_start_digest"] == model_digest(oracle)
     assert [row["query"] for row in counterfactual["queries"]] == ["kestrel_drive-prompted-00",
                                                                     "kestrel_drive-prompted-01"]
-    assert [name for name in counterfactual["queries"][0]["rise"] if name.startswith("random")] == ["random 0",
-                                                                                                   "random 1"]
+    for row in counterfactual["queries"]:
+        chance = [rise for name, rise in row["rise"].items() if name.startswith("random")]
+        assert len(chance) == 4 and row["random_range"] == [min(chance), max(chance)]
+        assert row["above_random"] == {name: rise > max(chance) for name, rise in row["rise"].items()
+                                       if not name.startswith("random")}
 
 
 def _error_line(capsys) -> str:
@@ -280,3 +289,29 @@ def test_attribution_study_refuses_an_unknown_or_missing_setting_by_name(tmp_pat
         parser(tmp_path / "configs").parse_args(["consistency"])
     assert "consistency.crop" in _error_line(capsys)
     assert parser(tmp_path / "configs").parse_args(["consistency", "--crop", "0.5"]).consistency.crop == 0.5
+
+
+def test_attribution_study_cache_is_verified_and_recomputed_when_damaged(tmp_path, caplog):
+    from scripts.attribution_study import cached
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"scores": torch.arange(4.0), "seconds": 1.5}
+
+    path = tmp_path / "grid" / "cell.pt"
+    first = cached(path, compute)
+    assert torch.equal(cached(path, compute)["scores"], first["scores"]) and len(calls) == 1  # read back
+    path.write_bytes(path.read_bytes()[:-8])  # truncated: fails its digest
+    with caplog.at_level("WARNING"):
+        assert cached(path, compute)["seconds"] == 1.5
+    assert len(calls) == 2 and str(path) in caplog.text
+
+
+def test_counterfactual_rises_are_judged_against_the_random_removals():
+    from scripts.attribution_study import against_chance
+
+    rise = {"unlearning (x)": 0.004, "CLAP similarity": 0.001, "random 0": -0.002, "random 1": 0.003}
+    assert against_chance(rise) == ([-0.002, 0.003], {"unlearning (x)": True, "CLAP similarity": False})
+    assert against_chance({"CLAP similarity": 0.5}) == (None, {"CLAP similarity": False})
