@@ -22,19 +22,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from jsonargparse import ArgumentParser  # noqa: E402
-from lightning import LightningDataModule  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
+from callbacks.measuring import fixed_losses  # noqa: E402
 from lightning_modules.io import (  # noqa: E402
     read_json_verified,
     update_with_folder,
@@ -50,7 +49,7 @@ def forget_dataset(data_config: Path, model):
     """The forget set the evaluation measures, from a DataModule config (`ForgetRetainDataModule`), at `model`'s
     sample rate and clip length (as train.py links them)."""
     parser = ArgumentParser()
-    parser.add_subclass_arguments(LightningDataModule, "data")
+    parser.add_subclass_arguments(L.LightningDataModule, "data")
     data = yaml.safe_load(data_config.read_text())
     data.setdefault("init_args", {}).update(sample_rate=model.sample_rate, num_samples=model.num_samples)
     config = parser.parse_object({"data": data})
@@ -62,14 +61,11 @@ def forget_dataset(data_config: Path, model):
 
 @torch.no_grad()
 def item_losses(model, dataset, seed: int, batch_size: int = 16) -> list[float]:
-    """Per-item losses at the timesteps and noise fixed by each item's id and `seed` (the evaluation's)."""
-    model.eval()
-    losses = []
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        losses += model.loss(batch, **model.fixed_loss_inputs(batch["id"], seed)).float().tolist()
-    if not all(math.isfinite(value) for value in losses):
-        raise ValueError(f"A non-finite loss in {losses}: the model is broken.")
-    return losses
+    """Per-item losses at the timesteps and noise fixed by each item's id and `seed`: the evaluation's own
+    `fixed_losses` (which refuses a non-finite loss, naming the items), on one CPU process."""
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    return fixed_losses(trainer, model.eval(), dataset, seed, batch_size).tolist()
 
 
 def model_class(run: Path):
