@@ -56,7 +56,7 @@ class QueryDataModule(ShardedItemsDataModule):
             must be encoded); queries are always read from their audio.
         query_source: writes the queries in ``prepare_data`` when missing (e.g. `ToyQueries`).
         candidates: the cascade: a score matrix of every training track for every query (``scores_<name>.pt`` as
-            the attribution passes write it, e.g. ``<out_dir>/scores_first_order.pt``); each query's "after" sweep
+            the attribution passes write it, e.g. ``<out_dir>/scores_cascade_scores.pt``); each query's "after" sweep
             then measures only its top `fraction` of tracks by that score. None sweeps the whole training set.
         fraction: the share of the training set the cascade measures exactly (``ceil(fraction * N)`` tracks).
     """

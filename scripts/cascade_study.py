@@ -93,7 +93,8 @@ def report(result: dict[str, Any], ks: list[int]) -> str:
              "| cheap alone | 0 | – | " + " | ".join(_cell(result["cheap_alone"][f"recall@{k}"]) for k in ks)
              + f" | {_cell(result['cheap_alone']['lds'])} | |"]
     for name, row in result["cascades"].items():
-        lines.append(f"| cascade, S = {float(name):.0%} | {row['measured_tracks']} | {row['fewer_evaluations']:.0f} | "
+        lines.append(f"| cascade, S = {100 * float(name):g} % | {row['measured_tracks']} | "
+                     f"{row['fewer_evaluations']:.0f} | "
                      + " | ".join(_cell(row[f"recall@{k}"]) for k in ks)
                      + f" | {_cell(row['lds'])} | {_cell(row['lds_minus_full'])} |")
     for path, row in result["repeats"].items():

@@ -131,6 +131,26 @@ def test_every_config_parses(config, capsys, monkeypatch):
     assert "class_path" in capsys.readouterr().out
 
 
+def test_the_cascade_scores_config_predicts_the_shipped_attribution_from_the_first_order_store(capsys, monkeypatch):
+    """cascade_scores.yaml's step is attribute.yaml's ascent (else its scores predict another unlearning than the
+    sweep measures), and its training side is first_order.yaml's (so one gradient store serves both)."""
+    from train import main
+
+    monkeypatch.chdir(REPO)
+
+    def model(config: str) -> dict:
+        with pytest.raises(SystemExit):
+            main(["predict", "--config", f"configs/attribution/{config}.yaml", "--print_config"])
+        return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+
+    cascade, first_order, attribute = model("cascade_scores"), model("first_order"), model("attribute")
+    step = cascade["baseline"]["init_args"].pop("step")
+    assert step == attribute["ascent"]
+    assert first_order["baseline"]["init_args"].pop("step") is None
+    assert cascade["baseline"] == first_order["baseline"]
+    assert cascade["model"] == first_order["model"] == attribute["model"]
+
+
 @pytest.mark.parametrize("config", ["configs/toy/base.yaml", "configs/toy/oracle.yaml",
                                     "configs/toy/oracle_aurora_vale.yaml"])
 def test_another_seed_saves_in_the_run_folder_and_changes_nothing_else(config, capsys, monkeypatch):

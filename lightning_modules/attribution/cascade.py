@@ -3,11 +3,12 @@ fraction only.
 
 Attribution by unlearning measures every training track's loss after unlearning each query (the "after" sweep), so a
 query costs one forward pass per track and draw: for Choi et al.'s 115K-track catalogue, hours of GPUs per query. The
-first-order estimate of the same score (``∇L(z)ᵀ (N F + ε)⁻¹ ∇L(q)``, `FirstOrderUnlearning`) costs one inner
-product per track once the training set's projected gradients are stored, and on the toy world's LDS benchmark it is
-within 0.02 of unlearning's LDS. The cascade keeps what matters of both: it ranks every track by the cheap score,
-measures the exact score of the top `fraction` of them, and ranks the rest by the cheap score put on the exact
-score's scale (`calibrated_scores`), so a ranking and a score matrix still cover every track.
+first-order prediction of the same score (``∇L(z)ᵀ Δθ(q)``, with ``Δθ(q)`` the very update unlearning the query
+makes: `FirstOrderUnlearning` with a ``step``, ``configs/attribution/cascade_scores.yaml``) costs one inner product
+per track once the training set's projected gradients are stored. The cascade keeps what matters of both: it ranks
+every track by the cheap score, measures the exact score of the top `fraction` of them, and ranks the rest by the
+cheap score put on the exact score's scale (`calibrated_scores`), so a ranking and a score matrix still cover every
+track.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def cascade_candidates(cheap: Tensor, fraction: float) -> Tensor:
 
 def calibration_slope(cheap: Tensor, exact: Tensor) -> float:
     """The least-squares slope through the origin of the exact scores on the cheap ones, over the measured tracks:
-    the first-order estimate is a derivative (the loss change per unit step), the exact score the change of a finite
-    step, so the two differ by about the step's size. 0 when every cheap score is 0."""
+    the first-order estimate from the query's gradient is a derivative (the loss change per unit step), the exact
+    score the change of a finite step, so the two differ by about the step's size; the prediction from the update
+    itself (``cascade_scores.yaml``) is in loss units already (a slope near 1, below it where the second order damps
+    the rise). 0 when every cheap score is 0."""
     cheap, exact = cheap.double().reshape(-1), exact.double().reshape(-1)
     if cheap.shape != exact.shape:
         raise ValueError(f"Got {cheap.numel()} cheap and {exact.numel()} exact scores; give one of each per measured "

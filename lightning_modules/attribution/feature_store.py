@@ -35,16 +35,18 @@ def store_recipe(model: TextToMusicModel, baseline: SimilarityBaseline) -> dict[
             "weights": weights_digest(model.state_dict().items()), **baseline.feature_settings()}
 
 
-def baseline_features(baseline: SimilarityBaseline, model: TextToMusicModel, batch: Batch) -> torch.Tensor:
-    """`baseline`'s feature vectors `(items, dim)` of `batch`, with autograd re-enabled (prediction runs under
-    inference mode) on copies of the batch's tensors made outside it, for the gradient baselines.
+def baseline_features(baseline: SimilarityBaseline, model: TextToMusicModel, batch: Batch, query: bool = False
+                      ) -> torch.Tensor:
+    """`baseline`'s feature vectors `(items, dim)` of `batch` (its `query_features` when `query`), with autograd
+    re-enabled (prediction runs under inference mode) on copies of the batch's tensors made outside it, for the
+    gradient baselines.
 
     Raises:
         RuntimeError: the baseline returned the items in another order.
     """
     with torch.inference_mode(False), torch.enable_grad():
         copy = {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-        features = baseline.features([copy], model)  # type: ignore[list-item]
+        features = (baseline.query_features if query else baseline.features)([copy], model)  # type: ignore[list-item]
     if features.ids != list(batch["id"]):
         raise RuntimeError(f"{type(baseline).__name__} returned features of {features.ids[:5]} for a batch of "
                            f"{list(batch['id'])[:5]}; a baseline must keep the order of the items.")

@@ -131,9 +131,9 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         self._vectors = []
         self.scores = None
 
-    def features(self, batch: Batch) -> Features:
-        """The baseline's features of `batch` (`baseline_features`)."""
-        return Features(list(batch["id"]), baseline_features(self.baseline, self.model, batch))
+    def features(self, batch: Batch, query: bool = False) -> Features:
+        """The baseline's features of `batch` (`baseline_features`), of queries when `query`."""
+        return Features(list(batch["id"]), baseline_features(self.baseline, self.model, batch, query))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[str]:
         """Keeps the features of the batch's items not yet seen on this rank; returns their ids."""
@@ -201,7 +201,8 @@ class SimilarityRanking(ModelAudioFormat, L.LightningModule):
         """Features `(n_queries, dim)` of every query, in manifest order: this rank's share, gathered."""
         rank, world = self.global_rank, self.trainer.world_size
         loader = self.trainer.datamodule.query_dataloader(rank, world)
-        parts = [self.features(batch) for batch in progress(self.trainer, loader, "The queries' features", len(loader))]
+        parts = [self.features(batch, query=True)
+                 for batch in progress(self.trainer, loader, "The queries' features", len(loader))]
         vectors = torch.cat([part.vectors for part in parts]) if parts else torch.zeros(0, 0)
         positions = torch.arange(rank, len(self.query_ids), world)
         if positions.numel() != vectors.shape[0]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.attribution_store import FisherFile
+from lightning_modules.attribution.settings import AscentSettings
 from lightning_modules.gradients import item
 from lightning_modules.io import recorded_sha256
 from lightning_modules.metrics.embedder import AudioEmbedder
@@ -296,6 +297,12 @@ def gradient_features(model: TextToMusicModel, parameter_groups: Sequence[str], 
             param.requires_grad_(flag)
 
 
+def _put_back(parameters: Sequence[nn.Parameter], values: Sequence[Tensor]) -> None:
+    with torch.no_grad():
+        for param, value in zip(parameters, values, strict=True):
+            param.copy_(value)
+
+
 def _unreduced(value: Tensor) -> Tensor:
     return value
 
@@ -325,6 +332,11 @@ class SimilarityBaseline(nn.Module, ABC):
         raise ValueError(f"{type(self).__name__} keeps no feature store; the store holds the gradient baselines' "
                          "features (GradientSimilarity, TrakScores, FirstOrderUnlearning).")
 
+    def query_features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        """Feature vectors `(n_queries, dim)` of the queries of `batches`: their `features`, unless the baseline sees
+        a query otherwise (`FirstOrderUnlearning` with a `step`)."""
+        return self.features(batches, model)
+
     def match(self, queries: Tensor, train: Tensor, total: Callable[[Tensor], Tensor] = _unreduced) -> Tensor:
         """Scores `(n_queries, n_train)` of query features against training features (higher = the track counts
         more for the query). `train` may be one process's share of the training set: `total` sums a tensor over
@@ -333,7 +345,7 @@ class SimilarityBaseline(nn.Module, ABC):
 
     def scores(self, queries: Iterable[Batch], train: Iterable[Batch], model: TextToMusicModel) -> Tensor:
         """`(n_queries, n_train)` scores, rows in the order of `queries`' items, columns in the order of `train`'s."""
-        return self.match(self.features(queries, model).vectors, self.features(train, model).vectors)
+        return self.match(self.query_features(queries, model).vectors, self.features(train, model).vectors)
 
 
 class ClapSimilarity(SimilarityBaseline):
@@ -445,10 +457,20 @@ class FirstOrderUnlearning(GradientSimilarity):
     ``1 / sqrt(N F + eps)`` and projected (`projection_dim`; None keeps the full gradients); the score is the inner
     product of the projected vectors.
 
+    With `step`, a query's side is not its gradient but the update ``Δθ(q)`` that unlearning it with those ascent
+    settings makes (the query alone, from the model's weights, which are put back), scaled by ``sqrt(N F + eps)``:
+    the score is then ``∇L(z)ᵀ Δθ(q)``, the first-order prediction, in loss units, of the rise in track z's loss that
+    exactly that unlearning causes, the query's own draws and every step included. It is the cascade's cheap score
+    (``configs/attribution/cascade_scores.yaml``): the full sweep's ranking is a function of that update, so its
+    linearisation finds the sweep's top tracks far more often than the gradient at other draws does (issue 20). The
+    training side, and so a gradient store, is the same either way.
+
     Args:
         fisher_path: the training set's Fisher (``configs/attribution/fisher.yaml``), computed at the model's weights
             and covering `parameter_groups`.
         eps: as in `AscentSettings`.
+        step: the ascent whose update the queries' features are (the attribution pass's ``ascent``); None takes
+            their gradients.
         Others: as in `gradient_features`.
     """
 
@@ -456,21 +478,62 @@ class FirstOrderUnlearning(GradientSimilarity):
 
     def __init__(self, fisher_path: str, parameter_groups: Sequence[str] = ("all",), seed: int = 0, draws: int = 20,
                  projection_dim: int | None = 4096, projection_seed: int = 0, projection: str = "sketch",
-                 eps: float = 1e-12) -> None:
+                 eps: float = 1e-12, step: AscentSettings | None = None) -> None:
         super().__init__(parameter_groups, seed, None, draws, projection_dim, projection_seed, projection, "loss")
         if eps < 0:
             raise ValueError(f"eps must be non-negative, got {eps}.")
         self.fisher_path = fisher_path
         self.eps = eps
+        self.step = step
+        if step is not None:
+            self.score_label = "predicted loss rise after unlearning"
 
-    def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+    def _scale(self, model: TextToMusicModel) -> tuple[list[str], list[Tensor]]:
+        """The selected parameters' names and ``N F + eps`` of each."""
         from lightning_modules.attribution.query import FisherAscent  # the attribution pass imports this module
 
         names = model.parameter_names(model.select_parameters(self.parameter_groups))
         fisher, count = FisherAscent(names, self.fisher_path).fisher(model)
-        scale = [(count * value.float() + self.eps).rsqrt() for value in fisher]
-        return gradient_features(model, self.parameter_groups, batches, shared_draws=False, preconditioner=scale,
+        return names, [count * value.float() + self.eps for value in fisher]
+
+    def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        _, denominators = self._scale(model)
+        return gradient_features(model, self.parameter_groups, batches, shared_draws=False,
+                                 preconditioner=[value.rsqrt() for value in denominators],
                                  **self.options)  # type: ignore[arg-type]
+
+    def query_features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
+        """With `step`: each query's unlearning update times ``sqrt(N F + eps)``, projected as the training side.
+        The update is the difference of the weights before and after, as the loss sweeps load them."""
+        if self.step is None:
+            return self.features(batches, model)
+        from lightning_modules.attribution.query import FisherAscent
+
+        names, denominators = self._scale(model)
+        ascent = FisherAscent(names, self.fisher_path, self.step)
+        parameters = model.select_parameters(self.parameter_groups)
+        device = _device(model)
+        scale = torch.cat([value.to(device).sqrt().flatten() for value in denominators])
+        base = [param.detach().clone() for param in parameters]
+
+        def pairs() -> Iterable[tuple[list[str], Tensor]]:
+            for batch in batches:
+                batch = _on(batch, device)
+                rows = []
+                for index in range(len(batch["id"])):
+                    changed, _ = ascent.unlearn(model, item(batch, index))
+                    rows.append(scale * torch.cat([(changed[name].to(device).float() - value.float()).flatten()
+                                                   for name, value in zip(names, base, strict=True)]))
+                    _put_back(parameters, base)
+                flat = torch.stack(rows)
+                check_finite(flat, list(batch["id"]), "unlearning update of the query")
+                yield list(batch["id"]), (flat if self.options["projection_dim"] is None else _project(
+                    flat, self.options["projection_dim"], self.options["projection_seed"], self.options["projection"]))
+
+        try:
+            return _collect(pairs())
+        finally:
+            _put_back(parameters, base)
 
     def feature_settings(self) -> dict[str, Any]:
         """The gradients' settings, each item at its own draws, and the Fisher that scales them (the digest its file

@@ -109,7 +109,7 @@ def test_the_cascade_study_keeps_a_perfect_cheap_scores_ranking_and_measures_its
     assert row["lds"]["value"] == pytest.approx(1.0) and row["lds_minus_full"]["value"] == pytest.approx(0.0)
     _, _, written = AttributionStore(tmp_path / "perfect").read_scores("cascade_0.1")
     assert torch.allclose(written.double(), effect[2:], atol=1e-6)  # the test split's queries, calibrated exactly
-    assert "| cascade, S = 10% | 2 | 6 |" in (tmp_path / "perfect" / "cascade.md").read_text()
+    assert "| cascade, S = 10 % | 2 | 6 |" in (tmp_path / "perfect" / "cascade.md").read_text()
     blind = cascade_study.main([*run, "--cheap", str(store.scores_path("random")), "--fractions", "1", "--split",
                                 "all", "--out", str(tmp_path / "blind")])
     assert blind["cascades"]["1"]["recall@6"]["value"] == 1.0 == blind["full_sweep"]["lds"]["value"]
