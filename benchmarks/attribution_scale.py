@@ -6,10 +6,14 @@ The training set is the shipped toy model's 400 toy tracks repeated under distin
 its own timestep and noise, so every row is a distinct forward pass; the targets are encoded once, as the target
 cache serves them). One process, the same run for both paths, so their ratio holds on a loaded machine:
 
-- **full sweep**: the loss of all N items at `--draws` draws (`sweep_losses`, micro-batches of `--micro-batch`).
-- **cascade**: the query's projected gradient (`gradient_features` at `--draws` draws, count-sketched to `--dim`), its
-  product with the store's `(N, dim)` matrix (random values of the store's size and type: the product's cost does not
-  depend on them), the top ``ceil(fraction N)`` and their exact sweep.
+- **full sweep**: the query's unlearning (`FisherAscent` at `attribute.yaml`'s ascent: 3 steps of 8 draws), then the
+  loss of all N items at `--draws` draws (`sweep_losses`, micro-batches of `--micro-batch`).
+- **cascade**: the query side of the cascade's cheap score (`cascade_scores.yaml`: the same unlearning, its update
+  scaled and count-sketched to `--dim`; the sweep then needs no other unlearning), its product with the store's
+  `(N, dim)` matrix (random values of the store's size and type: the product's cost does not depend on them), the top
+  ``ceil(fraction N)`` and their exact sweep.
+
+The Fisher the ascent reads is measured on 64 of the toy tracks (its values do not change the cost).
 - **feature store** (one-off per training set): `gradient_features` of `--store-items` items, seconds per item; the
   store for N items is that times N (linear, not run at N), and 4 · dim bytes per item on disk.
 - **several queries per pass** (`--queries` Q): per shard of `--micro-batch` rows, (a) Q passes each reading the
@@ -46,10 +50,14 @@ from torch import Tensor  # noqa: E402
 from torch.func import functional_call, vmap  # noqa: E402
 
 from benchmarks.attribution import load_batch  # noqa: E402
+from datamodules.attribution_store import FisherFile  # noqa: E402
 from datamodules.target_cache import TargetCache  # noqa: E402
 from lightning_modules.attribution.cascade import candidate_count  # noqa: E402
-from lightning_modules.attribution.similarity import gradient_features  # noqa: E402
+from lightning_modules.attribution.query import FisherAscent  # noqa: E402
+from lightning_modules.attribution.settings import AscentSettings  # noqa: E402
+from lightning_modules.attribution.similarity import FirstOrderUnlearning, gradient_features  # noqa: E402
 from lightning_modules.attribution.sweep import _fixed_inputs, sweep_losses  # noqa: E402
+from lightning_modules.gradients import squared_gradients, weights_digest  # noqa: E402
 from lightning_modules.io import write_json_atomic  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
@@ -82,12 +90,37 @@ def full_sweep(model: ToyTextToMusic, batch: dict, draws: int, micro_batch: int)
     return sweep_losses(model, batch, draws, seed=0, masked=True, micro_batch_size=micro_batch)
 
 
+def write_fisher(model: ToyTextToMusic, toy: dict, path: Path) -> Path:
+    """A Fisher file of `model` on 64 toy tracks (one draw each), what the query's unlearning reads."""
+    parameters = model.select_parameters(["all"])
+    with torch.enable_grad():
+        squares, count = squared_gradients(model, parameters,
+                                           [rows(toy, start, start + 16) for start in range(0, 64, 16)])
+    FisherFile(path).save({name: value / count for name, value in
+                           zip(model.parameter_names(parameters), squares, strict=True)},
+                          weights=weights_digest(sorted(model.state_dict().items())), count=count)
+    return path
+
+
+def unlearning(fisher: Path, dim: int) -> FirstOrderUnlearning:
+    """The cascade's cheap score at `attribute.yaml`'s ascent, sketched to `dim`; its `step` is the full sweep's
+    unlearning too."""
+    return FirstOrderUnlearning(str(fisher), projection_dim=dim, step=AscentSettings(lr=1e-7, steps=3, draws=8))
+
+
+def unlearn(model: ToyTextToMusic, query: dict, estimate: FirstOrderUnlearning) -> None:
+    """The full sweep's unlearning of the query (the weights put back: the sweep's cost does not depend on them)."""
+    names = model.parameter_names(model.select_parameters(["all"]))
+    kept = {name: param.detach().clone() for name, param in model.named_parameters()}
+    FisherAscent(names, estimate.fisher_path, estimate.step).unlearn(model, query)
+    model.load_state_dict(kept, strict=False)
+
+
 def cascade_query(model: ToyTextToMusic, query: dict, store: Tensor, batch: dict, fraction: float, draws: int,
-                  dim: int, micro_batch: int) -> dict[str, float]:
+                  micro_batch: int, estimate: FirstOrderUnlearning) -> dict[str, float]:
     """One query through the cascade; the seconds of each stage."""
     seconds = {}
-    seconds["query_gradient"], features = timed(lambda: gradient_features(
-        model, ["all"], [query], draws=draws, projection_dim=dim, projection="sketch", shared_draws=False))
+    seconds["query_update"], features = timed(lambda: estimate.query_features([query], model))
     seconds["cheap_scores"], top = timed(lambda: torch.topk(store @ features.vectors[0],
                                                             candidate_count(len(store), fraction)).indices)
     chosen = top.sort().values
@@ -99,16 +132,19 @@ def cascade_query(model: ToyTextToMusic, query: dict, store: Tensor, batch: dict
 
 
 def scale(model: ToyTextToMusic, toy: dict, query: dict, sizes: list[int], fraction: float, draws: int, dim: int,
-          micro_batch: int) -> list[dict]:
+          micro_batch: int, estimate: FirstOrderUnlearning) -> list[dict]:
     table = []
     for size in sizes:
         batch = synthetic(toy, size)
         store = torch.randn(size, dim)  # the store's size and type; its values do not change the product's cost
-        full, _ = timed(lambda: full_sweep(model, batch, draws, micro_batch))  # noqa: B023
+        unlearned, _ = timed(lambda: unlearn(model, query, estimate))
+        swept, _ = timed(lambda: full_sweep(model, batch, draws, micro_batch))  # noqa: B023
+        full = unlearned + swept
         full_rss = peak_rss_gb()
-        cascade = cascade_query(model, query, store, batch, fraction, draws, dim, micro_batch)
+        cascade = cascade_query(model, query, store, batch, fraction, draws, micro_batch, estimate)
         measured = candidate_count(size, fraction)
-        row = {"tracks": size, "full_sweep_seconds": full, "full_sweep_evaluations": size * draws,
+        row = {"tracks": size, "full_sweep_seconds": full,
+               "full_sweep_stages": {"unlearning": unlearned, "sweep": swept}, "full_sweep_evaluations": size * draws,
                "cascade_seconds": cascade, "cascade_evaluations": measured * draws,
                "fewer_evaluations": size / measured, "wall_time_ratio": full / cascade["total"],
                "store_gb": size * dim * 4 / 1e9, "targets_gb": batch["targets"].nbytes / 1e9,
@@ -250,8 +286,10 @@ def main(argv: list[str] | None = None) -> dict:
               "settings": {key: value for key, value in vars(args).items() if key not in ("out", "model")},
               "model": str(args.model)}
     if not args.only_several_queries:  # first, from the smallest N up, so that the peak memory grows with N
-        result["scale"] = scale(model, toy, query, sorted(args.sizes), args.fraction, args.draws, args.dim,
-                                args.micro_batch)
+        with tempfile.TemporaryDirectory() as folder:
+            estimate = unlearning(write_fisher(model, toy, Path(folder) / "fisher.pt"), args.dim)
+            result["scale"] = scale(model, toy, query, sorted(args.sizes), args.fraction, args.draws, args.dim,
+                                    args.micro_batch, estimate)
         result["store"] = store_cost(model, toy, args.store_items, args.draws, args.dim)
         print(f"feature store: {result['store']['seconds_per_item']:.3f} s per item", flush=True)
     result["several_queries"] = several_queries(model, toy, args.queries, args.micro_batch, args.repeats)
