@@ -12,8 +12,6 @@ cache serves them). One process, the same run for both paths, so their ratio hol
   scaled and count-sketched to `--dim`; the sweep then needs no other unlearning), its product with the store's
   `(N, dim)` matrix (random values of the store's size and type: the product's cost does not depend on them), the top
   ``ceil(fraction N)`` and their exact sweep.
-
-The Fisher the ascent reads is measured on 64 of the toy tracks (its values do not change the cost).
 - **feature store** (one-off per training set): `gradient_features` of `--store-items` items, seconds per item; the
   store for N items is that times N (linear, not run at N), and 4 · dim bytes per item on disk.
 - **several queries per pass** (`--queries` Q): per shard of `--micro-batch` rows, (a) Q passes each reading the
@@ -21,7 +19,8 @@ The Fisher the ascent reads is measured on 64 of the toy tracks (its values do n
   the Q query models one after another, (c) one pass running the Q models in one batched call
   (`torch.func.functional_call` under `vmap` over stacked weights); throughput per query, as ratios to (a).
 
-Memory is the process's peak resident set after each stage (it only grows: the scale stages run first, from the
+The Fisher the ascent reads is measured on 64 of the toy tracks (its values do not change the cost). Memory is the
+process's peak resident set after each stage (it only grows: the scale stages run first, from the
 smallest N up), beside the bytes of the N items' targets and of the store.
 
     python benchmarks/attribution_scale.py                      # N = 1K, 10K, 100K; writes
@@ -46,18 +45,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.func import functional_call, vmap  # noqa: E402
 
 from benchmarks.attribution import load_batch  # noqa: E402
-from datamodules.attribution_store import FisherFile  # noqa: E402
 from datamodules.target_cache import TargetCache  # noqa: E402
 from lightning_modules.attribution.cascade import candidate_count  # noqa: E402
+from lightning_modules.attribution.fisher import write_fisher  # noqa: E402
 from lightning_modules.attribution.query import FisherAscent  # noqa: E402
 from lightning_modules.attribution.settings import AscentSettings  # noqa: E402
 from lightning_modules.attribution.similarity import FirstOrderUnlearning, gradient_features  # noqa: E402
-from lightning_modules.attribution.sweep import _fixed_inputs, sweep_losses  # noqa: E402
-from lightning_modules.gradients import squared_gradients, weights_digest  # noqa: E402
+from lightning_modules.attribution.sweep import _fixed_inputs, set_weights, sweep_losses  # noqa: E402
 from lightning_modules.io import write_json_atomic  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
@@ -90,30 +89,22 @@ def full_sweep(model: ToyTextToMusic, batch: dict, draws: int, micro_batch: int)
     return sweep_losses(model, batch, draws, seed=0, masked=True, micro_batch_size=micro_batch)
 
 
-def write_fisher(model: ToyTextToMusic, toy: dict, path: Path) -> Path:
-    """A Fisher file of `model` on 64 toy tracks (one draw each), what the query's unlearning reads."""
-    parameters = model.select_parameters(["all"])
-    with torch.enable_grad():
-        squares, count = squared_gradients(model, parameters,
-                                           [rows(toy, start, start + 16) for start in range(0, 64, 16)])
-    FisherFile(path).save({name: value / count for name, value in
-                           zip(model.parameter_names(parameters), squares, strict=True)},
-                          weights=weights_digest(sorted(model.state_dict().items())), count=count)
-    return path
-
-
-def unlearning(fisher: Path, dim: int) -> FirstOrderUnlearning:
-    """The cascade's cheap score at `attribute.yaml`'s ascent, sketched to `dim`; its `step` is the full sweep's
-    unlearning too."""
-    return FirstOrderUnlearning(str(fisher), projection_dim=dim, step=AscentSettings(lr=1e-7, steps=3, draws=8))
+def unlearning(model: ToyTextToMusic, toy: dict, folder: Path, dim: int) -> FirstOrderUnlearning:
+    """The cascade's cheap score at `attribute.yaml`'s ascent, sketched to `dim`, on a Fisher of 64 toy tracks written
+    into `folder`; its `step` is the full sweep's unlearning too."""
+    fisher = folder / "fisher.pt"
+    write_fisher(model, ["all"], [rows(toy, start, start + 16) for start in range(0, 64, 16)], fisher)
+    config = yaml.safe_load((REPO / "configs" / "attribution" / "attribute.yaml").read_text())
+    return FirstOrderUnlearning(str(fisher), projection_dim=dim,
+                                step=AscentSettings(**config["model"]["init_args"]["ascent"]))
 
 
 def unlearn(model: ToyTextToMusic, query: dict, estimate: FirstOrderUnlearning) -> None:
     """The full sweep's unlearning of the query (the weights put back: the sweep's cost does not depend on them)."""
     names = model.parameter_names(model.select_parameters(["all"]))
-    kept = {name: param.detach().clone() for name, param in model.named_parameters()}
+    kept = {name: param.detach().clone() for name, param in model.named_parameters() if name in names}
     FisherAscent(names, estimate.fisher_path, estimate.step).unlearn(model, query)
-    model.load_state_dict(kept, strict=False)
+    set_weights(model, kept)
 
 
 def cascade_query(model: ToyTextToMusic, query: dict, store: Tensor, batch: dict, fraction: float, draws: int,
@@ -287,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
               "model": str(args.model)}
     if not args.only_several_queries:  # first, from the smallest N up, so that the peak memory grows with N
         with tempfile.TemporaryDirectory() as folder:
-            estimate = unlearning(write_fisher(model, toy, Path(folder) / "fisher.pt"), args.dim)
+            estimate = unlearning(model, toy, Path(folder), args.dim)
             result["scale"] = scale(model, toy, query, sorted(args.sizes), args.fraction, args.draws, args.dim,
                                     args.micro_batch, estimate)
         result["store"] = store_cost(model, toy, args.store_items, args.draws, args.dim)

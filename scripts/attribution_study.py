@@ -41,7 +41,6 @@ from lightning.pytorch.cli import OptimizerCallable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import ToyCorpus, read_manifest, write_manifest  # noqa: E402
-from datamodules.attribution_store import FisherFile  # noqa: E402
 from datamodules.audio import AudioTextDataset  # noqa: E402
 from datamodules.toy_queries import ToyQueries  # noqa: E402
 from lightning_modules.attribution.consistency import (  # noqa: E402
@@ -51,6 +50,7 @@ from lightning_modules.attribution.consistency import (  # noqa: E402
     self_influence_rank,
     top_bottom_similarity,
 )
+from lightning_modules.attribution.fisher import write_fisher  # noqa: E402
 from lightning_modules.attribution.query import FisherAscent  # noqa: E402
 from lightning_modules.attribution.scoring import attribution_scores  # noqa: E402
 from lightning_modules.attribution.settings import AscentSettings  # noqa: E402
@@ -61,7 +61,7 @@ from lightning_modules.attribution.similarity import (  # noqa: E402
     gradient_features,
 )
 from lightning_modules.attribution.sweep import set_weights, sweep_losses  # noqa: E402
-from lightning_modules.gradients import squared_gradients, weights_digest  # noqa: E402
+from lightning_modules.gradients import weights_digest  # noqa: E402
 from lightning_modules.io import (  # noqa: E402
     load_verified,
     reusable,
@@ -132,17 +132,8 @@ class ToyStudy:
         """The diagonal Fisher of every parameter over the training set, one draw per track (as the CLI's
         ``configs/attribution/fisher.yaml``)."""
         started = time.perf_counter()
-        params = self.model.select_parameters(["all"])
-        with torch.enable_grad():
-            for param in params:
-                param.requires_grad_(True)
-            batches = [{key: value[i : i + 16] for key, value in self.batch.items()}
-                       for i in range(0, len(self.items), 16)]
-            sums, count = squared_gradients(self.model, params, batches, seed=0, draws=1)
-            self.model.requires_grad_(False)
-        names = self.model.parameter_names(params)
-        FisherFile(self.fisher_path).save({name: value / count for name, value in zip(names, sums, strict=True)},
-                                          weights=self.digest, count=count)
+        batches = [{key: value[i : i + 16] for key, value in self.batch.items()} for i in range(0, len(self.items), 16)]
+        count = write_fisher(self.model, ["all"], batches, self.fisher_path, seed=0, draws=1)
         log.info("Fisher of %d tracks in %.0f s.", count, time.perf_counter() - started)
 
     def sweep(self, masked: bool) -> torch.Tensor:

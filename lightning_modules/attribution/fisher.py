@@ -36,6 +36,31 @@ from lightning_modules.passes import NonFiniteLossError
 log = logging.getLogger(__name__)
 
 
+def write_fisher(model: TextToMusicModel, parameter_groups: Sequence[str], batches: Sequence[Batch],
+                 path: str | Path, *, seed: int = 0, draws: int = FISHER_DRAWS) -> int:
+    """The diagonal Fisher of `model`'s `parameter_groups` over the items of `batches` in one process (each at
+    `draws` draws, `squared_gradients`), written to `path` (`FisherFile`) at the model's weights; the ``requires_grad``
+    flags are left as they were. For scripts and benchmarks; the CLI's sharded pass is `FisherEstimation`.
+
+    Returns:
+        The number of items.
+    """
+    params = model.select_parameters(parameter_groups)
+    flags = [param.requires_grad for param in params]
+    try:
+        for param in params:
+            param.requires_grad_(True)
+        with torch.enable_grad():
+            sums, count = squared_gradients(model, params, batches, seed=seed, draws=draws)
+    finally:
+        for param, flag in zip(params, flags, strict=True):
+            param.requires_grad_(flag)
+    FisherFile(path).save({name: value / count for name, value in zip(model.parameter_names(params), sums,
+                                                                        strict=True)},
+                          weights=weights_digest(sorted(model.state_dict().items())), count=count)
+    return count
+
+
 class FisherEstimation(ModelAudioFormat, L.LightningModule):
     """Computes (or reuses) the diagonal Fisher of the selected parameters over the predict DataModule's items.
 

@@ -297,12 +297,6 @@ def gradient_features(model: TextToMusicModel, parameter_groups: Sequence[str], 
             param.requires_grad_(flag)
 
 
-def _put_back(parameters: Sequence[nn.Parameter], values: Sequence[Tensor]) -> None:
-    with torch.no_grad():
-        for param, value in zip(parameters, values, strict=True):
-            param.copy_(value)
-
-
 def _unreduced(value: Tensor) -> Tensor:
     return value
 
@@ -508,13 +502,15 @@ class FirstOrderUnlearning(GradientSimilarity):
         if self.step is None:
             return self.features(batches, model)
         from lightning_modules.attribution.query import FisherAscent
+        from lightning_modules.attribution.sweep import set_weights
 
         names, denominators = self._scale(model)
         ascent = FisherAscent(names, self.fisher_path, self.step)
-        parameters = model.select_parameters(self.parameter_groups)
         device = _device(model)
         scale = torch.cat([value.to(device).sqrt().flatten() for value in denominators])
-        base = [param.detach().clone() for param in parameters]
+        named = dict(model.named_parameters())
+        base = {name: named[name].detach().clone() for name in names}
+        dim, seed, kind = (self.options[key] for key in ("projection_dim", "projection_seed", "projection"))
 
         def pairs() -> Iterable[tuple[list[str], Tensor]]:
             for batch in batches:
@@ -523,17 +519,16 @@ class FirstOrderUnlearning(GradientSimilarity):
                 for index in range(len(batch["id"])):
                     changed, _ = ascent.unlearn(model, item(batch, index))
                     rows.append(scale * torch.cat([(changed[name].to(device).float() - value.float()).flatten()
-                                                   for name, value in zip(names, base, strict=True)]))
-                    _put_back(parameters, base)
+                                                   for name, value in base.items()]))
+                    set_weights(model, base)
                 flat = torch.stack(rows)
                 check_finite(flat, list(batch["id"]), "unlearning update of the query")
-                yield list(batch["id"]), (flat if self.options["projection_dim"] is None else _project(
-                    flat, self.options["projection_dim"], self.options["projection_seed"], self.options["projection"]))
+                yield list(batch["id"]), flat if dim is None else _project(flat, dim, seed, kind)
 
         try:
             return _collect(pairs())
         finally:
-            _put_back(parameters, base)
+            set_weights(model, base)
 
     def feature_settings(self) -> dict[str, Any]:
         """The gradients' settings, each item at its own draws, and the Fisher that scales them (the digest its file

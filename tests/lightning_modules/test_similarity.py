@@ -198,17 +198,11 @@ def test_dtrak_differentiates_the_output_norm_and_needs_a_diffusion_model(tiny_m
 
 def _fisher(tmp_path, model, batches, groups: list[str]) -> tuple[list[str], Path]:
     """The selected parameters' names and a Fisher file of `model` on `batches` (2 draws)."""
-    from datamodules.attribution_store import FisherFile
-    from lightning_modules.gradients import squared_gradients, weights_digest
+    from lightning_modules.attribution.fisher import write_fisher
 
-    parameters = model.select_parameters(groups)
-    names = model.parameter_names(parameters)
-    with torch.enable_grad():
-        squares, count = squared_gradients(model.requires_grad_(True), parameters, batches, draws=2)
     fisher_path = tmp_path / "fisher.pt"
-    FisherFile(fisher_path).save({name: value / count for name, value in zip(names, squares, strict=True)},
-                                 weights=weights_digest(sorted(model.state_dict().items())), count=count)
-    return names, fisher_path
+    write_fisher(model.requires_grad_(True), groups, batches, fisher_path, draws=2)
+    return model.parameter_names(model.select_parameters(groups)), fisher_path
 
 
 def _track_losses(model, batches, seed: int, draws: int) -> torch.Tensor:
