@@ -15,7 +15,8 @@ training tracks, the floor at this sample size. Writes a JSON and a Markdown tab
 
 A model folder is the toy diffusion model's or a MusicGen folder (the toy MusicGen's); with ``--codec`` the held-out
 tracks are also coded and decoded by that EnCodec folder and judged, with the log-mel distance of each reconstruction
-to its track beside that of two different tracks of one artist.
+to its track beside that of two different tracks of one artist, and so are hybrids of each track and its
+reconstruction (`codec_hybrids`: which part of the codec's error the judges hear).
 
     python scripts/toy_recognition.py --out reports/toy_recognition
     python scripts/toy_recognition.py --out reports/toy_musicgen_recognition --codec checkpoints/toy/encodec \
@@ -68,6 +69,28 @@ def log_mel_distance(a: torch.Tensor, b: torch.Tensor, sample_rate: int) -> torc
     64 bands, floored at 1e-5): 0 for identical clips."""
     mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=64, power=1.0)
     return (mel(a).clamp_min(1e-5).log() - mel(b).clamp_min(1e-5).log()).abs().mean((1, 2))
+
+
+QUIET_DB = 40  # `codec_hybrids`: a bin this far below its clip's loudest bin is quiet (92 % of the held-out tracks')
+
+
+def codec_hybrids(tracks: torch.Tensor, rebuilt: torch.Tensor, quiet_db: float = QUIET_DB,
+                  n_fft: int = 1024) -> dict[str, torch.Tensor]:
+    """Which part of a codec's error the judges hear: `(n, samples)` clips made from the STFTs (window `n_fft`, hop a
+    fourth) of the tracks and of their reconstructions `rebuilt`, one part from each: the magnitudes of one with the
+    phases of the other, and the bins at least `quiet_db` below the track's loudest bin from one, the others from the
+    other. A hybrid the judges recognise as well as the tracks has the codec's error only where they do not listen."""
+    window = torch.hann_window(n_fft)
+    track, codec = (torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True) for x in (tracks, rebuilt))
+    peak = track.abs().amax((1, 2), keepdim=True)
+    quiet = track.abs() < peak * 10 ** (-quiet_db / 20)
+    parts = {"track's magnitudes, codec's phases": track.abs() * torch.exp(1j * codec.angle()),
+             "codec's magnitudes, track's phases": codec.abs() * torch.exp(1j * track.angle()),
+             f"track in the bins {quiet_db:g} dB below its peak, codec elsewhere": torch.where(quiet, track, codec),
+             f"codec in the bins {quiet_db:g} dB below the track's peak, track elsewhere": torch.where(quiet, codec,
+                                                                                                        track)}
+    return {name: torch.istft(spectrum, n_fft, n_fft // 4, window=window, length=tracks.shape[-1])
+            for name, spectrum in parts.items()}
 
 
 @torch.no_grad()
@@ -216,6 +239,8 @@ def main() -> None:
     if args.codec:
         rebuilt = reconstruct(args.codec, heldout)
         columns["codec (held-out reconstructions)"] = judge(rebuilt, heldout_groups, embed(rebuilt))
+        for name, hybrid in codec_hybrids(heldout, rebuilt).items():
+            columns[f"hybrid: {name}"] = judge(hybrid, heldout_groups, embed(hybrid))
         same_artist = [(i, j) for i in range(len(heldout_items)) for j in range(i + 1, len(heldout_items))
                        if heldout_groups[i] == heldout_groups[j]]
         pairs = torch.tensor(same_artist)

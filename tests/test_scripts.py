@@ -75,6 +75,30 @@ def test_percussion_bands_find_a_kick_and_hats():
     assert bands[0, 0] > 0.95 and bands[1, 1] > 0.95 and bands[2].sub(0.5).abs().max() < 0.05
 
 
+def test_codec_hybrids_take_each_part_from_the_clip_they_name():
+    t = torch.arange(32768) / 16000
+    loud, faint = torch.sin(2 * torch.pi * 440 * t), 1e-3 * torch.sin(2 * torch.pi * 3000 * t)  # faint: 60 dB below
+    track, rebuilt = (loud + faint)[None], (0.5 * loud - faint)[None]  # the codec halves the loud tone, flips the faint
+    hybrids = toy_recognition.codec_hybrids(track, rebuilt)
+
+    def amplitudes(clip: torch.Tensor) -> tuple[float, float]:
+        """The complex amplitudes of the clip's 440 Hz and 3 kHz tones (its DFT over the middle second)."""
+        spectrum = torch.fft.rfft(clip[0, 8000:24000]) / 8000
+        return spectrum[440].item(), spectrum[3000].item()
+
+    (a_track, b_track), (a_codec, b_codec) = amplitudes(track), amplitudes(rebuilt)
+    expected = {"track's magnitudes, codec's phases": (a_track, -b_track),
+                "codec's magnitudes, track's phases": (a_codec, -b_codec),
+                "track in the bins 40 dB below its peak, codec elsewhere": (a_codec, b_track),
+                "codec in the bins 40 dB below the track's peak, track elsewhere": (a_track, b_codec)}
+    assert list(hybrids) == list(expected)
+    for name, (a, b) in expected.items():
+        got = amplitudes(hybrids[name])
+        assert abs(got[0] - a) < 1e-3 * abs(a) and abs(got[1] - b) < 1e-2 * abs(b), name
+    # a clip's hybrids with itself are the clip
+    assert all(torch.allclose(h, track, atol=1e-5) for h in toy_recognition.codec_hybrids(track, track).values())
+
+
 def _report(forget_loss: float, before: float = 1.0, low: float | None = None) -> dict:
     after = {"forget": {"loss": forget_loss}, "retain": {"loss": 0.5}}
     report = {"columns": {"before": {"forget": {"loss": before}, "retain": {"loss": 0.5}}, "after": after},
