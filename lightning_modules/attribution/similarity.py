@@ -15,7 +15,7 @@ import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from lightning_modules.io import recorded_sha256
 from lightning_modules.metrics.embedder import AudioEmbedder
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.passes import check_finite, measuring
+
+if TYPE_CHECKING:
+    from lightning_modules.attribution.query import FisherAscent
 
 SHARED_INPUTS_KEY = "attribution-similarity"  # the id whose fixed (timestep, noise) every item is measured at
 
@@ -482,16 +485,21 @@ class FirstOrderUnlearning(GradientSimilarity):
         if step is not None:
             self.score_label = "predicted loss rise after unlearning"
 
-    def _scale(self, model: TextToMusicModel) -> tuple[list[str], list[Tensor]]:
-        """The selected parameters' names and ``N F + eps`` of each."""
+    def _ascent(self, model: TextToMusicModel) -> FisherAscent:
+        """The ascent of `step` (the default settings without one) over the selected parameters: it reads the Fisher
+        once for both the scaling and the queries' unlearning."""
         from lightning_modules.attribution.query import FisherAscent  # the attribution pass imports this module
 
         names = model.parameter_names(model.select_parameters(self.parameter_groups))
-        fisher, count = FisherAscent(names, self.fisher_path).fisher(model)
-        return names, [count * value.float() + self.eps for value in fisher]
+        return FisherAscent(names, self.fisher_path, *([self.step] if self.step is not None else []))
+
+    def _denominators(self, model: TextToMusicModel, ascent: FisherAscent) -> list[Tensor]:
+        """``N F + eps`` of each selected parameter."""
+        fisher, count = ascent.fisher(model)
+        return [count * value.float() + self.eps for value in fisher]
 
     def features(self, batches: Iterable[Batch], model: TextToMusicModel) -> Features:
-        _, denominators = self._scale(model)
+        denominators = self._denominators(model, self._ascent(model))
         return gradient_features(model, self.parameter_groups, batches, shared_draws=False,
                                  preconditioner=[value.rsqrt() for value in denominators],
                                  **self.options)  # type: ignore[arg-type]
@@ -501,11 +509,10 @@ class FirstOrderUnlearning(GradientSimilarity):
         The update is the difference of the weights before and after, as the loss sweeps load them."""
         if self.step is None:
             return self.features(batches, model)
-        from lightning_modules.attribution.query import FisherAscent
         from lightning_modules.attribution.sweep import set_weights
 
-        names, denominators = self._scale(model)
-        ascent = FisherAscent(names, self.fisher_path, self.step)
+        ascent = self._ascent(model)
+        names, denominators = ascent.names, self._denominators(model, ascent)
         device = _device(model)
         scale = torch.cat([value.to(device).sqrt().flatten() for value in denominators])
         named = dict(model.named_parameters())
