@@ -1,5 +1,6 @@
 """The report scripts' own logic: which configs `compare_methods.py` runs, the trainer config it writes for another
-oracle, and the disagreement list of `toy_recognition.py`'s table."""
+oracle, and the disagreement list of `toy_recognition.py`'s table; the TF32 rounding `benchmarks/sweep_precision.py`
+emulates."""
 
 from __future__ import annotations
 
@@ -339,3 +340,18 @@ def test_counterfactual_rises_are_judged_against_the_random_removals():
     rise = {"unlearning (x)": 0.004, "CLAP similarity": 0.001, "random 0": -0.002, "random 1": 0.003}
     assert against_chance(rise) == ([-0.002, 0.003], {"unlearning (x)": True, "CLAP similarity": False})
     assert against_chance({"CLAP similarity": 0.5}) == (None, {"CLAP similarity": False})
+
+
+def test_the_precision_benchmark_rounds_operands_to_tf32_and_restores_the_functions():
+    from benchmarks import sweep_precision
+
+    ulp = 2.0**-10  # TF32 keeps 10 mantissa bits: the step above 1.0
+    values = torch.tensor([1.0, 1 + ulp, 1 + ulp / 2, 1 + 3 * ulp / 2, 1 + 0.3 * ulp, -(1 + 0.7 * ulp),
+                           2.0**-20 * (1 + ulp)])
+    expected = torch.tensor([1.0, 1 + ulp, 1.0, 1 + 2 * ulp, 1.0, -(1 + ulp), 2.0**-20 * (1 + ulp)])  # ties to even
+    assert torch.equal(sweep_precision.tf32(values), expected)
+    conv = torch.nn.functional.conv1d
+    signal, kernel = torch.tensor([[[1 + 0.3 * ulp, 1.0]]]), torch.tensor([[[1.0]]])
+    with sweep_precision.tf32_operands("conv1d"):
+        assert torch.equal(torch.nn.functional.conv1d(signal, kernel), torch.tensor([[[1.0, 1.0]]]))
+    assert torch.nn.functional.conv1d is conv

@@ -27,6 +27,7 @@ from torch import Tensor
 from datamodules.attribution_store import UNLEARNING, Delta, differing_keys
 from datamodules.interfaces import QueryWork, require
 from lightning_modules.attribution.cascade import calibrated_scores
+from lightning_modules.attribution.precision import require_float32
 from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores, group_scores, log_ranking, write_ranking
 from lightning_modules.attribution.settings import AscentSettings
@@ -70,6 +71,7 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "predict":
             raise ValueError(f"QueryAttribution runs as `train.py predict`, not {stage!r}.")
+        require_float32(self.model, "QueryAttribution", self.trainer)
         data = self.trainer.datamodule
         require(data, QueryWork, "QueryAttribution", "datamodules.queries.QueryDataModule")
         if not data.before.recipe_path.is_file():

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.attribution_store import Delta, FisherFile
+from lightning_modules.attribution.precision import require_float32
 from lightning_modules.attribution.settings import AscentSettings
 from lightning_modules.gradients import weights_digest
 from lightning_modules.models.base import Batch, TextToMusicModel
@@ -113,7 +114,11 @@ class FisherAscent:
         Returns:
             The new values of the changed parameters (name -> detached CPU copy), and the query loss ``before`` (at
             step 0's draws) and ``after`` (at the same draws).
+
+        Raises:
+            ValueError: `model`'s weights are below float32, where the steps would round away (`require_float32`).
         """
+        require_float32(model, "The query's ascent", autocast=False)
         fisher, count = self.fisher(model)
         named = dict(model.named_parameters())
         params = [named[name] for name in self.names]

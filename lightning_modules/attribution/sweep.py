@@ -16,6 +16,7 @@ from torch import Tensor
 
 from datamodules.attribution_store import Delta
 from datamodules.interfaces import SweepWork, require
+from lightning_modules.attribution.precision import require_float32
 from lightning_modules.attribution.settings import SWEEP_DRAWS
 from lightning_modules.gradients import weights_digest
 from lightning_modules.models.base import Batch, TextToMusicModel
@@ -96,7 +97,9 @@ def sweep_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int, m
     sweep (before and after unlearning, any sharding or batching) sees the same inputs. Items are repeated once per
     draw and the (item, draw) rows run in micro-batches of `micro_batch_size`, without gradients; `masked=False`
     measures padded audio as if it were real. A NaN or infinite loss raises `NonFiniteLossError` naming the items,
-    before any writer sees the shard."""
+    before any writer sees the shard. Weights below float32 or autocast raise `ValueError` (`require_float32`: the
+    scores are loss changes below bfloat16's resolution)."""
+    require_float32(model, "The loss sweep")
     if not masked:
         batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
     num_items = len(batch["id"])
@@ -159,6 +162,7 @@ class LossSweep(ModelAudioFormat, L.LightningModule):
         """Check the sweep folder holds this sweep or none yet (rank 0 records the recipe), before any shard."""
         if stage != "predict":
             raise ValueError(f"LossSweep runs as `train.py predict` (with a SweepDataModule), not {stage!r}.")
+        require_float32(self.model, "LossSweep", self.trainer)
         data = self.trainer.datamodule
         require(data, SweepWork, "LossSweep", "datamodules.sweep.SweepDataModule")
         data.sweep.open({**self.recipe(), **data.recipe()}, write=self.trainer.is_global_zero)

@@ -1,6 +1,7 @@
 """The loss sweep of attribution by unlearning: `LossSweep` equals a naive per-item loss loop, `SweepWriter` resumes
 an interrupted sweep to the same losses recomputing only missing shards and refuses another recipe, two DDP processes
-give the same losses as one, and the masking flag and the unlearned-weights delta change what is measured."""
+give the same losses as one, the masking flag and the unlearned-weights delta change what is measured, and the sweep
+and the ascent refuse arithmetic below float32."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from datamodules import read_manifest, write_manifest
 from datamodules.attribution_store import Delta, Sweep
 from datamodules.audio import AudioTextDataset
 from datamodules.sweep import NO_SHARD, SweepDataModule
+from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.sweep import LossSweep
 from lightning_modules.io import CorruptFileError
 from lightning_modules.passes import NonFiniteLossError
@@ -196,3 +198,26 @@ def test_a_non_finite_loss_raises_naming_the_item_before_its_shard_is_written(ti
         _sweep(tiny_model, tiny_corpus.train_manifest, folder)
     assert error.value.ids == [first]
     assert not list(folder.glob("shard-*")) and not list(folder.glob("*.tmp*"))  # no shard, not even a partial one
+
+
+# ----------------------------------------------------------------------------------------------- precision
+def test_the_sweep_and_the_ascent_refuse_arithmetic_below_float32(tiny_corpus, tiny_model, tmp_path):
+    batch = _batch(read_manifest(tiny_corpus.train_manifest)[:2])
+    with pytest.raises(ValueError, match="under torch.bfloat16 autocast on cpu: .*--trainer.precision=32-true"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            LossSweep(tiny_model, draws=2).losses(batch)
+    folder = tmp_path / "sweep"
+    module = LossSweep(tiny_model, draws=DRAWS)
+    data = SweepDataModule(manifest=str(tiny_corpus.train_manifest), sweep_dir=str(folder), shard_size=3,
+                           sample_rate=16000, num_samples=TINY_SAMPLES)
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[SweepWriter()])
+    with pytest.raises(ValueError, match="LossSweep cannot run at trainer.precision='bf16-mixed': .*1e-4 .*32-true"):
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    assert not folder.exists() or not list(folder.iterdir())  # refused before any recipe or shard
+    names = [name for name, _ in tiny_model.named_parameters()]
+    tiny_model.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="The loss sweep cannot run on weights in torch.bfloat16"):
+        LossSweep(tiny_model, draws=2).losses(batch)
+    with pytest.raises(ValueError, match="The query's ascent cannot run on weights in torch.bfloat16: .*float32"):
+        FisherAscent(names, tmp_path / "fisher.pt").unlearn(tiny_model, batch)  # before it reads the Fisher
