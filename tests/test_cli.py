@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO, write_config
@@ -183,3 +184,24 @@ def test_bad_forget_group_fails_before_training_with_a_clear_message(tmp_path, t
                              "--data.forget_groups=[Nobody]"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "forget_groups ['Nobody'] are not groups" in result.stderr
+
+
+def test_float32_matmul_precision_is_set_for_the_run_and_refused_when_unknown(tiny_corpus, tiny_model_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    """--float32_matmul_precision high lets a GPU's matrix products use TF32 (Lightning's tensor-core hint, which a
+    train.py user could not act on); without it PyTorch's own setting stays."""
+    from train import main
+
+    monkeypatch.chdir(REPO)
+    args = ["--config", str(write_config(tmp_path, tiny_corpus, tiny_model_dir))]
+    before = torch.get_float32_matmul_precision()
+    try:
+        main(args, run=False)
+        assert torch.get_float32_matmul_precision() == before == "highest"
+        main([*args, "--float32_matmul_precision", "high"], run=False)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    with pytest.raises(SystemExit):
+        main([*args, "--float32_matmul_precision", "tf32"], run=False)
+    assert "float32_matmul_precision" in capsys.readouterr().err
