@@ -31,6 +31,7 @@ smallest N up), beside the bytes of the N items' targets and of the store.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -222,7 +223,11 @@ REAL_MODELS = {
     "musicgen_medium_decoder": {"parameters": 1.5e9, "layers": 48, "width": 1536, "tokens": 1500, "draws": 1},
 }
 CATALOGUE = 115_000  # Choi et al.'s training set
-GPU_FLOPS = 989e12 * 0.4  # an H100 SXM's dense bf16 peak at an assumed 40 % utilisation
+# An H100 SXM's dense TF32 peak (494.7 TFLOP/s) at an assumed 40 % utilisation: the sweeps and the ascent run in
+# float32 (bfloat16 loses the scores: benchmarks/sweep_precision.py), with TF32 tensor cores, which change them little
+# (PyTorch's default for convolutions; for matrix products it takes torch.set_float32_matmul_precision("high"), else
+# they run at the float32 peak, 66.9 TFLOP/s, 7.4 times slower).
+GPU_FLOPS = 494.7e12 * 0.4
 
 
 def forward_flops(parameters: float, layers: int, width: int, tokens: int) -> float:
@@ -266,8 +271,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only-several-queries", action="store_true", help="measure only several queries per pass")
+    parser.add_argument("--only-gpu-hours", action="store_true",
+                        help="recompute only the GPU-hours arithmetic of --out's results, from their measured ratio")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "attribution_scale.json")
     args = parser.parse_args(argv)
+    if args.only_gpu_hours:
+        result = json.loads(args.out.read_text())
+        settings = result["settings"]
+        result["gpu_hours"] = gpu_hours(settings["fraction"], 20, settings["dim"],
+                                        result["scale"][-1]["wall_time_ratio"])
+        write_json_atomic(args.out, result)
+        return result
     torch.set_num_threads(args.threads)
     model = ToyTextToMusic.from_pretrained(args.model).eval()
     toy = load_batch(model, 400, torch.device("cpu"), from_audio=False)
