@@ -307,7 +307,6 @@ def main(argv: list[str] | None = None) -> dict:
         row["store_seconds_extrapolated"] = result["store"]["seconds_per_item"] * row["tracks"]
     result["peak_rss_gb"] = peak_rss_gb()
     result["gpu_hours"] = gpu_hours(args.fraction, 20, args.dim, result["scale"][-1]["wall_time_ratio"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     print(f"written to {args.out}")
     return result

@@ -22,9 +22,9 @@ Also, per query, the share of the ascent's weight changes that a weight in bfloa
 rounded with the weight where a kernel reads it, so a change below the rounding step still moves some weights across
 it, as dither does. The unlearning itself runs in float32, as the attribution's does.
 bfloat16 is emulated by PyTorch on CPUs without bf16 instructions, so its two rows take most of the time (about
-12 minutes each at 100 tracks and 3 queries on 2 cores).
+16 and 19 minutes at 100 tracks and 3 queries on 2 cores, against 52 s for float32).
 
-    python benchmarks/sweep_precision.py          # writes benchmarks/results/sweep_precision.json (about 35 minutes)
+    python benchmarks/sweep_precision.py          # writes benchmarks/results/sweep_precision.json (39 minutes)
     python benchmarks/sweep_precision.py --tracks 20 --queries 1 --modes float64 float32 tf32   # about a minute
 """
 
@@ -55,7 +55,7 @@ from datamodules.manifest import read_queries  # noqa: E402
 from lightning_modules.attribution.fisher import write_fisher  # noqa: E402
 from lightning_modules.attribution.query import FisherAscent  # noqa: E402
 from lightning_modules.attribution.settings import SWEEP_DRAWS, AscentSettings  # noqa: E402
-from lightning_modules.attribution.sweep import _fixed_inputs, set_weights  # noqa: E402
+from lightning_modules.attribution.sweep import _fixed_inputs, _rows, set_weights  # noqa: E402
 from lightning_modules.io import read_json_verified, write_json_atomic  # noqa: E402
 from lightning_modules.models import ToyTextToMusic  # noqa: E402
 
@@ -113,11 +113,8 @@ def mean_losses(model: ToyTextToMusic, batch: dict, mode: str, micro_batch: int)
     out = torch.empty(count * SWEEP_DRAWS, dtype=torch.float64)
     with torch.no_grad(), context():
         for start in range(0, len(out), micro_batch):
-            rows = item[start:start + micro_batch]
-            part = {key: value[rows].to(dtype) if value.is_floating_point() else value[rows]
-                    for key, value in batch.items() if isinstance(value, Tensor)}
-            part["id"] = [batch["id"][i] for i in rows.tolist()]
-            part["caption"] = [batch["caption"][i] for i in rows.tolist()]
+            part = {key: value.to(dtype) if isinstance(value, Tensor) and value.is_floating_point() else value
+                    for key, value in _rows(batch, item[start:start + micro_batch]).items()}
             inputs = _fixed_inputs(model, part["id"], draw[start:start + micro_batch].tolist(), 0)
             inputs = {key: value.to(dtype) if value.is_floating_point() else value for key, value in inputs.items()}
             out[start:start + micro_batch] = model.loss(part, **inputs).double()
@@ -206,7 +203,6 @@ def main(argv: list[str] | None = None) -> dict:
                                     for key in per_query[0]}}
         print(f"{mode:>10}: " + ", ".join(f"{key} {result['modes'][mode][key]:.3g}" for key in per_query[0]),
               flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     print(f"written to {args.out}")
     return result
