@@ -178,6 +178,32 @@ def write_config(tmp_path: Path, corpus: ToyCorpus, model_dir: Path, clap_dir: P
     return path
 
 
+def run_train(*args: str, timeout: int = 300) -> None:
+    """``python train.py <args>`` from the repository root: through `train.main`, what the command runs, in this
+    process (a subprocess pays about 13 s of imports per run: most of what the tests of the attribution flow took), or
+    in a subprocess when the run starts DDP processes (``--trainer.strategy=ddp``), which Lightning launches by running
+    the command again. A failure raises AssertionError with the error and the end of stderr, as a non-zero exit with
+    its stderr does."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    if "--trainer.strategy=ddp" in args:
+        result = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+                                timeout=timeout)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return
+    from train import main
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.chdir(REPO), contextlib.redirect_stderr(stderr):
+            main(list(args))
+    except (Exception, SystemExit) as error:  # SystemExit: jsonargparse's refusal of an argument
+        raise AssertionError(f"{type(error).__name__}: {error}\n{stderr.getvalue()[-3000:]}") from error
+
+
 def poison_loss(monkeypatch: pytest.MonkeyPatch, bad_ids: set[str]) -> None:
     """Make `ToyTextToMusic.loss` NaN for the items `bad_ids` (as a bad cached target or a diverging model would),
     whichever pass calls it; every other item's loss, and the mean reduction, are as before."""

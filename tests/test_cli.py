@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, run_train, write_config
 
 # parts of train.py configs (model/, data/, trainer/) and the attribution study's own configs (study/, parsed by
 # scripts/attribution_study.py: tests/test_scripts.py) are not whole train.py configs
@@ -26,8 +26,7 @@ BF16_LOSS_REL = 1e-3  # "after" losses of 2 bf16-mixed training steps against fp
 
 
 def _run(config: Path, *overrides: str) -> dict:
-    subprocess.run([sys.executable, "train.py", "fit", "--config", str(config), *overrides], cwd=REPO, check=True,
-                   capture_output=True, text=True, timeout=600)
+    run_train("fit", "--config", str(config), *overrides, timeout=600)
     logs = config.parent / "logs" / "lightning_logs"
     run = sorted(logs.iterdir())[-1]
     results = json.loads((run / "results.json").read_text())
@@ -101,7 +100,6 @@ def test_ewc_fisher_sharded_over_two_processes_is_the_single_process_fisher(tmp_
         assert torch.allclose(ddp[name], value, rtol=1e-4, atol=1e-12), name
 
 
-@pytest.mark.ddp
 def test_bf16_mixed_on_cpu_trains_in_bf16_and_measures_in_float32(tmp_path, tiny_corpus, tiny_model_dir,
                                                                      tiny_clap_dir):
     """On CPU, autocast is emulated and far slower than float32, so the evaluation measures in float32

@@ -4,9 +4,6 @@ instead of encoding audio; a corrupt item file is refused by name when read."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import lightning as L
 import pytest
 import torch
@@ -15,21 +12,17 @@ from datamodules import ForgetRetainDataModule
 from datamodules.target_cache import TargetCache
 from lightning_modules.encoding import TargetEncoding
 from lightning_modules.io import CorruptFileError, digest_path
-from tests.conftest import REPO, TINY_SAMPLES
+from tests.conftest import TINY_SAMPLES, run_train
 
 
-def _encode(tiny_corpus, tiny_model_dir, cache_dir, *flags: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "train.py", "predict", "--config", "configs/encode.yaml",
-            "--model.init_args.model.init_args.pretrained", str(tiny_model_dir),
-            "--data", "datamodules.ForgetRetainDataModule",
-            "--data.manifest", str(tiny_corpus.train_manifest), "--data.heldout_manifest",
-            str(tiny_corpus.heldout_manifest), f"--data.forget_groups=[{tiny_corpus.artists[0]}]",
-            "--data.cache_dir", str(cache_dir), "--data.encode_batch_size", "3", "--trainer.accelerator", "cpu",
-            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(cache_dir.parent / "logs"),
-            *flags]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def _encode(tiny_corpus, tiny_model_dir, cache_dir, *flags: str) -> None:
+    run_train("predict", "--config", "configs/encode.yaml", "--model.init_args.model.init_args.pretrained",
+              str(tiny_model_dir), "--data", "datamodules.ForgetRetainDataModule",
+              "--data.manifest", str(tiny_corpus.train_manifest), "--data.heldout_manifest",
+              str(tiny_corpus.heldout_manifest), f"--data.forget_groups=[{tiny_corpus.artists[0]}]",
+              "--data.cache_dir", str(cache_dir), "--data.encode_batch_size", "3", "--trainer.accelerator", "cpu",
+              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(cache_dir.parent / "logs"),
+              *flags)
 
 
 def _data(tiny_corpus, cache_dir=None) -> ForgetRetainDataModule:
@@ -47,7 +40,6 @@ def _attach(data: ForgetRetainDataModule, model, stage: str = "fit") -> ForgetRe
     return data
 
 
-@pytest.mark.ddp
 def test_encoding_pass_resumes_and_losses_read_the_cache(tiny_corpus, tiny_model_dir, tiny_model, tmp_path):
     cache_dir = tmp_path / "cache"
     _encode(tiny_corpus, tiny_model_dir, cache_dir)

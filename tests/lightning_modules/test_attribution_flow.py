@@ -12,8 +12,6 @@ import dataclasses
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,9 +26,7 @@ from lightning_modules.attribution.scoring import attribution_scores
 from lightning_modules.attribution.settings import AscentSettings
 from lightning_modules.attribution.sweep import sweep_losses
 from lightning_modules.models import ToyTextToMusic
-from tests.conftest import REPO, TINY_SAMPLES
-
-pytestmark = pytest.mark.ddp  # every test here runs processes: DDP or the CLI in a subprocess
+from tests.conftest import TINY_SAMPLES, run_train
 
 GROUPS = "[cross_attention]"
 LR = 1e-4
@@ -40,11 +36,9 @@ UNLEARN_DRAWS = 2
 
 
 def _cli(config: str, root: Path, *flags: str) -> None:
-    args = [sys.executable, "train.py", "predict", "--config", f"configs/attribution/{config}.yaml",
-            "--data.init_args.source=null", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.default_root_dir", str(root / "logs"), *flags]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_train("predict", "--config", f"configs/attribution/{config}.yaml", "--data.init_args.source=null",
+              "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.default_root_dir",
+              str(root / "logs"), *flags)
 
 
 def _attribute(world, out_dir: Path, *flags: str) -> None:
@@ -142,6 +136,7 @@ def test_an_interrupted_run_resumes_to_the_same_scores(world, tmp_path):
                        AttributionStore(world["out"]).read_scores("unlearning")[2])
 
 
+@pytest.mark.ddp
 def test_two_ddp_processes_give_the_rankings_of_one(world, tmp_path):
     _attribute(world, tmp_path / "ddp", "--trainer.strategy=ddp", "--trainer.devices=2")
     for query in read_manifest(world["queries"]):
