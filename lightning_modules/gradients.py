@@ -60,6 +60,7 @@ def squared_gradients(model: TextToMusicModel, parameters: Sequence[nn.Parameter
     total = [torch.zeros_like(param, dtype=torch.float32) for param in parameters]
     count = 0
     for batch in batches:
+        batch = model.with_targets(batch)  # each item encoded once, not once per draw
         losses = []  # checked once per batch: no device sync per item
         for index in range(len(batch["id"])):
             one = item(batch, index)

@@ -122,7 +122,7 @@ class FisherAscent:
         fisher, count = self.fisher(model)
         named = dict(model.named_parameters())
         params = [named[name] for name in self.names]
-        batch = self.unlearning_batch(batch)
+        batch = model.with_targets(self.unlearning_batch(batch))  # encoded once, not once per step and draw
         device = params[0].device
         denominators = [count * value.to(device=device, dtype=torch.float32) + self.config.eps for value in fisher]
         flags = [param.requires_grad for param in params]

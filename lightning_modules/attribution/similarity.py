@@ -169,7 +169,7 @@ def activation_features(model: TextToMusicModel, module: str, batches: Iterable[
 
     def pairs() -> Iterable[tuple[list[str], Tensor]]:
         for batch in batches:
-            batch = _on(batch, device)
+            batch = model.with_targets(_on(batch, device))  # each item encoded once, not once per draw
             size = len(batch["id"])
             captions = None if caption is None else [caption] * size
             per_draw = []
@@ -270,7 +270,7 @@ def gradient_features(model: TextToMusicModel, parameter_groups: Sequence[str], 
 
     def pairs() -> Iterable[tuple[list[str], Tensor]]:
         for batch in batches:
-            batch = _on(batch, device)
+            batch = model.with_targets(_on(batch, device))  # each item encoded once, not once per draw
             rows, values = [], []
             for index in range(len(batch["id"])):
                 one = item(batch, index)

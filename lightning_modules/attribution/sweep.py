@@ -94,14 +94,15 @@ def sweep_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int, m
                  micro_batch_size: int = 16) -> Tensor:
     """The loss of every item of `batch` at each of `draws` fixed draws, `(items, draws)` float32 on the CPU: draw k
     of an item is ``model.fixed_loss_inputs([id], seed + k)``, a function of the id, the seed and k alone, so every
-    sweep (before and after unlearning, any sharding or batching) sees the same inputs. Items are repeated once per
-    draw and the (item, draw) rows run in micro-batches of `micro_batch_size`, without gradients; `masked=False`
-    measures padded audio as if it were real. A NaN or infinite loss raises `NonFiniteLossError` naming the items,
-    before any writer sees the shard. Weights below float32 or autocast raise `ValueError` (`require_float32`: the
-    scores are loss changes below bfloat16's resolution)."""
+    sweep (before and after unlearning, any sharding or batching) sees the same inputs. Each item's audio is encoded
+    once (`with_targets`), its targets repeated once per draw, and the (item, draw) rows run in micro-batches of
+    `micro_batch_size`, without gradients; `masked=False` measures padded audio as if it were real. A NaN or infinite
+    loss raises `NonFiniteLossError` naming the items, before any writer sees the shard. Weights below float32 or
+    autocast raise `ValueError` (`require_float32`: the scores are loss changes below bfloat16's resolution)."""
     require_float32(model, "The loss sweep")
     if not masked:
         batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
+    batch = model.with_targets(batch, micro_batch_size)  # each item encoded once, not once per draw
     num_items = len(batch["id"])
     item_of_row = torch.arange(num_items).repeat_interleave(draws)
     draw_of_row = torch.arange(draws).repeat(num_items)

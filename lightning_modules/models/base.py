@@ -99,6 +99,21 @@ class TextToMusicModel(nn.Module, ABC):
     def encode_audio(self, waveform: Tensor, mask: Tensor) -> Tensor:
         """Training targets (latents, mel patches or codec codes) of `(batch, samples)` audio; cacheable per item."""
 
+    def with_targets(self, batch: Batch, batch_size: int | None = None) -> Batch:
+        """`batch` with its ``targets``: `encode_audio` of its audio, `batch_size` items at a time (all at once when
+        None), without gradients (no parameter group holds the encoder). A pass that takes the loss of the same items
+        at several draws encodes them once this way, not once per draw; a batch that has targets (read from a target
+        cache) is returned as it is."""
+        if "targets" in batch:
+            return batch
+        size = len(batch["audio"])
+        step = size if batch_size is None else max(1, batch_size)
+        with torch.no_grad():
+            targets = torch.cat([self.encode_audio(batch["audio"][start: start + step],
+                                                   batch["mask"][start: start + step])
+                                 for start in range(0, size, step)])
+        return {**batch, "targets": targets}  # type: ignore[return-value]
+
     def audio_encoder(self) -> nn.Module | None:
         """The module(s) `encode_audio` runs (VAE, codec, mel front end): their weights key the target cache."""
         return None

@@ -147,6 +147,9 @@ def test_a_gradient_that_overflows_raises_naming_the_batch():
         def fixed_loss_inputs(self, ids: list[str], seed: int = 0) -> dict:
             return {}
 
+        def with_targets(self, batch: dict) -> dict:
+            return batch
+
         def loss(self, batch: dict) -> torch.Tensor:
             return (self.weight.sum() * 1e20).expand(len(batch["id"]))
 

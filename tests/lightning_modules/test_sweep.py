@@ -221,3 +221,36 @@ def test_the_sweep_and_the_ascent_refuse_arithmetic_below_float32(tiny_corpus, t
         LossSweep(tiny_model, draws=2).losses(batch)
     with pytest.raises(ValueError, match="The query's ascent cannot run on weights in torch.bfloat16: .*float32"):
         FisherAscent(names, tmp_path / "fisher.pt").unlearn(tiny_model, batch)  # before it reads the Fisher
+
+
+def test_each_item_is_encoded_once_whatever_its_draws(tiny_corpus, tiny_model, monkeypatch):
+    """The sweep, the squared-gradient (Fisher) pass and the gradient features encode each item's audio once, not
+    once per draw (a VAE or codec costs about a denoiser's forward per clip or more), at the losses of encoding inside
+    every loss; a batch with cached targets is not encoded again."""
+    from lightning_modules.attribution.similarity import gradient_features
+    from lightning_modules.attribution.sweep import sweep_losses
+    from lightning_modules.gradients import squared_gradients
+
+    batch = _batch(read_manifest(tiny_corpus.train_manifest)[:5])
+    draws = 4
+    with torch.no_grad():  # the loss encoding the audio itself, at each draw
+        inside = torch.stack([tiny_model.loss(batch, **tiny_model.fixed_loss_inputs(list(batch["id"]), draw))
+                              for draw in range(draws)], dim=1)
+    encoded: list[int] = []
+    encode = tiny_model.encode_audio
+
+    def counting(waveform, mask):
+        encoded.append(len(waveform))
+        return encode(waveform, mask)
+
+    monkeypatch.setattr(tiny_model, "encode_audio", counting)
+    losses = sweep_losses(tiny_model, batch, draws, seed=0, micro_batch_size=2)
+    assert encoded == [2, 2, 1]  # 5 items in micro-batches of 2, not 20 (item, draw) rows
+    assert torch.allclose(losses, inside, atol=1e-6, rtol=0)
+    encoded.clear()
+    squared_gradients(tiny_model, tiny_model.select_parameters(["cross_attention"]), [batch], draws=draws)
+    gradient_features(tiny_model, ["cross_attention"], [batch], draws=draws, projection_dim=8)
+    assert encoded == [5, 5]
+    encoded.clear()
+    sweep_losses(tiny_model, tiny_model.with_targets(batch), draws, seed=0)
+    assert encoded == [5]  # with_targets itself; the sweep encodes nothing more
