@@ -234,16 +234,42 @@ def forward_flops(parameters: float, layers: int, width: int, tokens: int) -> fl
     return 2 * parameters * tokens + 4 * layers * tokens**2 * width
 
 
+def encoder_flops() -> dict[str, float]:
+    """FLOPs of encoding one clip into each real model's training targets, counted (`FlopCounterMode`) on the released
+    architectures as benchmarks/gpu_steps.py builds them: Stable Audio Open's VAE encoder on 1024 x 2048 samples
+    (47.55 s) of stereo 44.1 kHz audio on the meta device (no weights, no arithmetic), MusicGen's EnCodec 32 kHz on
+    30 s of mono audio on the CPU (its padding reads a value, which the meta device cannot give; about 15 s)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import EncodecModel
+
+    from benchmarks.gpu_steps import _quiet, encodec_32khz, stable_audio_components
+
+    def counted(encode: Callable[[], object]) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            encode()
+        return float(counter.get_total_flops())
+
+    with _quiet(), torch.device("meta"):
+        vae = stable_audio_components()["vae"]
+    with _quiet():
+        codec = EncodecModel(encodec_32khz()).eval()
+    return {"stable_audio_open_dit": counted(lambda: vae.encode(torch.empty(1, 2, 1024 * 2048, device="meta"))),
+            "musicgen_medium_decoder": counted(lambda: codec.encode(torch.zeros(1, 1, 30 * 32000)))}
+
+
 def gpu_hours(fraction: float, draws: int, dim: int, measured_ratio: float) -> dict:
-    """Per query at `CATALOGUE` tracks and `draws` draws: the full sweep's GPU-hours from its FLOPs, the cascade's by
-    the same arithmetic (its query gradient, its product with the store, its exact sweep of the top `fraction`) and by
-    the wall-time ratio measured here, and the store's one-off GPU-hours."""
+    """Per query at `CATALOGUE` tracks and `draws` draws: the full sweep's GPU-hours from its FLOPs (the tracks'
+    targets read from a target cache), the cascade's by the same arithmetic (its query gradient, its product with the
+    store, its exact sweep of the top `fraction`) and by the wall-time ratio measured here, and the store's one-off
+    GPU-hours; and what encoding the audio adds: once per training set into a target cache, once per track and sweep
+    without one, or at every draw, as the sweeps did before they encoded each track once."""
     result = {"catalogue": CATALOGUE, "draws": draws, "fraction": fraction, "gpu_flops": GPU_FLOPS, "models": {}}
     measured = candidate_count(CATALOGUE, fraction)
+    encoders = encoder_flops()
     for name, spec in REAL_MODELS.items():
         spec = dict(spec)
         model_draws = spec.pop("draws", draws)
-        forward = forward_flops(**spec)
+        forward, encode = forward_flops(**spec), encoders[name]
         full = CATALOGUE * model_draws * forward
         cascade = 3 * model_draws * forward + 2 * CATALOGUE * dim + measured * model_draws * forward
         store = 3 * CATALOGUE * model_draws * forward
@@ -254,6 +280,10 @@ def gpu_hours(fraction: float, draws: int, dim: int, measured_ratio: float) -> d
             "cascade_gpu_hours_by_flops": cascade / GPU_FLOPS / 3600,
             "cascade_gpu_hours_by_measured_ratio": full / GPU_FLOPS / 3600 / measured_ratio,
             "store_gpu_hours_once": store / GPU_FLOPS / 3600,
+            "encoder_tflops_per_clip": encode / 1e12,
+            "target_cache_gpu_hours_once": CATALOGUE * encode / GPU_FLOPS / 3600,
+            "full_sweep_gpu_hours_without_target_cache": (full + CATALOGUE * encode) / GPU_FLOPS / 3600,
+            "full_sweep_gpu_hours_encoding_at_every_draw": (full + CATALOGUE * model_draws * encode) / GPU_FLOPS / 3600,
         }
     return result
 

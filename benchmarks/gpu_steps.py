@@ -255,23 +255,29 @@ def stable_audio_components() -> dict[str, Any]:
             "transformer": transformer, "scheduler": scheduler}
 
 
-def musicgen_components() -> dict[str, Any]:
-    """facebook/musicgen-small: transformers' convert_musicgen_transformers.py (decoder 1024 wide, 24 layers, 16 heads,
-    ffn 4 x 1024, 4 codebooks of 2048; T5-base text encoder; facebook/encodec_32khz, whose config.json is written out
-    here: 32 kHz, hop 640, 4 codebooks at 2.2 kbps)."""
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
+def encodec_32khz() -> Any:
+    """facebook/encodec_32khz's config.json, written out: 32 kHz, hop 640, 4 codebooks of 2048 at 2.2 kbps (MusicGen
+    small, medium and large share it)."""
+    from transformers import EncodecConfig
 
-    encodec_32khz = EncodecConfig(
+    return EncodecConfig(
         sampling_rate=32000, audio_channels=1, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
         codebook_size=2048, codebook_dim=128, hidden_size=128, num_filters=64, num_residual_layers=1,
         num_lstm_layers=2, compress=2, dilation_growth_rate=2, kernel_size=7, last_kernel_size=7,
         residual_kernel_size=3, norm_type="weight_norm", normalize=False, use_causal_conv=False, pad_mode="reflect",
         chunk_length_s=None, overlap=None, trim_right_ratio=1.0, use_conv_shortcut=False)
+
+
+def musicgen_components() -> dict[str, Any]:
+    """facebook/musicgen-small: transformers' convert_musicgen_transformers.py (decoder 1024 wide, 24 layers, 16 heads,
+    ffn 4 x 1024, 4 codebooks of 2048; T5-base text encoder; facebook/encodec_32khz, `encodec_32khz`)."""
+    from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
+
     decoder = MusicgenDecoderConfig(
         vocab_size=2048, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
         max_position_embeddings=2048, num_codebooks=4, audio_channels=1, pad_token_id=2048, bos_token_id=2048,
         decoder_start_token_id=2048, tie_word_embeddings=False)
-    config = MusicgenConfig(text_encoder=_t5_base(), audio_encoder=encodec_32khz, decoder=decoder)
+    config = MusicgenConfig(text_encoder=_t5_base(), audio_encoder=encodec_32khz(), decoder=decoder)
     return {"model": MusicgenForConditionalGeneration(config)}
 
 
