@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class SweepWriter(BasePredictionWriter):
-    """Writes each prediction ``{"sweep", "shard", "id", "rows"}`` into its sweep (a
+    """Writes each prediction ``{"sweep", "shard", "id", "rows"}`` (or each of a list of them) into its sweep (a
     `datamodules.attribution_store.Sweep`: the DataModule's in `LossSweep`, one per query in `QueryAttribution`), one
     file per shard with its digest; every rank writes its own shards, and at the end every shard the DataModule lists
     (``missing_files()``: missing or failing verification) must be there. The module checks and records each sweep's
@@ -34,13 +34,13 @@ class SweepWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.written = 0
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict,
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict | list[dict],
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
-        if prediction["shard"] == NO_SHARD:
-            return
-        prediction["sweep"].write_shard(prediction["shard"], prediction["id"], prediction["rows"])
-        self.written += 1
+        for one in prediction if isinstance(prediction, list) else [prediction]:  # a list: several queries' sweeps
+            if one["shard"] != NO_SHARD:
+                one["sweep"].write_shard(one["shard"], one["id"], one["rows"])
+                self.written += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier("sweep_written")

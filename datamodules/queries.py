@@ -1,9 +1,9 @@
 """`QueryDataModule`: the work of attributing a list of generated queries by unlearning (Wang et al. 2024, arXiv
-2406.09408; Choi et al. 2025, arXiv 2506.18312) in one ``train.py predict`` run: one step per (query, training-set
-shard) of each query's "after" sweep, query-major, only the shards not yet written under
-``<out_dir>/<query id>/unlearning/sweep``, spread over ranks by Lightning's distributed sampler. The training set
-is cut into the same fixed shards as a `SweepDataModule`, so the "before" sweep (``before_dir``) and every "after"
-sweep cover the same items."""
+2406.09408; Choi et al. 2025, arXiv 2506.18312) in one ``train.py predict`` run: one step per training-set shard and
+query (or per shard and group of `queries_per_pass` queries, which then share the shard's items) of the queries'
+"after" sweeps, only the (query, shard) files not yet written under ``<out_dir>/<query id>/unlearning/sweep``, spread
+over ranks by Lightning's distributed sampler. The training set is cut into the same fixed shards as a
+`SweepDataModule`, so the "before" sweep (``before_dir``) and every "after" sweep cover the same items."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from lightning_modules.attribution.cascade import cascade_candidates, check_frac
 
 
 class QueryShardDataset(Dataset):
-    """One element per (query, shard) still to compute: the shard's element of the query's `ShardDataset` plus
-    ``query`` (the query's index); `NO_SHARD` entries give ``{"shard": NO_SHARD}``."""
+    """One element per step still to compute, a shard and the queries whose "after" sweeps still miss it: the shard's
+    element of the first query's `ShardDataset` plus ``queries`` (their indices); `NO_SHARD` entries give
+    ``{"shard": NO_SHARD}``. Queries sharing a step measure the same items (no cascade candidates)."""
 
-    def __init__(self, shards: list[ShardDataset], work: list[tuple[int, int]]) -> None:
+    def __init__(self, shards: list[ShardDataset], work: list[tuple[tuple[int, ...], int]]) -> None:
         self.shards = shards
         self.work = work
 
@@ -33,8 +34,10 @@ class QueryShardDataset(Dataset):
         return len(self.work)
 
     def __getitem__(self, index: int) -> dict:
-        query, shard = self.work[index]
-        return {"shard": NO_SHARD} if shard == NO_SHARD else {**self.shards[query].element(shard), "query": query}
+        queries, shard = self.work[index]
+        if shard == NO_SHARD:
+            return {"shard": NO_SHARD}
+        return {**self.shards[queries[0]].element(shard), "queries": list(queries)}
 
 
 class QueryDataModule(ShardedItemsDataModule):
@@ -59,14 +62,24 @@ class QueryDataModule(ShardedItemsDataModule):
             the attribution passes write it, e.g. ``<out_dir>/scores_cascade_scores.pt``); each query's "after" sweep
             then measures only its top `fraction` of tracks by that score. None sweeps the whole training set.
         fraction: the share of the training set the cascade measures exactly (``ceil(fraction * N)`` tracks).
+        queries_per_pass: queries whose "after" sweeps share each step: the shard's items are read once for them (and
+            encoded once, when unlearning leaves the encoder alone) and each query's losses follow one another, the
+            model holding their deltas in memory (this many times a delta's size). 1 sweeps one query at a time,
+            query by query. Cascade candidates differ per query: with `candidates` it must be 1.
     """
 
     def __init__(self, manifest: str, queries: str, before_dir: str, out_dir: str, shard_size: int = 256,
                  num_workers: int = 0, sample_rate: int = 16000, num_samples: int = 32768,
                  source: DataSource | None = None, cache_dir: str | None = None,
                  query_source: DataSource | None = None, candidates: str | None = None,
-                 fraction: float = 0.05) -> None:
+                 fraction: float = 0.05, queries_per_pass: int = 1) -> None:
         super().__init__(manifest, shard_size, num_workers, sample_rate, num_samples, source, cache_dir)
+        if queries_per_pass < 1:
+            raise ValueError(f"queries_per_pass must be at least 1, got {queries_per_pass}.")
+        if candidates is not None and queries_per_pass != 1:
+            raise ValueError(f"queries_per_pass={queries_per_pass} with candidates {candidates}: the cascade's queries "
+                             "each measure their own tracks, so they cannot share a shard; set queries_per_pass to 1.")
+        self.queries_per_pass = queries_per_pass
         self.candidates = candidates
         self.fraction = check_fraction(fraction)
         self.cheap: torch.Tensor | None = None  # the cascade's cheap scores (queries, items sorted by id), float64
@@ -132,10 +145,23 @@ class QueryDataModule(ShardedItemsDataModule):
     def missing_files(self) -> list[Path]:
         return [self.sweep_of(query).shard_path(shard) for query, shard in self.missing_work()]
 
+    def steps(self) -> list[tuple[tuple[int, ...], int]]:
+        """The steps still to compute, ``(queries, shard)``: per group of `queries_per_pass` queries (in manifest
+        order), per shard, the group's queries whose "after" sweep misses it; group-major, so that the ranks work on
+        the same queries together and each loads a group's unlearned weights once."""
+        missing = self.missing_work()
+        steps = []
+        for first in range(0, len(self._queries), self.queries_per_pass):
+            group: dict[int, list[int]] = {}
+            for query, shard in missing:
+                if first <= query < first + self.queries_per_pass:
+                    group.setdefault(shard, []).append(query)
+            steps += [(tuple(queries), shard) for shard, queries in sorted(group.items())]
+        return steps
+
     def predict_dataloader(self) -> DataLoader:
-        """One (query, shard) per step, query-major so that the ranks work on the same query together and each loads
-        a query's unlearned weights once; at least one step per rank."""
-        todo = self._pad_for_ranks(self.missing_work(), placeholder=(NO_SHARD, NO_SHARD))
+        """One step per shard and query (or group of `queries_per_pass` queries), `steps`; at least one per rank."""
+        todo = self._pad_for_ranks(self.steps(), placeholder=((), NO_SHARD))
         shards = [ShardDataset(Subset(self.item_set, self.measured(query)), self.shard_size, [])
                   for query in range(len(self._queries))]
         return self._loader(QueryShardDataset(shards, todo))

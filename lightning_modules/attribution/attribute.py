@@ -9,8 +9,10 @@ DataModule's ``candidates`` (the cascade), the "after" sweep measures only each 
 tracks score their cheap score on the exact scores' scale (`calibrated_scores`).
 
 The deltas are computed first, each query by one rank (round-robin) and written to ``<query>/delta.pt``, so every
-rank measures exactly the same weights and a resumed run reuses them; then the ranks share the (query, shard) steps
-of the "after" sweeps; at the end rank 0 scores every query.
+rank measures exactly the same weights and a resumed run reuses them; then the ranks share the steps of the "after"
+sweeps, a shard for one query or, with the DataModule's ``queries_per_pass``, for a group of queries one after
+another on the same items (read, and encoded when unlearning leaves the encoder alone, once for the group; the group's
+deltas held in memory); at the end rank 0 scores every query.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from lightning_modules.attribution.precision import require_float32
 from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores, group_scores, log_ranking, write_ranking
 from lightning_modules.attribution.settings import AscentSettings
-from lightning_modules.attribution.sweep import load_delta, set_weights, sweep_losses, sweep_recipe
+from lightning_modules.attribution.sweep import set_weights, sweep_inputs, sweep_losses, sweep_recipe
 from lightning_modules.io import CorruptFileError
 from lightning_modules.models.base import Batch, TextToMusicModel
 from lightning_modules.module import ModelAudioFormat
@@ -67,6 +69,9 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         self.base: dict[str, Tensor] = {}  # the selected parameters at the start, restored between queries
         self.weights = ""  # digest of the model's weights at the start (the "before" sweep's)
         self.current: int | None = None  # the query whose weights the model holds
+        self.deltas: dict[int, dict[str, Tensor]] = {}  # the unlearned weights of the current group of queries
+        self.opened: set[int] = set()  # the queries whose sweep folder's recipe this rank has checked
+        self.encoder_unlearned = False  # whether the unlearned parameters include the audio encoder's
 
     def setup(self, stage: str) -> None:
         if stage != "predict":
@@ -90,7 +95,10 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         named = dict(self.model.named_parameters())
         self.base = {name: named[name].detach().clone() for name in self.ascent.names}
         self.weights = self.sweep["weights"]  # checked above: the model's weights digest
-        self.current = None
+        self.current, self.deltas, self.opened = None, {}, set()
+        encoder = self.model.audio_encoder()
+        encoded_by = {id(param) for param in encoder.parameters()} if encoder is not None else set()
+        self.encoder_unlearned = any(id(named[name]) in encoded_by for name in self.ascent.names)
 
     def on_predict_start(self) -> None:
         """Unlearn every query that still has shards to measure or a bad delta.json, and no good delta yet, query i
@@ -147,32 +155,55 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         set_weights(self.model, self.base)
         self.current = None
 
+    def _delta(self, query: int) -> dict[str, Tensor]:
+        """Query `query`'s unlearned weights, read from its delta file (verified) unless held in `deltas`."""
+        if query in self.deltas:
+            return self.deltas[query]
+        data = self.trainer.datamodule
+        path = data.store.delta(data.query_items()[query].id).path
+        delta = Delta(path).read()
+        if sorted(delta) != sorted(self.ascent.names):
+            raise ValueError(f"{path} holds other weights than the unlearned ones of this run's parameter groups "
+                             f"{self.parameter_groups}; delete the query's folder and run again.")
+        return delta
+
     def _hold(self, query: int) -> None:
-        """Put the model at query `query`'s unlearned weights and check its sweep folder's recipe."""
+        """Put the model at query `query`'s unlearned weights and, the first time on this rank, check its sweep
+        folder's recipe."""
         if self.current == query:
             return
         data = self.trainer.datamodule
-        self._restore()
-        load_delta(self.model, data.store.delta(data.query_items()[query].id).path)
-        recipe = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.sweep["masked"]),
-                  **data.recipe_of(query)}
-        data.sweep_of(query).open(recipe, write=True)  # every rank holding it writes the same recipe
+        set_weights(self.model, self._delta(query))  # every unlearned weight: nothing of the query before is left
         self.current = query
+        if query not in self.opened:
+            recipe = {**sweep_recipe(self.model, self.sweep["draws"], self.sweep["seed"], self.sweep["masked"]),
+                      **data.recipe_of(query)}
+            data.sweep_of(query).open(recipe, write=True)  # every rank holding it writes the same recipe
+            self.opened.add(query)
 
-    def predict_step(self, element: dict, batch_idx: int = 0) -> dict:
-        """The "after" losses `(items, draws)` of one shard for one query, for `SweepWriter`."""
+    def predict_step(self, element: dict, batch_idx: int = 0) -> list[dict]:
+        """The "after" losses `(items, draws)` of one shard for each query of the step, for `SweepWriter`."""
         if "batch" not in element:
-            return {"shard": int(element["shard"]), "id": [], "rows": torch.empty(0, self.sweep["draws"])}
-        self._hold(int(element["query"]))
-        self.model.eval()
-        losses = sweep_losses(self.model, element["batch"], self.sweep["draws"], self.sweep["seed"],
-                              self.sweep["masked"], self.micro_batch_size)
-        return {"sweep": self.trainer.datamodule.sweep_of(int(element["query"])),
-                "shard": int(element["shard"]), "id": list(element["batch"]["id"]), "rows": losses}
+            return [{"shard": int(element["shard"]), "id": [], "rows": torch.empty(0, self.sweep["draws"])}]
+        queries = [int(query) for query in element["queries"]]
+        if len(queries) > 1:  # the group's deltas in memory, each read once: the model switches between them
+            self.deltas = {query: self._delta(query) for query in queries}
+        batch, draws, seed, masked = element["batch"], self.sweep["draws"], self.sweep["seed"], self.sweep["masked"]
+        if len(queries) > 1 and not self.encoder_unlearned:  # the same targets under every query's weights
+            batch = sweep_inputs(self.model, batch, masked, self.micro_batch_size)
+        predictions = []
+        for query in queries:
+            self._hold(query)
+            self.model.eval()
+            losses = sweep_losses(self.model, batch, draws, seed, masked, self.micro_batch_size)
+            predictions.append({"sweep": self.trainer.datamodule.sweep_of(query), "shard": int(element["shard"]),
+                                "id": list(batch["id"]), "rows": losses})
+        return predictions
 
     def on_predict_end(self) -> None:
         """Rank 0 scores every query (its "after" sweep against the "before" one) and writes the rankings."""
         self._restore()
+        self.deltas = {}
         if self.trainer.is_global_zero:
             self.write_rankings()
         self.trainer.strategy.barrier("rankings_written")

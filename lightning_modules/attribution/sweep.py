@@ -90,6 +90,15 @@ def _fixed_inputs(model: TextToMusicModel, ids: list[str], draws: list[int], see
     return fixed
 
 
+def sweep_inputs(model: TextToMusicModel, batch: Batch, masked: bool = True, micro_batch_size: int = 16) -> Batch:
+    """`batch` as the sweep measures it: with ``masked=False`` its padding counted as audio, and its items encoded
+    once (`with_targets`, `micro_batch_size` at a time), not once per draw. Several sweeps of the same items at weights
+    that share the encoder (queries unlearned in the denoiser) can measure one prepared batch."""
+    if not masked:
+        batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
+    return model.with_targets(batch, micro_batch_size)
+
+
 def sweep_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int, masked: bool = True,
                  micro_batch_size: int = 16) -> Tensor:
     """The loss of every item of `batch` at each of `draws` fixed draws, `(items, draws)` float32 on the CPU: draw k
@@ -100,9 +109,7 @@ def sweep_losses(model: TextToMusicModel, batch: Batch, draws: int, seed: int, m
     loss raises `NonFiniteLossError` naming the items, before any writer sees the shard. Weights below float32 or
     autocast raise `ValueError` (`require_float32`: the scores are loss changes below bfloat16's resolution)."""
     require_float32(model, "The loss sweep")
-    if not masked:
-        batch = {**batch, "mask": torch.ones_like(batch["mask"])}  # type: ignore[assignment]
-    batch = model.with_targets(batch, micro_batch_size)  # each item encoded once, not once per draw
+    batch = sweep_inputs(model, batch, masked, micro_batch_size)
     num_items = len(batch["id"])
     item_of_row = torch.arange(num_items).repeat_interleave(draws)
     draw_of_row = torch.arange(draws).repeat(num_items)

@@ -20,6 +20,7 @@ import torch
 from datamodules import read_manifest, write_manifest
 from datamodules.attribution_store import AttributionStore, Delta, FeatureStore, Sweep, aligned_scores
 from datamodules.audio import AudioTextDataset
+from datamodules.queries import QueryDataModule
 from lightning_modules.attribution.cascade import calibration_slope, cascade_candidates
 from lightning_modules.attribution.query import FisherAscent
 from lightning_modules.attribution.scoring import attribution_scores
@@ -261,3 +262,44 @@ def test_a_gradient_store_serves_the_first_order_pass_and_resumes_shard_by_shard
                      "--model.init_args.baseline.init_args.projection_dim=32")
     with pytest.raises(AssertionError, match="feature store with other projection_dim"):  # nor is it continued
         build("--model.init_args.baseline.init_args.projection_dim=32")
+
+
+def test_queries_sharing_a_pass_give_the_scores_of_one_at_a_time_and_resume_per_query_and_shard(world, tmp_path,
+                                                                                                monkeypatch):
+    """`queries_per_pass` 2: one step per shard for both queries, whose items are encoded once for the two; the scores
+    are those of one query at a time, and a resumed run computes only the (query, shard) files that are missing."""
+    out = tmp_path / "shared"
+    shutil.copytree(world["out"], out)
+    queries = [query.id for query in read_manifest(world["queries"])]
+    for query in queries:  # the deltas kept, every "after" shard to compute again
+        for shard in (out / query / "unlearning" / "sweep").glob("shard-*.pt"):
+            shard.unlink()
+    encoded: list[int] = []
+    encode = ToyTextToMusic.encode_audio
+
+    def counting(self, waveform, mask):
+        encoded.append(len(waveform))
+        return encode(self, waveform, mask)
+
+    monkeypatch.setattr(ToyTextToMusic, "encode_audio", counting)
+    _attribute(world, out, "--data.init_args.queries_per_pass=2")
+    items = len(read_manifest(world["train"]))
+    assert sum(encoded) == items  # each training item once for both queries' sweeps (one query at a time: twice)
+    for query in queries:
+        assert _scores(out, query) == _scores(world["out"], query)
+    kept = {path: path.stat().st_mtime_ns for path in out.rglob("shard-*.pt")}
+    lost = [Sweep(out / queries[0] / "unlearning" / "sweep").shard_path(1),
+            Sweep(out / queries[1] / "unlearning" / "sweep").shard_path(2)]
+    for path in lost:
+        path.unlink()
+    data = QueryDataModule(str(world["train"]), str(world["queries"]), str(world["before"]), str(out), shard_size=3,
+                           num_samples=TINY_SAMPLES, queries_per_pass=2)
+    data.setup("predict")
+    assert data.steps() == [((0,), 1), ((1,), 2)]  # each step the shard and the queries that miss it
+    _attribute(world, out, "--data.init_args.queries_per_pass=2")
+    assert sorted(path for path in kept if path.stat().st_mtime_ns != kept[path]) == sorted(lost)
+    for query in queries:
+        assert _scores(out, query) == _scores(world["out"], query)
+    with pytest.raises(ValueError, match="cannot share a shard; set queries_per_pass to 1"):
+        QueryDataModule(str(world["train"]), str(world["queries"]), str(world["before"]), str(out),
+                        candidates=str(out / "scores_unlearning.pt"), queries_per_pass=2)
