@@ -238,7 +238,9 @@ def encoder_flops() -> dict[str, float]:
     """FLOPs of encoding one clip into each real model's training targets, counted (`FlopCounterMode`) on the released
     architectures as benchmarks/gpu_steps.py builds them: Stable Audio Open's VAE encoder on 1024 x 2048 samples
     (47.55 s) of stereo 44.1 kHz audio on the meta device (no weights, no arithmetic), MusicGen's EnCodec 32 kHz on
-    30 s of mono audio on the CPU (its padding reads a value, which the meta device cannot give; about 15 s)."""
+    30 s of mono audio on the CPU (its padding reads a value, which the meta device cannot give; about 15 s). The
+    counter sees convolutions and matrix products, not ``aten::lstm``: EnCodec's two LSTM layers (width 1024, 1500
+    frames) add about 0.05 TFLOP by hand (8 x 2048 x 1024 per frame and layer) to its 0.19."""
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import EncodecModel
 

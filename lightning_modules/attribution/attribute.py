@@ -186,8 +186,8 @@ class QueryAttribution(ModelAudioFormat, L.LightningModule):
         if "batch" not in element:
             return [{"shard": int(element["shard"]), "id": [], "rows": torch.empty(0, self.sweep["draws"])}]
         queries = [int(query) for query in element["queries"]]
-        if len(queries) > 1:  # the group's deltas in memory, each read once: the model switches between them
-            self.deltas = {query: self._delta(query) for query in queries}
+        # a group's deltas in memory, each read once, as the model switches between them; none held otherwise
+        self.deltas = {query: self._delta(query) for query in queries} if len(queries) > 1 else {}
         batch, draws, seed, masked = element["batch"], self.sweep["draws"], self.sweep["seed"], self.sweep["masked"]
         if len(queries) > 1 and not self.encoder_unlearned:  # the same targets under every query's weights
             batch = sweep_inputs(self.model, batch, masked, self.micro_batch_size)
